@@ -1,0 +1,2 @@
+//! Benchmarks for nixferry live in `benches/benches`; this crate only holds
+//! the helpers that generate their input data.

@@ -1,0 +1,3 @@
+//! The `nixferry` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Finding store path references in content.
