@@ -1,3 +1,12 @@
-//! The `nixferry` command.
+//! The `nixferry` command: parses arguments and dispatches to the library.
 
-fn main() {}
+mod cli;
+mod cmd;
+mod exit;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    exit::report(cmd::run(args))
+}

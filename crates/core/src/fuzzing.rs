@@ -1,2 +1,103 @@
 //! Entry points for the fuzz targets in `fuzz/` and for the test that
 //! replays their corpora. Each takes arbitrary bytes and must never panic.
+
+/// Store path and hash parsing: base names, full paths, CA strings and
+/// hashes in every form; whatever parses must print back the same way.
+pub fn store_path_parse(data: &[u8]) {
+    use crate::hash::NixHash;
+    use crate::store_path::{ContentAddress, StoreDir, StorePath};
+
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(p) = StorePath::from_base_name(s) {
+        assert_eq!(p.to_string(), s);
+        let _ = p.digest();
+    }
+    let dir = StoreDir::default();
+    if let Ok(p) = dir.parse(s) {
+        assert_eq!(dir.full(&p), s);
+    }
+    let _ = dir.parse_prefix(s);
+    if let Ok(ca) = ContentAddress::parse(s) {
+        assert_eq!(ContentAddress::parse(&ca.to_string()), Ok(ca));
+    }
+    if let Ok(h) = NixHash::parse(s) {
+        assert_eq!(NixHash::parse(&h.to_string()), Ok(h));
+        assert_eq!(NixHash::parse(&h.to_sri()), Ok(h));
+    }
+}
+
+/// NAR decoding: the strict decoder over `data` (reading every file's
+/// contents, then checking for trailing data), then `list` and `cat` of the
+/// first regular file; errors are expected and ignored, panics are bugs.
+pub fn nar_decode(data: &[u8]) {
+    use std::io;
+
+    use crate::nar::{self, Decoder, EntryKind, Event};
+
+    let mut decoder = Decoder::new(data);
+    let mut first_file = None;
+    while let Ok(Some(event)) = decoder.next_event() {
+        if let Event::Entry(entry) = event {
+            if matches!(entry.kind, EntryKind::Regular { .. }) {
+                first_file.get_or_insert(entry.path);
+                let _ = io::copy(&mut decoder.contents(), &mut io::sink());
+            }
+        }
+    }
+    let _ = decoder.expect_eof();
+    if let Ok(listing) = nar::list(data) {
+        let _ = listing.to_json();
+        let _ = listing.to_json_strict();
+        let _ = listing.lines().count();
+    }
+    let _ = nar::cat(data, first_file.unwrap_or_default(), io::sink());
+}
+
+/// Narinfo and `nix-cache-info` parsing: a narinfo that parses must render
+/// back byte for byte, and its canonical rewrite must read back the same.
+pub fn narinfo_parse(data: &[u8]) {
+    use crate::narinfo::{CacheInfo, NarInfo};
+
+    let text = String::from_utf8_lossy(data);
+    if let Ok(info) = NarInfo::parse(&text) {
+        assert_eq!(info.render(), text);
+        let _ = info.check();
+        let _ = info.fingerprint();
+        let _ = info.verify_ca();
+        if let Ok(canonical) = NarInfo::new(info.fields()) {
+            assert_eq!(NarInfo::parse(canonical.as_str()).as_ref(), Ok(&canonical));
+        }
+    }
+    if let Ok(cache_info) = CacheInfo::parse(&text) {
+        assert_eq!(CacheInfo::parse(&cache_info.render()), Ok(cache_info));
+    }
+}
+
+/// Key and signature parsing and a verification attempt: whatever parses
+/// must print and parse back to the same key or signature.
+pub fn signing_parse(data: &[u8]) {
+    use crate::signing::{PublicKey, SecretKey, Signature, TrustedKeys};
+
+    let text = String::from_utf8_lossy(data);
+    if let Ok(key) = SecretKey::parse(&text) {
+        let again = SecretKey::parse(&key.to_file_string()).map(|k| k.public());
+        assert_eq!(again, Ok(key.public()));
+    }
+    if let Ok(key) = PublicKey::parse(&text) {
+        assert_eq!(PublicKey::parse(&key.to_string()), Ok(key));
+    }
+    if let Ok(sig) = Signature::parse(&text) {
+        assert_eq!(Signature::parse(&sig.to_string()), Ok(sig));
+    }
+    let _ = TrustedKeys::parse_list(&text);
+    // Each line or word as a signature of the whole input by a trusted key
+    // `fuzz-1`, so `fuzz-1:<base64>` inputs reach the Ed25519 check.
+    if let Ok(key) = SecretKey::from_seed("fuzz-1", &[1; 32]) {
+        let trusted = TrustedKeys::from_keys([key.public()]);
+        let sigs = text.split(['\n', ' ']);
+        let _ = trusted.verify(data, sigs.clone());
+        let _ = trusted.count_valid(data, sigs);
+    }
+}

@@ -21,6 +21,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod refscan;
 pub mod signing;
+pub mod store;
 pub mod store_path;
 
 #[doc(hidden)]
@@ -45,6 +46,9 @@ pub enum Error {
     /// A key or signature problem.
     #[error(transparent)]
     Signing(#[from] signing::SigningError),
+    /// A `file://` binary cache problem.
+    #[error(transparent)]
+    FileCache(#[from] store::file::FileCacheError),
     /// An I/O error outside any format.
     #[error(transparent)]
     Io(#[from] std::io::Error),

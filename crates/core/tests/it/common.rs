@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// The `shared/` directory with the vectors and test data, beside the checkout.
-pub fn shared() -> PathBuf {
+pub(crate) fn shared() -> PathBuf {
     if let Ok(dir) = std::env::var("NIXFERRY_SHARED") {
         return PathBuf::from(dir);
     }
@@ -19,17 +19,45 @@ pub fn shared() -> PathBuf {
 }
 
 /// A file under `shared/vectors`.
-pub fn vector(rel: &str) -> PathBuf {
+pub(crate) fn vector(rel: &str) -> PathBuf {
     shared().join("vectors").join(rel)
 }
 
 /// Reads a file under `shared/vectors`.
-pub fn read_vector(rel: &str) -> Vec<u8> {
+pub(crate) fn read_vector(rel: &str) -> Vec<u8> {
     let p = vector(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
 /// Parses a JSON file under `shared/vectors`.
-pub fn json_vector(rel: &str) -> serde_json::Value {
+pub(crate) fn json_vector(rel: &str) -> serde_json::Value {
     serde_json::from_slice(&read_vector(rel)).unwrap()
+}
+
+/// Whether Nix is usable. When the test suite requires Nix (`CI` or
+/// `NIXFERRY_REQUIRE_NIX` set) a missing Nix is a failure, not a skip.
+pub(crate) fn have_nix() -> bool {
+    let found = nix_command("nix-store")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let required = ["CI", "NIXFERRY_REQUIRE_NIX"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+    assert!(found || !required, "nix-store is required but not found");
+    if !found {
+        eprintln!("note: nix-store not found; skipping a test that compares with Nix");
+    }
+    found
+}
+
+/// A Nix command with the settings the tests use (root, local store, no
+/// sandbox, no substituters).
+pub(crate) fn nix_command(program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.env(
+        "NIX_CONFIG",
+        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =",
+    );
+    c
 }

@@ -1,0 +1,194 @@
+//! Command-line syntax: subcommands grouped by noun.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Move Nix store closures around: NARs, narinfos, signatures, caches.
+#[derive(Debug, Parser)]
+#[command(name = "nixferry", version, about, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// NAR archives: dump, restore, list, extract, hash.
+    #[command(subcommand)]
+    Nar(NarCommand),
+    /// Store paths: compute the path Nix would give to content.
+    #[command(subcommand, name = "store-path")]
+    StorePath(StorePathCommand),
+    /// Binary cache signing keys in Nix's format.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// .narinfo files: show, sign, verify.
+    #[command(subcommand)]
+    Narinfo(NarinfoCommand),
+    /// Add a file or directory to a binary cache as the content-addressed
+    /// store path `nix-store --add` would make, with a signed narinfo.
+    Add(AddArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NarCommand {
+    /// Write the NAR of PATH (like `nix-store --dump`).
+    Dump {
+        /// The file, directory or symlink to serialise.
+        path: PathBuf,
+        /// Write here instead of to stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Unpack a NAR into DEST, checking it strictly (like `nix-store --restore`).
+    Restore {
+        /// `[FILE|-] DEST`: the NAR file (default: stdin), and where to
+        /// create the tree, which must not exist unless --force.
+        #[arg(num_args = 1..=2, required = true, value_names = ["FILE", "DEST"])]
+        args: Vec<PathBuf>,
+        /// Replace DEST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the entries of a NAR.
+    Ls {
+        /// The NAR file, or `-` for stdin.
+        file: PathBuf,
+        /// Print the `.ls` JSON listing Nix writes to binary caches.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one file of a NAR without unpacking it.
+    Cat {
+        /// The NAR file, or `-` for stdin.
+        file: PathBuf,
+        /// The file inside the NAR, e.g. `bin/hello`.
+        path: String,
+    },
+    /// Print the NAR hash of a path (like `nix hash path`).
+    Hash {
+        /// The file, directory or symlink to hash.
+        path: PathBuf,
+        /// How to print the hash.
+        #[arg(long, value_enum, default_value_t = HashFormat::Sri)]
+        format: HashFormat,
+        /// Same as `--format base32` (like `nix-hash --type sha256 --base32`).
+        #[arg(long, conflicts_with = "format")]
+        base32: bool,
+    },
+}
+
+/// Hash output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HashFormat {
+    /// `sha256-<base64>`, as `nix hash path` prints.
+    Sri,
+    /// Bare nix32, as `nix-hash --type sha256 --base32` prints.
+    Base32,
+    /// Bare lowercase hex, as `nix-hash --type sha256` prints.
+    Base16,
+    /// `sha256:<nix32>`, as narinfo files write it.
+    Nix32,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StorePathCommand {
+    /// Print the store path `nix-store --add PATH` would give.
+    Add {
+        /// The file or directory.
+        path: PathBuf,
+        /// The store path name; defaults to the base name of PATH.
+        #[arg(long)]
+        name: Option<String>,
+        /// The store directory the path is computed for.
+        #[arg(long, default_value = "/nix/store")]
+        store_dir: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Generate a key pair (like `nix-store --generate-binary-cache-key`).
+    Generate {
+        /// The key name, conventionally `<host>-<n>`, e.g. `cache.example.org-1`.
+        name: String,
+        /// Where to write the secret key (created with mode 0600).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Where to write the public key.
+        #[arg(long)]
+        public_file: PathBuf,
+    },
+    /// Print the public key of a secret key file.
+    Public {
+        /// The secret key file.
+        secret_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NarinfoCommand {
+    /// Show a narinfo's fields and its signature fingerprint.
+    Show {
+        /// The .narinfo file, or `-` for stdin.
+        file: PathBuf,
+        /// Print a JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a narinfo, writing the signed narinfo to stdout or in place.
+    Sign {
+        /// The .narinfo file, or `-` for stdin.
+        file: PathBuf,
+        /// The secret key file; repeat to sign with several keys.
+        #[arg(long = "secret-key-file", required = true)]
+        secret_key_files: Vec<PathBuf>,
+        /// Rewrite FILE instead of printing.
+        #[arg(long, short = 'i')]
+        in_place: bool,
+    },
+    /// Verify narinfo signatures. Exit code 0: all verified; 1: some did
+    /// not; 2: error.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The .narinfo files.
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// A trusted public key, `name:base64`; repeatable.
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key; repeatable.
+    #[arg(long = "trusted-key-file")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
+    /// Print a JSON object per narinfo.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// The file or directory to add.
+    pub(crate) path: PathBuf,
+    /// The destination cache, `file:///dir`.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// The store path name; defaults to the base name of PATH.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Sign the narinfo with this key; repeatable.
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

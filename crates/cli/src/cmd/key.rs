@@ -1,0 +1,64 @@
+//! `nixferry key ...`
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use nixferry::signing::SecretKey;
+
+use crate::cli::KeyCommand;
+use crate::exit::Failure;
+
+pub(super) fn run(cmd: KeyCommand) -> Result<(), Failure> {
+    match cmd {
+        KeyCommand::Generate {
+            name,
+            secret_file,
+            public_file,
+        } => {
+            let key = SecretKey::generate(&name)?;
+            // Like Nix: the secret file is private from the moment it exists,
+            // and neither file ends in a newline.
+            write_new(&secret_file, 0o600, &key.to_file_string())?;
+            write_new(&public_file, 0o644, &key.public().to_string())?;
+            Ok(())
+        }
+        KeyCommand::Public { secret_file } => {
+            let key = load_secret_key(&secret_file)?;
+            super::print(&format!("{}\n", key.public()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Creates `path` (which must not exist) with `mode` and writes `text`.
+fn write_new(path: &Path, mode: u32, text: &str) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating '{}'", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Loads a secret key file, warning when others can read it.
+pub(super) fn load_secret_key(path: &Path) -> anyhow::Result<SecretKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret key '{}'", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.mode() & 0o077 != 0 {
+            eprintln!(
+                "nixferry: warning: secret key file '{}' is readable by other users (mode {:o})",
+                path.display(),
+                meta.mode() & 0o777
+            );
+        }
+    }
+    SecretKey::parse(&text).with_context(|| format!("secret key '{}'", path.display()))
+}

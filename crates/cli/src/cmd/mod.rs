@@ -1,0 +1,58 @@
+//! One function per subcommand; each is a thin shell over the library.
+
+mod add;
+mod key;
+mod nar;
+mod narinfo;
+mod store_path;
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+/// Runs the parsed command.
+pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Nar(c) => nar::run(c),
+        Command::StorePath(c) => store_path::run(c),
+        Command::Key(c) => key::run(c),
+        Command::Narinfo(c) => narinfo::run(c),
+        Command::Add(a) => add::run(a),
+    }
+}
+
+/// Opens a file for reading, or stdin for `-`.
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn Read>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(io::stdin().lock()));
+    }
+    let f = File::open(path).with_context(|| format!("opening '{}'", path.display()))?;
+    Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
+}
+
+/// Reads a whole text file (or stdin for `-`).
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let mut s = String::new();
+    open_input(path)?
+        .read_to_string(&mut s)
+        .with_context(|| format!("reading '{}'", path.display()))?;
+    Ok(s)
+}
+
+/// Stdout, buffered.
+fn stdout() -> BufWriter<io::StdoutLock<'static>> {
+    BufWriter::with_capacity(256 * 1024, io::stdout().lock())
+}
+
+/// Writes `s` to stdout.
+fn print(s: &str) -> anyhow::Result<()> {
+    let mut out = stdout();
+    out.write_all(s.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The CLI on the shared vectors: outputs, error messages and exit codes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+
+use crate::common::{nixferry, run, run_text, shared};
+
+fn vector(rel: &str) -> std::path::PathBuf {
+    shared().join("vectors").join(rel)
+}
+
+#[test]
+fn nar_ls_json_is_the_listing_nix_wrote() {
+    let out = run_text(
+        nixferry()
+            .args(["nar", "ls", "--json"])
+            .arg(vector("nar/tree.nar")),
+    );
+    let want = fs::read_to_string(vector("nar/tree.ls.json")).unwrap();
+    assert_eq!(out, want.trim_end());
+}
+
+#[test]
+fn nar_ls_lists_every_entry() {
+    let out = run_text(nixferry().args(["nar", "ls"]).arg(vector("nar/tree.nar")));
+    for name in [
+        "dir/sub/deep.txt",
+        "run.sh",
+        "link -> hello.txt",
+        "dir/empty",
+    ] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn nar_cat_prints_one_file() {
+    let out = run(nixferry()
+        .args(["nar", "cat"])
+        .arg(vector("nar/tree.nar"))
+        .arg("dir/sub/deep.txt"));
+    assert_eq!(out.stdout, b"nested");
+    let missing = nixferry()
+        .args(["nar", "cat"])
+        .arg(vector("nar/tree.nar"))
+        .arg("nope")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("nixferry: "));
+}
+
+#[test]
+fn invalid_nar_error_names_offset_and_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = nixferry()
+        .args(["nar", "restore"])
+        .arg(vector("nar/invalid/unsorted.nar"))
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("nixferry: "), "{err}");
+    assert!(err.contains("byte"), "no offset in: {err}");
+    assert!(!tmp.path().join("x").exists(), "restore left files behind");
+}
+
+#[test]
+fn narinfo_verify_exit_codes() {
+    let narinfo = vector("narinfo/signed-xz-jgs69zx98r4fpm73d82y357pps9llcic.narinfo");
+    let key = fs::read_to_string(vector("keys/nixspec-test-1.public")).unwrap();
+    let ok = nixferry()
+        .args(["narinfo", "verify", "--trusted-key", &key])
+        .arg(&narinfo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let other = fs::read_to_string(vector("keys/pyspec-1.public")).unwrap();
+    let bad = nixferry()
+        .args(["narinfo", "verify", "--trusted-key", &other])
+        .arg(&narinfo)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("NOT verified"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let corrupt = tmp.path().join("x.narinfo");
+    fs::write(&corrupt, "StorePath: nonsense\n").unwrap();
+    let err = nixferry()
+        .args(["narinfo", "verify", "--trusted-key", &key])
+        .arg(&corrupt)
+        .output()
+        .unwrap();
+    assert_eq!(err.status.code(), Some(2));
+}
+
+#[test]
+fn narinfo_sign_reproduces_the_vector_signature() {
+    // pyspec-1 has a fixed seed; ed25519 is deterministic.
+    let unsigned = fs::read_to_string(vector(
+        "narinfo/signed-xz-jgs69zx98r4fpm73d82y357pps9llcic.narinfo",
+    ))
+    .unwrap();
+    let unsigned: String = unsigned
+        .lines()
+        .filter(|l| !l.starts_with("Sig: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("u.narinfo");
+    fs::write(&f, unsigned).unwrap();
+    let signed = run_text(
+        nixferry()
+            .args(["narinfo", "sign", "--secret-key-file"])
+            .arg(vector("keys/pyspec-1.secret"))
+            .arg(&f),
+    );
+    let want = fs::read_to_string(vector(
+        "narinfo/pyspec-signed-jgs69zx98r4fpm73d82y357pps9llcic.narinfo",
+    ))
+    .unwrap();
+    let want_sig = want.lines().find(|l| l.starts_with("Sig: ")).unwrap();
+    assert!(signed.lines().any(|l| l == want_sig), "{signed}");
+}
+
+#[test]
+fn key_generate_writes_nix_key_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sk = tmp.path().join("k.secret");
+    let pk = tmp.path().join("k.public");
+    run(nixferry()
+        .args(["key", "generate", "host-1", "--secret-file"])
+        .arg(&sk)
+        .arg("--public-file")
+        .arg(&pk));
+    let secret = fs::read_to_string(&sk).unwrap();
+    let public = fs::read_to_string(&pk).unwrap();
+    assert!(secret.starts_with("host-1:") && !secret.ends_with('\n'));
+    assert!(public.starts_with("host-1:") && !public.ends_with('\n'));
+    // 64 bytes of base64 is 88 characters; 32 bytes is 44.
+    assert_eq!(secret.len(), "host-1:".len() + 88);
+    assert_eq!(public.len(), "host-1:".len() + 44);
+    assert_eq!(
+        fs::metadata(&sk).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        run_text(nixferry().args(["key", "public"]).arg(&sk)),
+        public
+    );
+    // Never overwrites an existing key.
+    let again = nixferry()
+        .args(["key", "generate", "host-1", "--secret-file"])
+        .arg(&sk)
+        .arg("--public-file")
+        .arg(tmp.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    use std::process::Stdio;
+    let mut child = nixferry()
+        .args(["nar", "dump"])
+        .arg(shared().join("vectors"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+}

@@ -1,0 +1,127 @@
+//! Running `nixferry` and Nix, and generating test trees.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{symlink, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub(crate) fn nixferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nixferry"))
+}
+
+/// Runs a command and returns its output, showing it on failure.
+pub(crate) fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command and returns its stdout as a trimmed string.
+pub(crate) fn run_text(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd).stdout)
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+/// Whether Nix is usable. When the test suite requires Nix (CI, or the
+/// README test command) a missing Nix is a failure, not a skip.
+pub(crate) fn have_nix() -> bool {
+    let found = Command::new("nix-store")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("NIXFERRY_REQUIRE_NIX").is_some_and(|v| !v.is_empty());
+    assert!(found || !required, "nix-store is required but not found");
+    if !found {
+        eprintln!("note: nix-store not found; skipping a test that compares with Nix");
+    }
+    found
+}
+
+/// A Nix command with the settings the tests use (root, local store, no
+/// sandbox, no substituters).
+pub(crate) fn nix(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.env(
+        "NIX_CONFIG",
+        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =",
+    );
+    c
+}
+
+/// The `shared/` directory beside the checkout.
+pub(crate) fn shared() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NIXFERRY_SHARED") {
+        return PathBuf::from(dir);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for c in [root.join("../shared"), root.join("shared")] {
+        if c.join("vectors").is_dir() {
+            return c;
+        }
+    }
+    panic!("cannot find shared/ with the test vectors; set NIXFERRY_SHARED")
+}
+
+/// Builds a tree with the cases that trip up NAR writers: empty files and
+/// directories, executables, dangling, absolute and relative symlinks,
+/// non-UTF-8 names, names whose byte order differs from other orders, and
+/// deep nesting.
+pub(crate) fn tricky_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::create_dir(root.join("empty-dir")).unwrap();
+    let exe = root.join("run.sh");
+    fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    // Group/other execute bits alone do not make a file executable for Nix.
+    let odd = root.join("group-exec");
+    fs::write(&odd, b"x").unwrap();
+    fs::set_permissions(&odd, fs::Permissions::from_mode(0o654)).unwrap();
+    symlink("does-not-exist", root.join("dangling")).unwrap();
+    symlink("/etc/hostname", root.join("absolute")).unwrap();
+    symlink("../run.sh", root.join("empty-dir-link")).unwrap();
+    let sorted = root.join("sorting");
+    fs::create_dir(&sorted).unwrap();
+    for name in ["a", "a-b", "a.b", "B", "é", "Z", "_", "a0", "~"] {
+        fs::write(sorted.join(name), name.as_bytes()).unwrap();
+    }
+    let raw = sorted.join(OsStr::from_bytes(b"latin1-\xe9\xff"));
+    fs::write(raw, b"not utf-8").unwrap();
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep = deep.join(format!("level{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), vec![7u8; 100_000]).unwrap();
+    symlink("../".repeat(40) + "run.sh", deep.join("up")).unwrap();
+}
+
+/// Builds (with Nix) a small input-addressed path, which unlike a
+/// content-addressed one needs a signature to be trusted, and returns it.
+pub(crate) fn build_input_addressed(tag: &str) -> String {
+    let expr = format!(
+        r#"derivation {{
+            name = "nixferry-test-{tag}";
+            system = builtins.currentSystem;
+            builder = "/bin/sh";
+            args = [ "-c" "echo built for {tag} > $out" ];
+        }}"#
+    );
+    run_text(nix("nix-build").args(["--no-out-link", "--expr", &expr]))
+}

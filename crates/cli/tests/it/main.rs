@@ -1,0 +1,6 @@
+//! Tests of the `nixferry` binary: run it in temporary directories and
+//! compare what it does with real Nix.
+
+mod cli;
+mod common;
+mod differential;

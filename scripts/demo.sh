@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: pack this project's own source tree as
+# the store path `nix-store --add` would make, put it into a signed file://
+# binary cache, and verify it. Needs no Nix and no server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --locked -q -p nixferry-cli
+nf=target/release/nixferry
+work=target/demo
+rm -rf "$work"
+mkdir -p "$work"
+
+input=${1:-crates/core/src}
+cache="$PWD/$work/cache"
+
+echo "== key generate demo-1"
+$nf key generate demo-1 --secret-file "$work/demo-1.secret" --public-file "$work/demo-1.public"
+cat "$work/demo-1.public"; echo
+
+echo "== nar hash $input"
+$nf nar hash "$input"
+
+echo "== add $input --to file://$cache"
+path=$($nf add "$input" --name nixferry-demo --to "file://$cache" --secret-key-file "$work/demo-1.secret")
+echo "$path"
+
+narinfo="$cache/$(basename "$path" | cut -c1-32).narinfo"
+echo "== narinfo show"
+$nf narinfo show "$narinfo"
+
+echo "== narinfo verify"
+$nf narinfo verify "$narinfo" --trusted-key-file "$work/demo-1.public"
+
+echo "== nar ls (first lines)"
+url=$(sed -n 's/^URL: //p' "$narinfo")
+$nf nar ls "$cache/$url" | head -n 8
