@@ -139,7 +139,8 @@ pub enum NarError {
     /// The NAR breaks a rule of the format: the data is at fault.
     #[error(transparent)]
     Invalid(Box<InvalidNar>),
-    /// Reading or writing the NAR stream itself failed.
+    /// Reading the NAR, or writing the NAR (or, for [`cat`], the file
+    /// contents) to the caller's writer, failed.
     #[error(transparent)]
     Io(#[from] io::Error),
     /// A file-system operation failed while dumping or restoring.
@@ -229,15 +230,7 @@ impl NarError {
     /// Recovers a `NarError` that was wrapped into an [`io::Error`] (as
     /// [`Contents`] does), or wraps a plain I/O error as [`NarError::Io`].
     pub fn from_io(e: io::Error) -> Self {
-        if e.get_ref().is_some_and(|inner| inner.is::<NarError>()) {
-            // Checked just above; the fallback is unreachable.
-            match e.into_inner().map(|inner| inner.downcast::<NarError>()) {
-                Some(Ok(nar)) => *nar,
-                _ => Self::Misuse("lost a wrapped NAR error".into()),
-            }
-        } else {
-            Self::Io(e)
-        }
+        e.downcast::<NarError>().unwrap_or_else(Self::Io)
     }
 
     /// Wraps this error into an [`io::Error`] for a `Read` or `Write`

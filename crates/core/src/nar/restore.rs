@@ -38,7 +38,9 @@ pub struct RestoreOptions {
 /// created new (`O_CREAT|O_EXCL`, `mkdir`, `symlink`), so an existing file
 /// or a symlink, including one the NAR itself created, is never followed.
 /// Paths are built from `dest` and the checked names; a concurrent writer
-/// inside `dest` is not defended against.
+/// inside `dest` is not defended against. On a case-insensitive file system,
+/// names that differ only in case collide, and the restore fails (Nix's
+/// case hack, SPEC §1.5, is not implemented).
 ///
 /// On any error, everything created under `dest` (and `dest` itself) is
 /// removed. With `overwrite`, the old destination is already gone then.

@@ -874,7 +874,9 @@ fn store_paths_follow_the_store_dir() {
     let info = NarInfo::parse_in(&text.replace("/nix/store/", "/gnu/store/"), &gnu).unwrap();
     assert_eq!(info.store_dir(), &gnu);
     assert!(info.fingerprint().starts_with("1;/gnu/store/jgs69"));
-    assert!(info.fingerprint().ends_with(";/gnu/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt,/gnu/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv"));
+    let refs = "/gnu/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt,\
+                /gnu/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
+    assert!(info.fingerprint().ends_with(&format!(";{refs}")));
 }
 
 #[test]
@@ -1060,7 +1062,9 @@ fn new_writes_nix_2_8_field_order() {
         ]
     );
     // References sorted and deduplicated, as Nix's set.
-    assert!(written.contains("\nReferences: 3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv\n"));
+    let refs = "3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt \
+                jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
+    assert!(written.contains(&format!("\nReferences: {refs}\n")));
 
     let empty = NarInfoFields {
         references: vec![],
@@ -1164,52 +1168,64 @@ fn free_text() -> impl Strategy<Value = String> {
     "[^\r\n]{0,30}"
 }
 
+/// A `(key, value)` line.
+fn line(
+    key: &'static str,
+    value: impl Strategy<Value = String>,
+) -> impl Strategy<Value = (String, String)> {
+    value.prop_map(move |v| (key.to_owned(), v))
+}
+
+/// A `References` value: distinct base names in any order, maybe with
+/// leading spaces.
+fn references() -> impl Strategy<Value = String> {
+    let refs = proptest::collection::btree_set(base_name(), 0..6)
+        .prop_map(Vec::from_iter)
+        .prop_shuffle();
+    (refs, " {0,2}").prop_map(|(refs, pad)| format!("{pad}{}", refs.join(" ")))
+}
+
 /// The lines of a valid narinfo in any order, with optional and unknown
-/// fields; `(key, value)` pairs.
+/// fields.
 fn narinfo_lines() -> impl Strategy<Value = Vec<(String, String)>> {
-    let required = (base_name(), "[a-z0-9/._-]{1,40}", nar_hash(), 1..u64::MAX);
-    let optional = (
-        proptest::option::of(prop_oneof![Just(String::new()), "[a-z0-9]{1,8}"]),
-        proptest::option::of(nar_hash()),
-        proptest::option::of(any::<u64>()),
-        proptest::option::of(proptest::collection::btree_set(base_name(), 0..6)),
-        proptest::option::of(prop_oneof![Just("unknown-deriver".to_owned()), base_name()]),
-        proptest::option::of(free_text()),
-        proptest::collection::vec(free_text(), 0..3),
-        proptest::collection::vec(("X-[A-Za-z]{0,8}", free_text()), 0..3),
-        "( {0,2})",
+    use proptest::collection::vec;
+    use proptest::option::of;
+    let number = |range: std::ops::Range<u64>| range.prop_map(|n| n.to_string());
+    let required = (
+        line(
+            "StorePath",
+            base_name().prop_map(|b| format!("/nix/store/{b}")),
+        ),
+        line("URL", "[a-z0-9/._-]{1,40}"),
+        line("NarHash", nar_hash()),
+        line("NarSize", number(1..u64::MAX)),
     );
-    (required, optional)
-        .prop_map(
-            |(
-                (path, url, hash, size),
-                (comp, fhash, fsize, refs, deriver, system, sigs, unknown, pad),
-            )| {
-                let mut lines = vec![
-                    ("StorePath".to_owned(), format!("/nix/store/{path}")),
-                    ("URL".into(), url),
-                    ("NarHash".into(), hash),
-                    ("NarSize".into(), size.to_string()),
-                ];
-                let mut opt = |key: &str, value: Option<String>| {
-                    if let Some(v) = value {
-                        lines.push((key.to_owned(), v));
-                    }
-                };
-                opt("Compression", comp);
-                opt("FileHash", fhash);
-                opt("FileSize", fsize.map(|s| s.to_string()));
-                opt(
-                    "References",
-                    refs.map(|r| format!("{pad}{}", r.into_iter().collect::<Vec<_>>().join(" "))),
-                );
-                opt("Deriver", deriver);
-                opt("System", system);
-                lines.extend(sigs.into_iter().map(|s| ("Sig".to_owned(), s)));
-                lines.extend(unknown);
-                lines
-            },
-        )
+    let optional = (
+        of(line(
+            "Compression",
+            prop_oneof![Just(String::new()), "[a-z0-9]{1,8}"],
+        )),
+        of(line("FileHash", nar_hash())),
+        of(line("FileSize", number(0..u64::MAX))),
+        of(line("References", references())),
+        of(line(
+            "Deriver",
+            prop_oneof![Just("unknown-deriver".to_owned()), base_name()],
+        )),
+        of(line("System", free_text())),
+    );
+    let repeated = (
+        vec(line("Sig", free_text()), 0..3),
+        vec(("X-[A-Za-z]{0,8}", free_text()), 0..3),
+    );
+    (required, optional, repeated)
+        .prop_map(|((a, b, c, d), (e, f, g, h, i, j), (sigs, unknown))| {
+            let mut lines = vec![a, b, c, d];
+            lines.extend([e, f, g, h, i, j].into_iter().flatten());
+            lines.extend(sigs);
+            lines.extend(unknown);
+            lines
+        })
         .prop_shuffle()
 }
 
@@ -1228,7 +1244,8 @@ proptest! {
         let nar_size = info.nar_size().to_string();
         prop_assert_eq!(Some(nar_size.as_str()), value("NarSize"));
         prop_assert_eq!(info.system(), value("System"));
-        prop_assert_eq!(info.signatures().count(), lines.iter().filter(|(k, _)| k == "Sig").count());
+        let sig_lines = lines.iter().filter(|(k, _)| k == "Sig").count();
+        prop_assert_eq!(info.signatures().count(), sig_lines);
         // Written canonically and read back, the values are the same.
         let canonical = NarInfo::new(info.fields()).unwrap();
         prop_assert_eq!(NarInfo::parse(&canonical.render()).unwrap(), canonical.clone());
