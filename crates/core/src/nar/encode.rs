@@ -155,9 +155,11 @@ impl<W: Write> Dumper<W> {
         let mut children = Vec::new();
         for entry in entries {
             let entry = entry.map_err(fs_error("reading directory", path))?;
-            let metadata = entry
-                .metadata()
-                .map_err(|e| fs_error("getting status of", &entry.path())(e))?;
+            let metadata = entry.metadata().map_err(|source| NarError::Fs {
+                op: "getting status of",
+                path: entry.path(),
+                source,
+            })?;
             children.push(Child {
                 name: entry.file_name(),
                 metadata,

@@ -329,149 +329,76 @@ use Expect::{Accept, Reject};
 /// Every case of `vectors/nar/invalid/`, with what the strict column of
 /// SPEC §1.4 asks for. Messages give the offset of the offending token and
 /// the entry path (none means the root).
+#[rustfmt::skip]
 const INVALID_VECTORS: &[(&str, Expect)] = &[
     // Magic "nix-archive-2" instead of "nix-archive-1".
-    (
-        "bad_magic",
-        Reject("invalid NAR at byte 0: input doesn't look like a Nix archive"),
-    ),
+    ("bad_magic", Reject("invalid NAR at byte 0: input doesn't look like a Nix archive")),
     // Names "A" and "a" differ bytewise; only the case hack would care.
     ("case_pair_A_a", Accept),
     // Fixed field order: `executable` after `contents` (Nix 2.8 accepted).
-    (
-        "contents_then_exec",
-        Reject("invalid NAR at byte 104: expected ')', found 'executable'"),
-    ),
+    ("contents_then_exec", Reject("invalid NAR at byte 104: expected ')', found 'executable'")),
     // `contents` twice (Nix 2.8 concatenated them).
-    (
-        "contents_twice",
-        Reject("invalid NAR at byte 104: expected ')', found 'contents'"),
-    ),
+    ("contents_twice", Reject("invalid NAR at byte 104: expected ')', found 'contents'")),
     // Two entries named "a" (Nix 2.8 failed only at the second open()).
-    (
-        "duplicate",
-        Reject("invalid NAR at byte 320: duplicate directory entry 'a'"),
-    ),
+    ("duplicate", Reject("invalid NAR at byte 320: duplicate directory entry 'a'")),
     // An entry with a name but no node (Nix 2.8 created nothing).
-    (
-        "entry_missing_node",
-        Reject("invalid NAR at byte 144 in 'a': expected 'node', found ')'"),
-    ),
+    ("entry_missing_node", Reject("invalid NAR at byte 144 in 'a': expected 'node', found ')'")),
     // `node` before `name`.
-    (
-        "entry_node_without_name",
-        Reject("invalid NAR at byte 112: expected 'name', found 'node'"),
-    ),
+    ("entry_node_without_name", Reject("invalid NAR at byte 112: expected 'name', found 'node'")),
     // The executable marker's value must be empty.
-    (
-        "exec_nonempty",
-        Reject("invalid NAR at byte 96: executable marker has a non-empty value"),
-    ),
+    ("exec_nonempty", Reject("invalid NAR at byte 96: executable marker has a non-empty value")),
     // `executable` twice (Nix 2.8 accepted).
-    (
-        "exec_twice",
-        Reject("invalid NAR at byte 104: expected 'contents', found 'executable'"),
-    ),
+    ("exec_twice", Reject("invalid NAR at byte 104: expected 'contents', found 'executable'")),
     // A 2^63-byte "(" token: refused by its length, before any allocation.
-    (
-        "len_too_big",
-        Reject("invalid NAR at byte 24: expected '(', found a 9223372036854775808-byte string"),
-    ),
+    ("len_too_big", Reject("invalid NAR at byte 24: expected '(', found a 9223372036854775808-byte string")),
     // A 256-byte name: over the 255-byte limit (Nix 2.8 left it to the OS).
-    (
-        "name_256",
-        Reject("invalid NAR at byte 128: file name of 256 bytes is longer than 255"),
-    ),
-    (
-        "name_dot",
-        Reject("invalid NAR at byte 128: invalid file name '.'"),
-    ),
-    (
-        "name_dotdot",
-        Reject("invalid NAR at byte 128: invalid file name '..'"),
-    ),
-    (
-        "name_empty",
-        Reject("invalid NAR at byte 128: invalid file name ''"),
-    ),
+    ("name_256", Reject("invalid NAR at byte 128: file name of 256 bytes is longer than 255")),
+    // `.` would alias the directory itself.
+    ("name_dot", Reject("invalid NAR at byte 128: invalid file name '.'")),
+    // `..` would climb out of the directory.
+    ("name_dotdot", Reject("invalid NAR at byte 128: invalid file name '..'")),
+    // An empty name would alias the directory itself.
+    ("name_empty", Reject("invalid NAR at byte 128: invalid file name ''")),
     // UTF-8 "é": any bytes but "/" and NUL are fine.
     ("name_high_bytes", Accept),
-    (
-        "name_nul",
-        Reject("invalid NAR at byte 128: invalid file name 'a\\u{0}b'"),
-    ),
-    (
-        "name_slash",
-        Reject("invalid NAR at byte 128: invalid file name 'a/b'"),
-    ),
+    // NUL ends a C path string; the OS would see "a".
+    ("name_nul", Reject("invalid NAR at byte 128: invalid file name 'a\\u{0}b'")),
+    // A `/` would make one name two path components.
+    ("name_slash", Reject("invalid NAR at byte 128: invalid file name 'a/b'")),
     // A regular file without `contents` (Nix 2.8 made an empty file).
-    (
-        "no_contents",
-        Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found ')'"),
-    ),
+    ("no_contents", Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found ')'")),
     // A node without `type` (Nix 2.8 created nothing).
-    (
-        "no_type",
-        Reject("invalid NAR at byte 40: expected 'type', found ')'"),
-    ),
+    ("no_type", Reject("invalid NAR at byte 40: expected 'type', found ')'")),
     // Padding after the contents "x" has a 01 byte.
-    (
-        "nonzero_padding",
-        Reject("invalid NAR at byte 97: non-zero padding"),
-    ),
+    ("nonzero_padding", Reject("invalid NAR at byte 97: non-zero padding")),
+    // Two files "a" and "b": the baseline valid directory.
     ("ok_basic", Accept),
     // "Z" (0x5a) sorts before "a" (0x61).
     ("sort_bytewise_Z_a", Accept),
     // "a" sorts before "é" (0xc3 0xa9): bytes compare unsigned.
     ("sort_bytewise_high", Accept),
-    (
-        "symlink_empty_target",
-        Reject("invalid NAR at byte 88: symlink target is empty"),
-    ),
+    // symlink(2) refuses an empty target (Nix ≥ 2.35 rejects it too).
+    ("symlink_empty_target", Reject("invalid NAR at byte 88: symlink target is empty")),
     // A symlink without `target` (Nix 2.8 created nothing).
-    (
-        "symlink_no_target",
-        Reject("invalid NAR at byte 72: expected 'target', found ')'"),
-    ),
+    ("symlink_no_target", Reject("invalid NAR at byte 72: expected 'target', found ')'")),
     // 5000 bytes: over the 4095-byte limit.
-    (
-        "symlink_target_5000",
-        Reject("invalid NAR at byte 88: symlink target of 5000 bytes is longer than 4095"),
-    ),
+    ("symlink_target_5000", Reject("invalid NAR at byte 88: symlink target of 5000 bytes is longer than 4095")),
     // Nix 2.8 silently cut the target at the NUL.
-    (
-        "symlink_target_nul",
-        Reject("invalid NAR at byte 88: symlink target 'abc\\u{0}def' contains a NUL byte"),
-    ),
+    ("symlink_target_nul", Reject("invalid NAR at byte 88: symlink target 'abc\\u{0}def' contains a NUL byte")),
     // A symlink to /etc/passwd is a valid NAR; restore must not follow it.
     ("top_symlink", Accept),
     // Bytes after the NAR: an error for a standalone NAR.
-    (
-        "trailing_garbage",
-        Reject("invalid NAR at byte 120: data after the end of the NAR"),
-    ),
-    (
-        "truncated",
-        Reject("invalid NAR at byte 112: unexpected end of data"),
-    ),
+    ("trailing_garbage", Reject("invalid NAR at byte 120: data after the end of the NAR")),
+    // The stream ends inside the root node.
+    ("truncated", Reject("invalid NAR at byte 112: unexpected end of data")),
     // `type` again where `contents` belongs.
-    (
-        "type_twice",
-        Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found 'type'"),
-    ),
-    (
-        "unknown_field",
-        Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found 'foo'"),
-    ),
-    (
-        "unknown_type",
-        Reject("invalid NAR at byte 56: unknown file type 'fifo'"),
-    ),
+    ("type_twice", Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found 'type'")),
+    // An unknown key `foo` in a regular file.
+    ("unknown_field", Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found 'foo'")),
+    // A `fifo` node: only regular, symlink and directory exist.
+    ("unknown_type", Reject("invalid NAR at byte 56: unknown file type 'fifo'")),
     // "b" then "a" (Nix 2.8 accepted; SPEC §1.4 on why that is dangerous).
-    (
-        "unsorted",
-        Reject("invalid NAR at byte 320: directory entries are not sorted ('a' after 'b')"),
-    ),
+    ("unsorted", Reject("invalid NAR at byte 320: directory entries are not sorted ('a' after 'b')")),
 ];
 
 /// Each case is accepted or rejected as the table says, by `validate` and
