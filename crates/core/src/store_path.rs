@@ -75,26 +75,40 @@ pub enum StorePathError {
 /// # Errors
 /// [`StorePathError`] saying which rule the name breaks.
 pub fn validate_name(name: &str) -> Result<(), StorePathError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return Err(StorePathError::BadNameLength(name.to_owned()));
     }
-    if let Some(ch) = name.chars().find(|&c| !is_name_char(c)) {
+    // A table lookup per byte: this runs for every reference of every
+    // narinfo parsed, so it is on the hot path.
+    if let Some(pos) = bytes.iter().position(|&c| !NAME_CHARS[c as usize]) {
+        let ch = name[pos..].chars().next().unwrap_or('\0');
         return Err(StorePathError::BadNameChar {
             name: name.to_owned(),
             ch,
         });
     }
     // Newer Nix: the first dash-separated component may not be "." or "..".
-    let first = name.split('-').next().unwrap_or(name);
-    if first == "." || first == ".." {
-        return Err(StorePathError::DotName(name.to_owned()));
+    if bytes[0] == b'.' {
+        let first = name.split('-').next().unwrap_or(name);
+        if first == "." || first == ".." {
+            return Err(StorePathError::DotName(name.to_owned()));
+        }
     }
     Ok(())
 }
 
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_' | '?' | '=')
-}
+/// The bytes allowed in a store path name: `[A-Za-z0-9+-._?=]`.
+const NAME_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=');
+        c += 1;
+    }
+    t
+};
 
 /// The base name of a store path, `<32 nix32 chars>-<name>`, validated.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

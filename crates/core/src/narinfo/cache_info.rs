@@ -72,10 +72,10 @@ pub struct CacheInfo {
     pub store_dir: Option<StoreDir>,
     /// `WantMassQuery: 1`: the cache may be queried for many paths at once.
     pub want_mass_query: bool,
-    /// `Priority`: lower is preferred; Nix's default is 50 for a cache that
-    /// sets none (cache.nixos.org publishes 40).
+    /// `Priority`: lower is preferred. Absent means Nix's default, 0
+    /// (SPEC §3.2; cache.nixos.org publishes 40).
     pub priority: Option<i64>,
-    /// Other `key: value` lines, trimmed, in order.
+    /// The other `key: value` lines, in order (values trimmed).
     pub other: Vec<(String, String)>,
 }
 

@@ -362,24 +362,15 @@ fn signed_field_mutations(doc: &str) -> Vec<(&'static str, String)> {
         .split(' ')
         .filter(|r| !r.is_empty())
         .collect();
-    if let Some(first) = refs.first() {
-        let rest = refs[1..].join(" ");
+    if let Some((first, rest)) = refs.split_first() {
+        let rest = rest.join(" ");
+        let removed = rest.clone();
         out.push((
             "removed reference",
-            replace_value(doc, "References", |_| rest.clone()),
+            replace_value(doc, "References", |_| removed),
         ));
-        let altered = refs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                if i == 0 {
-                    alter_hash_part(first)
-                } else {
-                    (*r).to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        // A trailing space when `rest` is empty is fine: extra spaces are.
+        let altered = format!("{} {rest}", alter_hash_part(first));
         out.push((
             "altered reference",
             replace_value(doc, "References", |_| altered),
@@ -394,9 +385,7 @@ fn corpus_changing_a_signed_field_breaks_the_signature() {
     let bad = Err(VerifyError::BadSignature {
         key_name: "cache.nixos.org-1".into(),
     });
-    // Every 7th document keeps the test quick in debug builds while covering
-    // all shapes (no references, CA, System, bzip2).
-    for (i, doc) in corpus().iter().enumerate().step_by(7) {
+    for (i, doc) in corpus().iter().enumerate() {
         for (what, changed) in signed_field_mutations(doc) {
             let info = parse_ok(&changed);
             assert_eq!(info.verify(&trusted), bad, "document {i}: {what}");
@@ -416,6 +405,7 @@ fn changing_unsigned_fields_keeps_the_signature() {
         replace_value(&doc, "FileSize", |_| "1".into()),
         replace_value(&doc, "Deriver", |_| "unknown-deriver".into()),
         doc.replace("Sig:", "System: x86_64-linux\nSig:"),
+        format!("{doc}CA: fixed:r:sha256:11q31cdn7bvbbh7dx0ajqzw7rll1pyhrkjq75pdy60c7mqc519c3\n"),
     ];
     for changed in changes {
         assert_eq!(
@@ -429,17 +419,17 @@ fn changing_unsigned_fields_keeps_the_signature() {
 #[test]
 fn corpus_without_signatures_or_with_unknown_keys() {
     let trusted = cache_nixos_org();
-    for doc in corpus().iter().step_by(50) {
-        let mut unsigned = parse_ok(doc);
-        unsigned.clear_signatures();
+    for doc in &corpus() {
+        let unsigned_text: String = doc
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with("Sig: "))
+            .collect();
+        let unsigned = parse_ok(&unsigned_text);
         assert_eq!(unsigned.verify(&trusted), Err(VerifyError::NoSignatures));
-        assert_eq!(
-            unsigned.render(),
-            doc.lines()
-                .filter(|l| !l.starts_with("Sig: "))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
-        );
+        // Removing the signatures of a parsed narinfo gives the same text.
+        let mut cleared = parse_ok(doc);
+        cleared.clear_signatures();
+        assert_eq!(cleared, unsigned);
 
         let foreign = parse_ok(&doc.replace("Sig: cache.nixos.org-1:", "Sig: someone-else-1:"));
         assert_eq!(
