@@ -493,6 +493,26 @@ impl Hasher {
     }
 }
 
+/// SHA-256 and byte count of a stream, shared by [`HashingWriter`] and
+/// [`HashingReader`]: exactly what `narHash` and `narSize` need.
+#[derive(Clone, Default)]
+struct Sha256Count {
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl Sha256Count {
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.count += data.len() as u64;
+    }
+
+    fn finish(self) -> (NixHash, u64) {
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        (NixHash::sha256(digest), self.count)
+    }
+}
+
 /// A writer that hashes (SHA-256) and counts everything written through it,
 /// then passes it on to an inner writer.
 ///
@@ -500,8 +520,7 @@ impl Hasher {
 /// out of [`HashingWriter::finish`].
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: sha2::Sha256,
-    count: u64,
+    state: Sha256Count,
 }
 
 impl<W: Write> HashingWriter<W> {
@@ -509,35 +528,32 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
-            hasher: sha2::Sha256::new(),
-            count: 0,
+            state: Sha256Count::default(),
         }
     }
 
     /// Bytes written so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.state.count
     }
 
     /// Returns the inner writer, the SHA-256 of all bytes and their count.
     pub fn finish(self) -> (W, NixHash, u64) {
-        let digest: [u8; 32] = self.hasher.finalize().into();
-        (self.inner, NixHash::sha256(digest), self.count)
+        let (hash, count) = self.state.finish();
+        (self.inner, hash, count)
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.state.update(&buf[..n]);
         Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.inner.write_all(buf)?;
-        self.hasher.update(buf);
-        self.count += buf.len() as u64;
+        self.state.update(buf);
         Ok(())
     }
 
@@ -549,8 +565,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// A reader that hashes (SHA-256) and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: sha2::Sha256,
-    count: u64,
+    state: Sha256Count,
 }
 
 impl<R: io::Read> HashingReader<R> {
@@ -558,28 +573,26 @@ impl<R: io::Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            hasher: sha2::Sha256::new(),
-            count: 0,
+            state: Sha256Count::default(),
         }
     }
 
     /// Bytes read so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.state.count
     }
 
     /// Returns the inner reader, the SHA-256 of all bytes read and their count.
     pub fn finish(self) -> (R, NixHash, u64) {
-        let digest: [u8; 32] = self.hasher.finalize().into();
-        (self.inner, NixHash::sha256(digest), self.count)
+        let (hash, count) = self.state.finish();
+        (self.inner, hash, count)
     }
 }
 
 impl<R: io::Read> io::Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.state.update(&buf[..n]);
         Ok(n)
     }
 }

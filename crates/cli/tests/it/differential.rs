@@ -125,6 +125,17 @@ fn generate_key(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     (sk, fs::read_to_string(pk).unwrap())
 }
 
+/// Runs `nix store verify --sigs-needed 1` on `path` in the store at `url`,
+/// trusting only `key`.
+fn nix_store_verify(url: &str, key: &str, path: &str) -> std::process::Output {
+    nix("nix")
+        .args(["store", "verify", "--sigs-needed", "1", "--store", url])
+        .args(["--option", "trusted-public-keys", key])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 /// Nix's `nix store verify` accepts what `nixferry add` signed, checks its
 /// contents, and `nix copy` installs it into another store.
 #[test]
@@ -145,14 +156,7 @@ fn nix_accepts_what_nixferry_adds_and_signs() {
     );
     assert_eq!(path, run_text(nix("nix-store").arg("--add").arg(&t)));
 
-    let verify = |key: &str| {
-        nix("nix")
-            .args(["store", "verify", "--sigs-needed", "1", "--store", &url])
-            .args(["--option", "trusted-public-keys", key])
-            .arg(&path)
-            .output()
-            .unwrap()
-    };
+    let verify = |key: &str| nix_store_verify(&url, key, &path);
     let ok = verify(&pk);
     assert!(
         ok.status.success(),
@@ -207,15 +211,8 @@ fn keys_interoperate_with_nix() {
         .args(["narinfo", "sign", "-i", "--secret-key-file"])
         .arg(&sk)
         .arg(&narinfo));
-    let verify = |key: &str| {
-        nix("nix")
-            .args(["store", "verify", "--sigs-needed", "1", "--store"])
-            .arg(format!("file://{}", cache.display()))
-            .args(["--option", "trusted-public-keys", key])
-            .arg(&path)
-            .output()
-            .unwrap()
-    };
+    let cache_url = format!("file://{}", cache.display());
+    let verify = |key: &str| nix_store_verify(&cache_url, key, &path);
     let ok = verify(&pk);
     assert!(
         ok.status.success(),
