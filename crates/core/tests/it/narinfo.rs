@@ -1291,35 +1291,3 @@ proptest! {
         nixferry::fuzzing::narinfo_parse(&data);
     }
 }
-
-// ---------------------------------------------------------------------------
-// Timing (a printout, not an assertion): run with
-// `cargo test --release -p nixferry --test it -- --ignored --nocapture timing`.
-
-#[test]
-#[ignore = "timing printout; run in release mode"]
-fn timing_parse_and_verify() {
-    use std::time::Instant;
-    let docs = corpus();
-    let rounds = 20;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        for doc in &docs {
-            std::hint::black_box(NarInfo::parse(std::hint::black_box(doc)).unwrap());
-        }
-    }
-    let per_doc = start.elapsed() / (rounds * docs.len() as u32);
-    println!("parse: {per_doc:?} per document");
-
-    let infos: Vec<NarInfo> = docs.iter().map(|d| parse_ok(d)).collect();
-    let trusted = cache_nixos_org();
-    let start = Instant::now();
-    for info in &infos {
-        assert!(info.verify(&trusted).is_ok());
-    }
-    let elapsed = start.elapsed();
-    println!(
-        "verify (fingerprint + ed25519): {:.0} narinfos/s",
-        infos.len() as f64 / elapsed.as_secs_f64()
-    );
-}
