@@ -1,7 +1,8 @@
 //! `nixferry nar ...`
 
 use std::fs::File;
-use std::io::{BufWriter, Write as _};
+use std::io::{self, Write as _};
+use std::os::fd::AsFd as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -13,22 +14,26 @@ use crate::exit::Failure;
 pub(super) fn run(cmd: NarCommand) -> Result<(), Failure> {
     match cmd {
         NarCommand::Dump { path, output } => {
+            // No hash is printed, so none is computed, and the contents of
+            // large files can go from file to output inside the kernel
+            // (`io::copy` does that for `File`s). The library buffers small
+            // writes itself, so the outputs are plain files.
             let what = || format!("dumping '{}'", path.display());
             match output {
                 Some(out) => {
-                    let f = File::create(&out)
+                    let mut f = File::create(&out)
                         .with_context(|| format!("creating '{}'", out.display()))?;
-                    let mut w = BufWriter::with_capacity(1 << 20, f);
-                    nar::dump(&path, &mut w).with_context(what)?;
-                    w.into_inner()
-                        .map_err(|e| e.into_error())?
-                        .sync_all()
+                    nar::dump_unhashed(&path, &mut f).with_context(what)?;
+                    f.sync_all()
                         .with_context(|| format!("writing '{}'", out.display()))?;
                 }
                 None => {
-                    let mut w = super::stdout();
-                    nar::dump(&path, &mut w).with_context(what)?;
-                    w.flush()?;
+                    // Descriptor 1 as a `File`, rather than `Stdout`, which
+                    // is line-buffered and would split binary output around
+                    // newlines into extra writes. Nothing else writes to
+                    // stdout in this command.
+                    let mut w = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+                    nar::dump_unhashed(&path, &mut w).with_context(what)?;
                 }
             }
         }

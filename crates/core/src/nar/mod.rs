@@ -15,8 +15,11 @@
 //!   as declared) and hashes and counts the bytes as they stream out.
 //!   [`dump`] walks a file system tree (without recursion and without
 //!   following symlinks) and drives a `NarWriter`; [`hash_path`] is `dump`
-//!   into a sink. File contents stream through one reused buffer, so memory
-//!   does not grow with file size.
+//!   into a sink, and [`dump_unhashed`] is `dump` without the hash, which
+//!   lets the kernel copy file contents. The walk reads small files ahead,
+//!   on a second thread when there is a second CPU, in bounded batches;
+//!   large files stream through one reused buffer, so memory does not grow
+//!   with file size.
 //! - **Reading.** [`Decoder`] is a pull parser: [`Decoder::next_event`]
 //!   yields one [`Event`] per node (and one per end of directory), and
 //!   [`Decoder::contents`] streams a regular file's bytes. It keeps an
@@ -71,14 +74,16 @@ use crate::hash::NixHash;
 mod cat;
 mod decode;
 mod encode;
+mod file;
 mod listing;
 mod restore;
+mod walk;
 mod wire;
 mod writer;
 
 pub use cat::cat;
 pub use decode::{validate, Contents, Decoder, Entry, EntryKind, Event};
-pub use encode::{dump, hash_path};
+pub use encode::{dump, dump_unhashed, hash_path};
 pub use listing::{list, Listing};
 pub use restore::{restore, restore_from_decoder, RestoreOptions};
 pub use writer::NarWriter;

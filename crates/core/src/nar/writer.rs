@@ -1,7 +1,14 @@
 //! [`NarWriter`]: the canonical NAR writer every encoder goes through.
+//!
+//! The writing itself is done by [`Encoder`], which does not hash: `NarWriter`
+//! is an `Encoder` into a [`HashingWriter`], and [`super::dump_unhashed`]
+//! uses an `Encoder` straight into its output, so that file contents can
+//! bypass user space there.
 
 use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
 
+use super::file::SizedFile;
 use super::wire::{self, padding_len, ZEROS};
 use super::{Escaped, Limits, NarError, NarSummary};
 use crate::hash::HashingWriter;
@@ -11,7 +18,9 @@ use crate::hash::HashingWriter;
 pub(super) const CONTENTS_CHUNK: usize = 256 * 1024;
 
 /// Small tokens are gathered into this buffer before they are hashed and
-/// passed on, so that an unbuffered output sees few large writes.
+/// passed on, so that an unbuffered output sees few large writes. It is
+/// also what `io::copy` reads file contents into when the kernel cannot
+/// copy them itself (see [`Encoder::regular_file`]).
 const OUTPUT_BUFFER: usize = 64 * 1024;
 
 /// Writes a canonical NAR, hashing and counting it as it streams out.
@@ -44,7 +53,134 @@ const OUTPUT_BUFFER: usize = 64 * 1024;
 /// # Ok::<(), nixferry::nar::NarError>(())
 /// ```
 pub struct NarWriter<W: Write> {
-    out: BufWriter<HashingWriter<W>>,
+    encoder: Encoder<HashingWriter<W>>,
+}
+
+impl<W: Write> NarWriter<W> {
+    /// A writer into `out`. Nothing is written until the root node.
+    pub fn new(out: W) -> Self {
+        Self {
+            encoder: Encoder::new(HashingWriter::new(out), ContentsCopy::Buffered),
+        }
+    }
+
+    /// NAR bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.encoder.position()
+    }
+
+    /// Writes a regular file whose `size` bytes of contents come from
+    /// `contents`, which must then be at its end.
+    ///
+    /// # Errors
+    /// [`NarError::ContentsRead`] if `contents` fails,
+    /// [`NarError::ContentsSize`] if it has fewer or more than `size` bytes,
+    /// [`NarError::Io`] if the output fails, [`NarError::Misuse`] if no node
+    /// may be written here.
+    pub fn regular(
+        &mut self,
+        executable: bool,
+        size: u64,
+        contents: impl Read,
+    ) -> Result<(), NarError> {
+        self.encoder.regular(executable, size, contents)
+    }
+
+    /// Writes a regular file with the given contents.
+    ///
+    /// # Errors
+    /// As [`NarWriter::regular`].
+    pub fn regular_bytes(&mut self, executable: bool, contents: &[u8]) -> Result<(), NarError> {
+        self.encoder.regular_bytes(executable, contents)
+    }
+
+    /// Writes a symlink (SPEC §1.1 rule 3: the raw target bytes).
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] for an empty target, one containing NUL or one
+    /// longer than 4095 bytes, or if no node may be written here;
+    /// [`NarError::Io`] if the output fails.
+    pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarError> {
+        self.encoder.symlink(target)
+    }
+
+    /// Starts a directory; its entries follow, then
+    /// [`end_directory`](Self::end_directory).
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] if no node may be written here,
+    /// [`NarError::Io`] if the output fails.
+    pub fn begin_directory(&mut self) -> Result<(), NarError> {
+        self.encoder.begin_directory()
+    }
+
+    /// Starts an entry of the current directory; its node comes next.
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] outside a directory, or for a name that is
+    /// invalid (empty, `.`, `..`, containing `/` or NUL, longer than 255
+    /// bytes) or not greater than the previous entry's name;
+    /// [`NarError::Io`] if the output fails.
+    pub fn entry(&mut self, name: &[u8]) -> Result<(), NarError> {
+        self.encoder.entry(name)
+    }
+
+    /// Ends the current directory.
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] outside a directory or when the last entry has
+    /// no node yet; [`NarError::Io`] if the output fails.
+    pub fn end_directory(&mut self) -> Result<(), NarError> {
+        self.encoder.end_directory()
+    }
+
+    /// Flushes the NAR and returns the output with the NAR's hash and size.
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] if the root node is not complete,
+    /// [`NarError::Io`] if flushing fails.
+    pub fn finish(self) -> Result<(W, NarSummary), NarError> {
+        let (hashing, nar_size) = self.encoder.finish()?;
+        let (out, nar_hash, hashed) = hashing.finish();
+        debug_assert_eq!(hashed, nar_size);
+        Ok((out, NarSummary { nar_hash, nar_size }))
+    }
+
+    /// The encoder underneath, for [`super::dump`], which also writes
+    /// regular files from open [`File`]s.
+    pub(super) fn encoder(&mut self) -> &mut Encoder<HashingWriter<W>> {
+        &mut self.encoder
+    }
+}
+
+impl<W: Write> std::fmt::Debug for NarWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.encoder.fmt_fields(f.debug_struct("NarWriter"))
+    }
+}
+
+/// How [`Encoder::regular_file`] moves a file's contents to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ContentsCopy {
+    /// Through the encoder's own buffer: needed when the bytes must be seen
+    /// on their way, to hash them.
+    Buffered,
+    /// With [`io::copy`], which on Linux lets the kernel move the bytes
+    /// (`copy_file_range` into a file, `sendfile` into, say, `/dev/null`)
+    /// when the output is a std file-descriptor type (`File`,
+    /// `StdoutLock`, or a `BufWriter` or `&mut` of one), and otherwise
+    /// reads into the encoder's `BufWriter` directly.
+    Kernel,
+}
+
+/// The NAR writer proper: the state machine that keeps the archive
+/// canonical, and the tokens, written to `S` without hashing. See
+/// [`NarWriter`] for the rules.
+pub(super) struct Encoder<S: Write> {
+    out: BufWriter<S>,
+    /// Bytes handed to `out` (or copied past it, see [`ContentsCopy`]).
+    written: u64,
+    contents_copy: ContentsCopy,
     state: State,
     /// Whether the magic has been written.
     started: bool,
@@ -63,6 +199,14 @@ enum State {
     Node,
     /// Inside a directory: an entry or its end comes next.
     Directory,
+    /// Inside a regular file started by [`Encoder::begin_regular`]: more
+    /// of its contents come next.
+    Contents {
+        /// The declared size.
+        size: u64,
+        /// Bytes still to come.
+        remaining: u64,
+    },
     /// The root node is complete.
     Done,
     /// An error occurred; the output is unusable.
@@ -76,11 +220,13 @@ struct OpenDir {
     name_start: usize,
 }
 
-impl<W: Write> NarWriter<W> {
-    /// A writer into `out`. Nothing is written until the root node.
-    pub fn new(out: W) -> Self {
+impl<S: Write> Encoder<S> {
+    /// An encoder into `out`. Nothing is written until the root node.
+    pub(super) fn new(out: S, contents_copy: ContentsCopy) -> Self {
         Self {
-            out: BufWriter::with_capacity(OUTPUT_BUFFER, HashingWriter::new(out)),
+            out: BufWriter::with_capacity(OUTPUT_BUFFER, out),
+            written: 0,
+            contents_copy,
             state: State::Node,
             started: false,
             dirs: Vec::new(),
@@ -90,19 +236,12 @@ impl<W: Write> NarWriter<W> {
     }
 
     /// NAR bytes written so far.
-    pub fn position(&self) -> u64 {
-        self.out.get_ref().count() + self.out.buffer().len() as u64
+    pub(super) fn position(&self) -> u64 {
+        self.written
     }
 
-    /// Writes a regular file whose `size` bytes of contents come from
-    /// `contents`, which must then be at its end.
-    ///
-    /// # Errors
-    /// [`NarError::ContentsRead`] if `contents` fails,
-    /// [`NarError::ContentsSize`] if it has fewer or more than `size` bytes,
-    /// [`NarError::Io`] if the output fails, [`NarError::Misuse`] if no node
-    /// may be written here.
-    pub fn regular(
+    /// As [`NarWriter::regular`].
+    pub(super) fn regular(
         &mut self,
         executable: bool,
         size: u64,
@@ -116,27 +255,98 @@ impl<W: Write> NarWriter<W> {
         })
     }
 
-    /// Writes a regular file with the given contents.
-    ///
-    /// # Errors
-    /// As [`NarWriter::regular`].
-    pub fn regular_bytes(&mut self, executable: bool, contents: &[u8]) -> Result<(), NarError> {
+    /// As [`NarWriter::regular_bytes`].
+    pub(super) fn regular_bytes(
+        &mut self,
+        executable: bool,
+        contents: &[u8],
+    ) -> Result<(), NarError> {
         self.guarded(|w| {
             w.begin_node()?;
             let size = contents.len() as u64;
             w.regular_header(executable, size)?;
-            w.out.write_all(contents)?;
+            w.put(contents)?;
             w.regular_trailer(size)
         })
     }
 
-    /// Writes a symlink (SPEC §1.1 rule 3: the raw target bytes).
+    /// Writes the regular file at `path`, as [`SizedFile`] reads it: the
+    /// file system side of [`super::dump`].
     ///
     /// # Errors
-    /// [`NarError::Misuse`] for an empty target, one containing NUL or one
-    /// longer than 4095 bytes, or if no node may be written here;
+    /// [`NarError::Fs`] naming `path` if reading fails (or, with
+    /// [`ContentsCopy::Kernel`], if the copy fails: the kernel does not
+    /// say which side failed), [`NarError::FileChanged`] if the file does
+    /// not have exactly its declared size, [`NarError::Io`] if the output
+    /// fails, [`NarError::Misuse`] if no node may be written here.
+    pub(super) fn regular_file(
+        &mut self,
+        executable: bool,
+        mut file: SizedFile,
+        path: &Path,
+    ) -> Result<(), NarError> {
+        self.guarded(|w| {
+            let size = file.size();
+            w.begin_node()?;
+            w.regular_header(executable, size)?;
+            match w.contents_copy {
+                ContentsCopy::Buffered => w.copy_file_buffered(&mut file, path)?,
+                ContentsCopy::Kernel => w.copy_file_kernel(&mut file, path)?,
+            }
+            w.regular_trailer(size)
+        })
+    }
+
+    /// Starts a regular file of `size` bytes, whose contents follow in
+    /// [`Encoder::contents`] calls; the node is complete with its last byte
+    /// (at once if `size` is 0).
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] if no node may be written here,
     /// [`NarError::Io`] if the output fails.
-    pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarError> {
+    pub(super) fn begin_regular(&mut self, executable: bool, size: u64) -> Result<(), NarError> {
+        self.guarded(|w| {
+            w.begin_node()?;
+            w.regular_header(executable, size)?;
+            if size == 0 {
+                return w.regular_trailer(0);
+            }
+            w.state = State::Contents {
+                size,
+                remaining: size,
+            };
+            Ok(())
+        })
+    }
+
+    /// Writes the next bytes of the file started by
+    /// [`Encoder::begin_regular`].
+    ///
+    /// # Errors
+    /// [`NarError::Misuse`] outside a file's contents or past their
+    /// declared size, [`NarError::Io`] if the output fails.
+    pub(super) fn contents(&mut self, bytes: &[u8]) -> Result<(), NarError> {
+        self.guarded(|w| {
+            let State::Contents { size, remaining } = w.state else {
+                return Err(w.out_of_order("contents()"));
+            };
+            let Some(remaining) = remaining.checked_sub(bytes.len() as u64) else {
+                return Err(misuse(format!(
+                    "{} bytes of contents where {remaining} are left of the declared {size}",
+                    bytes.len()
+                )));
+            };
+            w.put(bytes)?;
+            w.state = State::Contents { size, remaining };
+            if remaining == 0 {
+                w.regular_trailer(size)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// As [`NarWriter::symlink`].
+    pub(super) fn symlink(&mut self, target: &[u8]) -> Result<(), NarError> {
         self.guarded(|w| {
             let max = Limits::DEFAULT.max_target_len;
             if target.is_empty() || target.contains(&0) || target.len() > max {
@@ -146,23 +356,18 @@ impl<W: Write> NarWriter<W> {
                 )));
             }
             w.begin_node()?;
-            w.out.write_all(wire::SYMLINK)?;
+            w.put(wire::SYMLINK)?;
             w.write_str(target)?;
-            w.out.write_all(wire::CLOSE)?;
+            w.put(wire::CLOSE)?;
             w.end_node()
         })
     }
 
-    /// Starts a directory; its entries follow, then
-    /// [`end_directory`](Self::end_directory).
-    ///
-    /// # Errors
-    /// [`NarError::Misuse`] if no node may be written here,
-    /// [`NarError::Io`] if the output fails.
-    pub fn begin_directory(&mut self) -> Result<(), NarError> {
+    /// As [`NarWriter::begin_directory`].
+    pub(super) fn begin_directory(&mut self) -> Result<(), NarError> {
         self.guarded(|w| {
             w.begin_node()?;
-            w.out.write_all(wire::DIRECTORY)?;
+            w.put(wire::DIRECTORY)?;
             w.dirs.push(OpenDir {
                 name_start: w.names.len(),
             });
@@ -171,14 +376,8 @@ impl<W: Write> NarWriter<W> {
         })
     }
 
-    /// Starts an entry of the current directory; its node comes next.
-    ///
-    /// # Errors
-    /// [`NarError::Misuse`] outside a directory, or for a name that is
-    /// invalid (empty, `.`, `..`, containing `/` or NUL, longer than 255
-    /// bytes) or not greater than the previous entry's name;
-    /// [`NarError::Io`] if the output fails.
-    pub fn entry(&mut self, name: &[u8]) -> Result<(), NarError> {
+    /// As [`NarWriter::entry`].
+    pub(super) fn entry(&mut self, name: &[u8]) -> Result<(), NarError> {
         self.guarded(|w| {
             let Some(dir) = w.dirs.last().filter(|_| w.state == State::Directory) else {
                 return Err(w.out_of_order("entry()"));
@@ -196,9 +395,9 @@ impl<W: Write> NarWriter<W> {
                 )));
             }
             let name_start = dir.name_start;
-            w.out.write_all(wire::ENTRY)?;
+            w.put(wire::ENTRY)?;
             w.write_str(name)?;
-            w.out.write_all(wire::NODE)?;
+            w.put(wire::NODE)?;
             w.names.truncate(name_start);
             w.names.extend_from_slice(name);
             w.state = State::Node;
@@ -206,17 +405,13 @@ impl<W: Write> NarWriter<W> {
         })
     }
 
-    /// Ends the current directory.
-    ///
-    /// # Errors
-    /// [`NarError::Misuse`] outside a directory or when the last entry has
-    /// no node yet; [`NarError::Io`] if the output fails.
-    pub fn end_directory(&mut self) -> Result<(), NarError> {
+    /// As [`NarWriter::end_directory`].
+    pub(super) fn end_directory(&mut self) -> Result<(), NarError> {
         self.guarded(|w| {
             if w.state != State::Directory {
                 return Err(w.out_of_order("end_directory()"));
             }
-            w.out.write_all(wire::CLOSE)?;
+            w.put(wire::CLOSE)?;
             if let Some(dir) = w.dirs.pop() {
                 w.names.truncate(dir.name_start);
             }
@@ -224,19 +419,17 @@ impl<W: Write> NarWriter<W> {
         })
     }
 
-    /// Flushes the NAR and returns the output with the NAR's hash and size.
+    /// Flushes the NAR and returns the output and the NAR's size.
     ///
     /// # Errors
-    /// [`NarError::Misuse`] if the root node is not complete,
-    /// [`NarError::Io`] if flushing fails.
-    pub fn finish(mut self) -> Result<(W, NarSummary), NarError> {
+    /// As [`NarWriter::finish`].
+    pub(super) fn finish(mut self) -> Result<(S, u64), NarError> {
         if self.state != State::Done {
             return Err(self.out_of_order("finish()"));
         }
         self.out.flush()?;
-        let hashing = self.out.into_inner().map_err(|e| e.into_error())?;
-        let (out, nar_hash, nar_size) = hashing.finish();
-        Ok((out, NarSummary { nar_hash, nar_size }))
+        let out = self.out.into_inner().map_err(|e| e.into_error())?;
+        Ok((out, self.written))
     }
 
     /// Runs `f`, and marks the writer failed if it fails.
@@ -256,13 +449,21 @@ impl<W: Write> NarWriter<W> {
         result
     }
 
+    /// Writes NAR bytes; every byte of the NAR but kernel-copied contents
+    /// goes through here.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Checks that a node may start here, writing the magic before the root.
     fn begin_node(&mut self) -> Result<(), NarError> {
         if self.state != State::Node {
             return Err(self.out_of_order("a node"));
         }
         if !self.started {
-            self.out.write_all(wire::MAGIC)?;
+            self.put(wire::MAGIC)?;
             self.started = true;
         }
         Ok(())
@@ -273,24 +474,24 @@ impl<W: Write> NarWriter<W> {
         if self.dirs.is_empty() {
             self.state = State::Done;
         } else {
-            self.out.write_all(wire::CLOSE)?;
+            self.put(wire::CLOSE)?;
             self.state = State::Directory;
         }
         Ok(())
     }
 
     fn regular_header(&mut self, executable: bool, size: u64) -> io::Result<()> {
-        self.out.write_all(wire::REGULAR)?;
+        self.put(wire::REGULAR)?;
         if executable {
-            self.out.write_all(wire::EXECUTABLE)?;
+            self.put(wire::EXECUTABLE)?;
         }
-        self.out.write_all(wire::CONTENTS)?;
-        self.out.write_all(&size.to_le_bytes())
+        self.put(wire::CONTENTS)?;
+        self.put(&size.to_le_bytes())
     }
 
     fn regular_trailer(&mut self, size: u64) -> Result<(), NarError> {
-        self.out.write_all(&ZEROS[..padding_len(size)])?;
-        self.out.write_all(wire::CLOSE)?;
+        self.put(&ZEROS[..padding_len(size)])?;
+        self.put(wire::CLOSE)?;
         self.end_node()
     }
 
@@ -322,16 +523,64 @@ impl<W: Write> NarWriter<W> {
                     longer: true,
                 });
             }
-            self.out.write_all(&self.buf[..n])?;
+            self.put_contents(n)?;
             remaining -= n as u64;
         }
     }
 
+    /// Copies a file's contents through `buf`, where they can be hashed.
+    fn copy_file_buffered(&mut self, file: &mut SizedFile, path: &Path) -> Result<(), NarError> {
+        // One byte more than the contents, so that a file that fits is
+        // read, and seen to end, in one read (see `SizedFile`).
+        let want = file
+            .remaining()
+            .saturating_add(1)
+            .min(CONTENTS_CHUNK as u64) as usize;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        loop {
+            let n = file.read(&mut self.buf[..want], path)?;
+            if n == 0 {
+                return Ok(());
+            }
+            // Chunks as large as `out`'s buffer go straight through it.
+            self.put_contents(n)?;
+        }
+    }
+
+    /// Writes the first `n` bytes of `buf`.
+    fn put_contents(&mut self, n: usize) -> io::Result<()> {
+        self.out.write_all(&self.buf[..n])?;
+        self.written += n as u64;
+        Ok(())
+    }
+
+    /// Copies a file's contents with `io::copy` (see [`ContentsCopy::Kernel`]).
+    fn copy_file_kernel(&mut self, file: &mut SizedFile, path: &Path) -> Result<(), NarError> {
+        // `Take` stops the copy at the declared size, whatever the file
+        // holds; `io::copy` flushes `out` before it copies past it.
+        let copied =
+            io::copy(&mut file.file().take(file.remaining()), &mut self.out).map_err(|source| {
+                NarError::Fs {
+                    op: "copying the contents of",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        self.written += copied;
+        // A shorter file shows in the count; a longer one takes one more
+        // read to see.
+        file.skip(copied);
+        while file.read(&mut [0u8; 1], path)? != 0 {}
+        Ok(())
+    }
+
     /// Writes `bytes(s)` (SPEC §0).
     fn write_str(&mut self, s: &[u8]) -> io::Result<()> {
-        self.out.write_all(&(s.len() as u64).to_le_bytes())?;
-        self.out.write_all(s)?;
-        self.out.write_all(&ZEROS[..padding_len(s.len() as u64)])
+        self.put(&(s.len() as u64).to_le_bytes())?;
+        self.put(s)?;
+        self.put(&ZEROS[..padding_len(s.len() as u64)])
     }
 
     /// The error for calling `what` in the current state.
@@ -340,17 +589,15 @@ impl<W: Write> NarWriter<W> {
             State::Node if self.dirs.is_empty() => "the root node",
             State::Node => "the node of the entry just started",
             State::Directory => "entry() or end_directory()",
+            State::Contents { .. } => "the rest of a file's contents",
             State::Done => "nothing (the root node is complete)",
             State::Failed => "nothing (the writer failed)",
         };
         misuse(format!("{what} written where the NAR needs {expected}"))
     }
-}
 
-impl<W: Write> std::fmt::Debug for NarWriter<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NarWriter")
-            .field("state", &self.state)
+    fn fmt_fields(&self, mut f: std::fmt::DebugStruct<'_, '_>) -> std::fmt::Result {
+        f.field("state", &self.state)
             .field("depth", &self.dirs.len())
             .field("position", &self.position())
             .finish_non_exhaustive()
@@ -374,6 +621,7 @@ pub(super) fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn misuse_message(r: Result<(), NarError>) -> String {
         match r {
@@ -473,6 +721,82 @@ mod tests {
                 longer: true
             })
         ));
+    }
+
+    /// A file of `len` bytes, and the NAR of a regular file with them.
+    fn file_and_nar(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        t.write_all(&data).unwrap();
+        let mut w = NarWriter::new(Vec::new());
+        w.regular_bytes(true, &data).unwrap();
+        (t, w.finish().unwrap().0)
+    }
+
+    #[test]
+    fn regular_file_copies_exactly_the_declared_size() {
+        for len in [0, 5, CONTENTS_CHUNK, CONTENTS_CHUNK * 2 + 5] {
+            let (t, nar) = file_and_nar(len);
+            let sized = |declared| SizedFile::new(File::open(t.path()).unwrap(), declared);
+            for copy in [ContentsCopy::Buffered, ContentsCopy::Kernel] {
+                // Into a `Vec`, and into a file, which the kernel can copy to.
+                let mut e = Encoder::new(Vec::new(), copy);
+                e.regular_file(true, sized(len as u64), t.path()).unwrap();
+                assert!(e.finish().unwrap().0 == nar, "{len} {copy:?}");
+                let out = tempfile::NamedTempFile::new().unwrap();
+                let mut e = Encoder::new(out.as_file(), copy);
+                e.regular_file(true, sized(len as u64), t.path()).unwrap();
+                assert_eq!(e.finish().unwrap().1, nar.len() as u64);
+                assert!(std::fs::read(out.path()).unwrap() == nar, "{len} {copy:?}");
+
+                for declared in [len as u64 + 1, (len as u64).saturating_sub(1)] {
+                    if declared == len as u64 {
+                        continue;
+                    }
+                    let mut e = Encoder::new(Vec::new(), copy);
+                    let r = e.regular_file(true, sized(declared), t.path());
+                    assert!(
+                        matches!(&r, Err(NarError::FileChanged { path, expected })
+                            if path == t.path() && *expected == declared),
+                        "{len} {copy:?} {declared}: {r:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn contents_in_pieces() {
+        let mut e = Encoder::new(Vec::new(), ContentsCopy::Buffered);
+        e.begin_directory().unwrap();
+        e.entry(b"a").unwrap();
+        e.begin_regular(false, 5).unwrap();
+        assert!(misuse_message(e.entry(b"b")).contains("rest of a file's contents"));
+
+        let mut e = Encoder::new(Vec::new(), ContentsCopy::Buffered);
+        e.begin_directory().unwrap();
+        e.entry(b"a").unwrap();
+        e.begin_regular(false, 5).unwrap();
+        e.contents(b"he").unwrap();
+        e.contents(b"llo").unwrap();
+        e.entry(b"b").unwrap();
+        e.begin_regular(true, 0).unwrap();
+        e.end_directory().unwrap();
+        let mut w = NarWriter::new(Vec::new());
+        w.begin_directory().unwrap();
+        w.entry(b"a").unwrap();
+        w.regular_bytes(false, b"hello").unwrap();
+        w.entry(b"b").unwrap();
+        w.regular_bytes(true, b"").unwrap();
+        w.end_directory().unwrap();
+        assert_eq!(e.finish().unwrap().0, w.finish().unwrap().0);
+
+        let mut e = Encoder::new(Vec::new(), ContentsCopy::Buffered);
+        e.begin_regular(false, 3).unwrap();
+        e.contents(b"ab").unwrap();
+        assert!(misuse_message(e.contents(b"cd")).contains("2 bytes of contents where 1"));
+        let mut e = Encoder::new(Vec::new(), ContentsCopy::Buffered);
+        assert!(misuse_message(e.contents(b"x")).contains("contents()"));
     }
 
     #[test]
