@@ -16,9 +16,9 @@
 //!   [`dump`] walks a file system tree (without recursion and without
 //!   following symlinks) and drives a `NarWriter`; [`hash_path`] is `dump`
 //!   into a sink, and [`dump_unhashed`] is `dump` without the hash, which
-//!   lets the kernel copy file contents. The walk reads small files ahead,
-//!   on a second thread when there is a second CPU, in bounded batches;
-//!   large files stream through one reused buffer, so memory does not grow
+//!   lets the kernel copy file contents. The walk runs a bounded number of
+//!   batches ahead of the writing, on a second thread when there is a
+//!   second CPU; large files are read in chunks, so memory does not grow
 //!   with file size.
 //! - **Reading.** [`Decoder`] is a pull parser: [`Decoder::next_event`]
 //!   yields one [`Event`] per node (and one per end of directory), and

@@ -23,6 +23,14 @@ pub(super) const CONTENTS_CHUNK: usize = 256 * 1024;
 /// copy them itself (see [`Encoder::regular_file`]).
 const OUTPUT_BUFFER: usize = 64 * 1024;
 
+/// Files from this size up are copied with `io::copy` under
+/// [`ContentsCopy::Kernel`]. Below it, reading into the buffer is cheaper:
+/// `io::copy` costs a flush of the buffer, two `fstat`s and the copy call,
+/// and the end of the file takes a read of its own, where one buffered read
+/// does it all for a small file; the copies it saves are then too small to
+/// matter.
+const KERNEL_COPY_MIN: u64 = 64 * 1024;
+
 /// Writes a canonical NAR, hashing and counting it as it streams out.
 ///
 /// The caller describes the tree in NAR order: one root node, and inside
@@ -146,8 +154,8 @@ impl<W: Write> NarWriter<W> {
         Ok((out, NarSummary { nar_hash, nar_size }))
     }
 
-    /// The encoder underneath, for [`super::dump`], which also writes
-    /// regular files from open [`File`]s.
+    /// The encoder underneath, for [`super::dump`], which also uses the
+    /// calls that only the file system side needs.
     pub(super) fn encoder(&mut self) -> &mut Encoder<HashingWriter<W>> {
         &mut self.encoder
     }
@@ -165,11 +173,12 @@ pub(super) enum ContentsCopy {
     /// Through the encoder's own buffer: needed when the bytes must be seen
     /// on their way, to hash them.
     Buffered,
-    /// With [`io::copy`], which on Linux lets the kernel move the bytes
-    /// (`copy_file_range` into a file, `sendfile` into, say, `/dev/null`)
-    /// when the output is a std file-descriptor type (`File`,
-    /// `StdoutLock`, or a `BufWriter` or `&mut` of one), and otherwise
-    /// reads into the encoder's `BufWriter` directly.
+    /// For files of [`KERNEL_COPY_MIN`] bytes or more, with [`io::copy`],
+    /// which on Linux lets the kernel move the bytes (`copy_file_range`
+    /// into a file, `sendfile` into, say, `/dev/null`) when the output is a
+    /// std file-descriptor type (`File`, `StdoutLock`, or a `BufWriter` or
+    /// `&mut` of one), and otherwise reads into the encoder's `BufWriter`
+    /// directly.
     Kernel,
 }
 
@@ -290,8 +299,10 @@ impl<S: Write> Encoder<S> {
             w.begin_node()?;
             w.regular_header(executable, size)?;
             match w.contents_copy {
-                ContentsCopy::Buffered => w.copy_file_buffered(&mut file, path)?,
-                ContentsCopy::Kernel => w.copy_file_kernel(&mut file, path)?,
+                ContentsCopy::Kernel if size >= KERNEL_COPY_MIN => {
+                    w.copy_file_kernel(&mut file, path)?;
+                }
+                _ => w.copy_file_buffered(&mut file, path)?,
             }
             w.regular_trailer(size)
         })
