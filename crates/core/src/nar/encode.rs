@@ -29,14 +29,17 @@ use super::{fs_error, NarError, NarSummary, NarWriter};
 /// most 160 open files.
 const BATCHES_AHEAD: usize = 8;
 
+/// A file to hash on its own gets a second thread to read it from this size.
+const THREAD_MIN_FILE: u64 = 1 << 20;
+
 /// Writes the NAR of `path` to `out` and returns its hash and size.
 ///
 /// Symlinks are archived, never followed, at the top as below. Directory
 /// entries are written in bytewise order of their raw names, a file is
 /// executable when its owner-execute bit is set, and a file's size is taken
 /// from `lstat` (SPEC §1.1). The tree is walked without recursion, on a
-/// second thread when there is a directory to walk and more than one CPU
-/// to run on. Memory is bounded whatever the file sizes: contents are read
+/// second thread when there is a directory to walk (or a large file to
+/// read) and more than one CPU to run on. Memory is bounded whatever the file sizes: contents are read
 /// at most a few MiB ahead of the writing. `out` is written in large
 /// chunks; it need not be buffered.
 ///
@@ -91,9 +94,13 @@ fn encode<S: Write>(
     large_files: LargeFiles,
 ) -> Result<(), NarError> {
     let metadata = fs::symlink_metadata(path).map_err(fs_error("getting status of", path))?;
-    // A second thread pays only with a tree to walk ahead through, and a
-    // second CPU to walk it on (not under `taskset -c 0`, say).
-    if metadata.is_dir() && thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+    // A second thread pays with a tree to walk ahead through, or a file
+    // large enough that reading it on one thread while hashing on the
+    // other beats starting a thread; and with a second CPU to run it on
+    // (not under `taskset -c 0`, say).
+    let worth_a_thread = metadata.is_dir()
+        || (large_files == LargeFiles::Chunked && metadata.len() >= THREAD_MIN_FILE);
+    if worth_a_thread && thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
         let walker = Walker::new(path.to_path_buf(), metadata.clone(), large_files);
         if let Some(result) = encode_walking_ahead(walker, encoder) {
             return result;

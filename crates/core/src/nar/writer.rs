@@ -746,6 +746,7 @@ mod tests {
 
     #[test]
     fn regular_file_copies_exactly_the_declared_size() {
+        // The two large sizes take the kernel path under `Kernel`.
         for len in [0, 5, CONTENTS_CHUNK, CONTENTS_CHUNK * 2 + 5] {
             let (t, nar) = file_and_nar(len);
             let sized = |declared| SizedFile::new(File::open(t.path()).unwrap(), declared);
