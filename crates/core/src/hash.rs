@@ -367,12 +367,12 @@ impl NixHash {
         }
     }
 
-    /// Parses a prefixed hash if it has a prefix, otherwise as `algo`.
+    /// Parses a hash that may or may not carry a prefix, where the context
+    /// says the algorithm is `algo` (the serve protocol's `AddToStoreNar`,
+    /// the local store database). A prefix, when present, is taken as given.
     ///
     /// # Errors
-    /// As [`NixHash::parse`] and [`NixHash::parse_unprefixed`]; a prefix that
-    /// names another algorithm than `algo` is [`HashError::BadLength`] unless
-    /// its digest fits, in which case the prefix wins as in Nix.
+    /// As [`NixHash::parse`] and [`NixHash::parse_unprefixed`].
     pub fn parse_maybe_prefixed(s: &str, algo: HashAlgo) -> Result<Self, HashError> {
         if s.contains(':') || s.contains('-') {
             Self::parse(s)
@@ -479,17 +479,26 @@ impl Hasher {
 
     /// The final hash.
     pub fn finish(self) -> NixHash {
-        let (algo, bytes): (HashAlgo, &[u8]) = match &self {
-            Self::Md5(h) => (HashAlgo::Md5, &h.clone().finalize()),
-            Self::Sha1(h) => (HashAlgo::Sha1, &h.clone().finalize()),
-            Self::Sha256(h) => (HashAlgo::Sha256, &h.clone().finalize()),
-            Self::Sha512(h) => (HashAlgo::Sha512, &h.clone().finalize()),
+        let mut digest = [0u8; 64];
+        let algo = match self {
+            Self::Md5(h) => {
+                digest[..16].copy_from_slice(&h.finalize());
+                HashAlgo::Md5
+            }
+            Self::Sha1(h) => {
+                digest[..20].copy_from_slice(&h.finalize());
+                HashAlgo::Sha1
+            }
+            Self::Sha256(h) => {
+                digest[..32].copy_from_slice(&h.finalize());
+                HashAlgo::Sha256
+            }
+            Self::Sha512(h) => {
+                digest.copy_from_slice(&h.finalize());
+                HashAlgo::Sha512
+            }
         };
-        // Sizes match by construction.
-        NixHash::from_bytes(algo, bytes).unwrap_or(NixHash {
-            algo,
-            digest: [0; 64],
-        })
+        NixHash { algo, digest }
     }
 }
 

@@ -49,9 +49,3 @@ pub(super) fn default_name(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("'{}' has no usable name; give --name", path.display()))?;
     Ok(name.to_owned())
 }
-
-/// Writes a file atomically (used for in-place edits).
-pub(super) fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    nixferry::store::file::write_atomic(path, data)?;
-    Ok(())
-}

@@ -7,7 +7,7 @@ mod narinfo;
 mod store_path;
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -26,13 +26,14 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Opens a file for reading, or stdin for `-`.
+/// Opens a file for reading, or stdin for `-`. Unbuffered: the library's
+/// readers buffer their input themselves.
 fn open_input(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(io::stdin().lock()));
     }
     let f = File::open(path).with_context(|| format!("opening '{}'", path.display()))?;
-    Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
+    Ok(Box::new(f))
 }
 
 /// Reads a whole text file (or stdin for `-`).

@@ -38,7 +38,7 @@ pub(super) fn run(cmd: NarinfoCommand) -> Result<(), Failure> {
             }
             let text = info.render();
             if in_place {
-                crate::cmd::add::write_atomic(&file, text.as_bytes())?;
+                nixferry::store::file::write_atomic(&file, text.as_bytes())?;
             } else {
                 super::print(&text)?;
             }
