@@ -111,9 +111,79 @@ const NAME_CHARS: [bool; 256] = {
 };
 
 /// The base name of a store path, `<32 nix32 chars>-<name>`, validated.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Equality, order and hashing are those of the base name's bytes, so
+/// sorting store paths sorts them as Nix does (SPEC §0, set order).
+#[derive(Clone)]
 pub struct StorePath {
-    base: Box<str>,
+    base: Base,
+}
+
+/// Most base names fit in this many bytes (a hash part, a dash and a name
+/// of up to 29 bytes); those are kept inline, without an allocation. A
+/// narinfo parse makes one store path per reference, so this saves an
+/// allocation and a free per reference on the hottest path.
+const INLINE_LEN: usize = 62;
+
+/// Storage for a validated (hence ASCII) base name.
+#[derive(Clone)]
+enum Base {
+    Inline { len: u8, bytes: [u8; INLINE_LEN] },
+    Heap(Box<str>),
+}
+
+impl Base {
+    fn new(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE_LEN => {
+                let mut bytes = [0u8; INLINE_LEN];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(s.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Only validated ASCII is ever stored, so this cannot fail.
+            Self::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Self::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for StorePath {
+    fn eq(&self, other: &Self) -> bool {
+        self.base.as_bytes() == other.base.as_bytes()
+    }
+}
+
+impl Eq for StorePath {}
+
+impl PartialOrd for StorePath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for StorePath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.base.as_bytes().cmp(other.base.as_bytes())
+    }
+}
+
+impl std::hash::Hash for StorePath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.base.as_bytes().hash(state);
+    }
 }
 
 impl StorePath {
@@ -133,7 +203,9 @@ impl StorePath {
             return Err(StorePathError::MissingDash(base.to_owned()));
         }
         validate_name(&base[HASH_PART_LEN + 1..])?;
-        Ok(Self { base: base.into() })
+        Ok(Self {
+            base: Base::new(base),
+        })
     }
 
     /// Makes a path from a 20-byte digest and a name.
@@ -146,22 +218,24 @@ impl StorePath {
         base.push_str(&nix32::encode(digest));
         base.push('-');
         base.push_str(name);
-        Ok(Self { base: base.into() })
+        Ok(Self {
+            base: Base::new(&base),
+        })
     }
 
     /// The 32-character hash part.
     pub fn hash_part(&self) -> &str {
-        &self.base[..HASH_PART_LEN]
+        &self.as_str()[..HASH_PART_LEN]
     }
 
     /// The name after the dash.
     pub fn name(&self) -> &str {
-        &self.base[HASH_PART_LEN + 1..]
+        &self.as_str()[HASH_PART_LEN + 1..]
     }
 
     /// The whole base name.
     pub fn as_str(&self) -> &str {
-        &self.base
+        self.base.as_str()
     }
 
     /// The 20-byte digest the hash part encodes.
@@ -180,13 +254,13 @@ impl StorePath {
 
 impl fmt::Display for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.base)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StorePath({})", self.base)
+        write!(f, "StorePath({})", self.as_str())
     }
 }
 
@@ -321,7 +395,7 @@ pub struct DisplayPath<'a> {
 
 impl fmt::Display for DisplayPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.dir.dir, self.path.base)
+        write!(f, "{}/{}", self.dir.dir, self.path.as_str())
     }
 }
 
@@ -590,6 +664,23 @@ mod tests {
             Err(StorePathError::BadHashPart(_))
         ));
         assert!(StorePath::from_base_name("3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-").is_err());
+    }
+
+    #[test]
+    fn inline_and_heap_names_compare_as_bytes() {
+        let h = "3pl2infwzaw2zw5fxxp3pvm3xasr0w4b";
+        let short = StorePath::from_base_name(&format!("{h}-a")).unwrap();
+        let long_name = "a".repeat(100);
+        let long = StorePath::from_base_name(&format!("{h}-{long_name}")).unwrap();
+        let edge = StorePath::from_base_name(&format!("{h}-{}", "b".repeat(29))).unwrap();
+        assert!(matches!(edge.base, Base::Inline { .. }));
+        assert!(matches!(long.base, Base::Heap(_)));
+        assert_eq!(long.name(), long_name);
+        assert!(short < long && long < edge);
+        assert_eq!(long.clone(), long);
+        let mut set = std::collections::HashSet::new();
+        set.insert(long.clone());
+        assert!(set.contains(&StorePath::from_base_name(long.as_str()).unwrap()));
     }
 
     #[test]
