@@ -260,3 +260,60 @@ pub fn nar_file_name(file_hash: &NixHash, compression: &Compression) -> String {
         compression.extension()
     )
 }
+
+use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
+use std::collections::BTreeMap;
+
+/// A file:// binary cache.
+#[derive(Debug)]
+pub struct FileStore {
+    url: String,
+    store_dir: StoreDir,
+}
+
+impl FileStore {
+    /// Opens the store a `local` URL names.
+    ///
+    /// # Errors
+    /// Never yet.
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        Ok(Self {
+            url: url.as_str().to_owned(),
+            store_dir: StoreDir::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FileStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn query_path_infos(
+        &self,
+        _paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        Err(StoreError::Unsupported {
+            store: self.url.clone(),
+            what: "queries",
+        })
+    }
+    async fn nar(&self, _info: &PathInfo) -> Result<NarStream, StoreError> {
+        Err(StoreError::Unsupported {
+            store: self.url.clone(),
+            what: "reading",
+        })
+    }
+    async fn add_path(&self, _info: &PathInfo, _nar: NarStream) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported {
+            store: self.url.clone(),
+            what: "writing",
+        })
+    }
+}

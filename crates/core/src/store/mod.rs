@@ -1,6 +1,378 @@
-//! Stores: places that hold store paths.
+//! Stores: places that hold store paths, behind one [`Store`] trait.
 //!
-//! [`file`] is a binary cache in a local directory, in exactly the layout
-//! `nix copy --to file://` writes (SPEC §3).
+//! A backend answers batched questions about paths ([`Store::query_path_infos`]),
+//! streams a path's NAR out ([`Store::nar`]) and takes one in
+//! ([`Store::add_path`]). The copy engine (`crate::copy`) only talks to this
+//! trait, so every pair of backends can copy to each other.
+//!
+//! Backends, chosen by URL ([`StoreUrl`], [`open`]):
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `file:///dir?compression=zstd&…` | [`file`]: a binary cache in a directory (SPEC §3) |
+//! | `local`, `/nix/store`, `local?root=/x` | [`local`]: a Nix store read through its SQLite database (SPEC §6) |
+//!
+//! # Design
+//!
+//! The trait is async (tokio), so network transports fit it without
+//! blocking threads. Backends that do file-system or CPU work (hashing,
+//! compression, NAR encoding) do it on blocking threads and exchange NARs
+//! through bounded streams, so memory stays flat whatever the NAR size.
+//!
+//! NAR streams handed to [`Store::add_path`] are untrusted: a backend reads
+//! them to the end before it makes the path visible, and aborts (leaving
+//! nothing behind) when reading fails. The copy engine wraps every stream in
+//! a check of `narHash`/`narSize` that fails at the end of a stream whose
+//! bytes do not match, so a mismatch aborts the write in every backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::AsyncRead;
+
+use crate::hash::NixHash;
+use crate::narinfo::{Compression, NarInfo, NarInfoFields};
+use crate::signing::{TrustedKeys, VerifyError};
+use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
 pub mod file;
+pub mod local;
+mod url;
+
+pub use url::{StoreUrl, UrlError};
+
+/// A stream of NAR bytes (or compressed NAR bytes, see [`CompressedNar`]).
+pub type NarStream = Pin<Box<dyn AsyncRead + Send>>;
+
+/// What a store knows about one of its paths (Nix's `ValidPathInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The path.
+    pub path: StorePath,
+    /// SHA-256 of its NAR.
+    pub nar_hash: NixHash,
+    /// Size of its NAR in bytes.
+    pub nar_size: u64,
+    /// The paths it refers to, sorted, possibly including itself.
+    pub references: Vec<StorePath>,
+    /// The derivation that built it, if known.
+    pub deriver: Option<StorePath>,
+    /// Signatures, `keyname:base64`.
+    pub signatures: Vec<String>,
+    /// Its content address, for content-addressed paths.
+    pub ca: Option<ContentAddress>,
+    /// When it was registered (Unix seconds), 0 if unknown.
+    pub registration_time: u64,
+    /// Whether it was built on this machine (Nix's `ultimate`).
+    pub ultimate: bool,
+    /// Where a binary cache keeps its NAR file, for binary caches.
+    pub file: Option<NarFile>,
+}
+
+/// A binary cache's NAR file for a path: the narinfo's `URL`,
+/// `Compression`, `FileHash` and `FileSize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarFile {
+    /// Relative to the cache root (or absolute).
+    pub url: String,
+    /// How the file is compressed.
+    pub compression: Compression,
+    /// Hash of the file as stored, if known.
+    pub file_hash: Option<NixHash>,
+    /// Size of the file as stored, if known.
+    pub file_size: Option<u64>,
+}
+
+impl PathInfo {
+    /// A path info with only the required facts.
+    pub fn new(path: StorePath, nar_hash: NixHash, nar_size: u64) -> Self {
+        Self {
+            path,
+            nar_hash,
+            nar_size,
+            references: Vec::new(),
+            deriver: None,
+            signatures: Vec::new(),
+            ca: None,
+            registration_time: 0,
+            ultimate: false,
+            file: None,
+        }
+    }
+
+    /// The facts a narinfo holds.
+    pub fn from_narinfo(info: &NarInfo) -> Self {
+        let mut references = info.references().to_vec();
+        references.sort();
+        Self {
+            path: info.store_path().clone(),
+            nar_hash: *info.nar_hash(),
+            nar_size: info.nar_size(),
+            references,
+            deriver: info.deriver().cloned(),
+            signatures: info.signatures().map(str::to_owned).collect(),
+            ca: info.ca().copied(),
+            registration_time: 0,
+            ultimate: false,
+            file: Some(NarFile {
+                url: info.url().to_owned(),
+                compression: info.compression().clone(),
+                file_hash: info.file_hash().copied(),
+                file_size: info.file_size(),
+            }),
+        }
+    }
+
+    /// The narinfo fields for this path stored as `file`.
+    pub fn narinfo_fields(&self, store_dir: &StoreDir, file: NarFile) -> NarInfoFields {
+        NarInfoFields {
+            store_dir: store_dir.clone(),
+            compression: file.compression,
+            file_hash: file.file_hash,
+            file_size: file.file_size,
+            references: self.references.clone(),
+            deriver: self.deriver.clone(),
+            sigs: self.signatures.clone(),
+            ca: self.ca,
+            ..NarInfoFields::new(self.path.clone(), file.url, self.nar_hash, self.nar_size)
+        }
+    }
+
+    /// The fingerprint signatures are made over (SPEC §4.2).
+    pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
+        crate::narinfo::fingerprint(
+            store_dir,
+            &self.path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
+    }
+
+    /// Whether the path's content-address claim holds, which makes it
+    /// trusted without signatures (SPEC §2.7, §4.4).
+    pub fn ca_verifies(&self, store_dir: &StoreDir) -> bool {
+        self.ca
+            .as_ref()
+            .is_some_and(|ca| store_dir.verify_ca(&self.path, ca, &self.references))
+    }
+
+    /// Checks that the path is trusted: a valid signature by one of
+    /// `trusted`, or a content address that verifies. Returns the name of
+    /// the key that verified, or `None` for a verified content address.
+    ///
+    /// # Errors
+    /// [`VerifyError`] saying why no signature verified.
+    pub fn check_trust<'t>(
+        &self,
+        store_dir: &StoreDir,
+        trusted: &'t TrustedKeys,
+    ) -> Result<Option<&'t str>, VerifyError> {
+        if self.ca_verifies(store_dir) {
+            return Ok(None);
+        }
+        let fingerprint = self.fingerprint(store_dir);
+        trusted
+            .verify(
+                fingerprint.as_bytes(),
+                self.signatures.iter().map(String::as_str),
+            )
+            .map(Some)
+    }
+}
+
+/// A NAR as a binary cache stores it: compressed, with the file's hash.
+pub struct CompressedNar {
+    /// The compression of `stream`.
+    pub compression: Compression,
+    /// The file's hash, if known.
+    pub file_hash: Option<NixHash>,
+    /// The file's size, if known.
+    pub file_size: Option<u64>,
+    /// The compressed bytes.
+    pub stream: NarStream,
+}
+
+impl fmt::Debug for CompressedNar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompressedNar")
+            .field("compression", &self.compression)
+            .field("file_hash", &self.file_hash)
+            .field("file_size", &self.file_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a backend can do, so the copy engine can plan for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Paths must be added after their references (a Nix store: adding a
+    /// path whose references are missing is an error there).
+    pub needs_references_first: bool,
+    /// Signatures given with a path are kept.
+    pub keeps_signatures: bool,
+    /// A binary cache that writes NAR files with this compression; the copy
+    /// engine can then hand it compressed NARs as they are.
+    pub writes_compression: Option<Compression>,
+    /// Signing keys the store signs new paths with itself
+    /// (`?secret-key=`), so the engine need not.
+    pub signs: bool,
+}
+
+/// Errors from stores.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store URL is malformed or names an unknown scheme or parameter.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// An I/O error on a file of the store.
+    #[error("{what} '{path}': {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file (or URL) it was done to.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file of the store is corrupt.
+    #[error("invalid data in store '{store}': {message}")]
+    Corrupt {
+        /// The store URL.
+        store: String,
+        /// What is wrong, with the file or path.
+        message: String,
+    },
+    /// The store does not have a path it was asked for.
+    #[error("path '{path}' is not valid in store '{store}'")]
+    NotFound {
+        /// The store URL.
+        store: String,
+        /// The full path.
+        path: String,
+    },
+    /// A NAR did not match the hash or size its path info declares.
+    #[error("NAR of '{path}' does not match its path info: {message}")]
+    NarMismatch {
+        /// The full path.
+        path: String,
+        /// Expected against found.
+        message: String,
+    },
+    /// The operation is not supported by this store.
+    #[error("store '{store}' does not support {what}")]
+    Unsupported {
+        /// The store URL.
+        store: String,
+        /// The operation.
+        what: &'static str,
+    },
+    /// A NAR could not be read or written.
+    #[error(transparent)]
+    Nar(#[from] crate::nar::NarError),
+    /// A narinfo or nix-cache-info could not be parsed.
+    #[error(transparent)]
+    NarInfo(#[from] crate::narinfo::NarInfoError),
+    /// A store path could not be parsed or made.
+    #[error(transparent)]
+    StorePath(#[from] crate::store_path::StorePathError),
+    /// The local store database could not be read.
+    #[error("reading the Nix database '{db}': {source}")]
+    Database {
+        /// The database file.
+        db: String,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again may help (a transient network or I/O failure).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A place that holds store paths.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The URL the store was opened with, for messages.
+    fn url(&self) -> &str;
+
+    /// The store directory its paths live in.
+    fn store_dir(&self) -> &StoreDir;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Path infos of those of `paths` the store has, in one batched
+    /// question; absent paths are left out.
+    async fn query_path_infos(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError>;
+
+    /// Which of `paths` the store has, in one batched question.
+    async fn query_valid_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
+        Ok(self.query_path_infos(paths).await?.into_keys().collect())
+    }
+
+    /// The NAR of a path the store has, uncompressed. The bytes are not
+    /// checked against `info`; the caller does that while reading.
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError>;
+
+    /// Adds a path from its NAR. The store reads `nar` to its end before it
+    /// makes the path visible, and leaves nothing behind if reading fails.
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError>;
+
+    /// The NAR file of a path as stored, compressed, where the store keeps
+    /// one (binary caches). `None` when it has none.
+    async fn compressed_nar(&self, info: &PathInfo) -> Result<Option<CompressedNar>, StoreError> {
+        let _ = info;
+        Ok(None)
+    }
+
+    /// Adds a path from a NAR file compressed the way this store writes
+    /// them ([`Capabilities::writes_compression`]), storing it as is. The
+    /// caller has checked that it decompresses to the path's NAR.
+    async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
+        let _ = (info, nar);
+        Err(StoreError::Unsupported {
+            store: self.url().to_owned(),
+            what: "adding compressed NAR files",
+        })
+    }
+}
+
+/// Opens the store a URL names.
+///
+/// # Errors
+/// [`StoreError::Url`] for a malformed URL, an unknown scheme or parameter;
+/// otherwise what opening the backend gives.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let parsed = StoreUrl::parse(url)?;
+    match parsed.scheme() {
+        url::Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
+        url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
+        other => Err(UrlError::NotYetSupported {
+            url: url.to_owned(),
+            scheme: other.name(),
+        }
+        .into()),
+    }
+}
