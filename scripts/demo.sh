@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: pack this project's own source tree as
 # the store path `nix-store --add` would make, put it into a signed file://
-# binary cache, and verify it. Needs no Nix and no server.
+# binary cache, verify it, and copy it into a second, zstd-compressed cache
+# with its signature checked. Needs no Nix and no server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,12 @@ $nf narinfo show "$narinfo"
 
 echo "== narinfo verify"
 $nf narinfo verify "$narinfo" --trusted-key-file "$work/demo-1.public"
+
+echo "== copy file://$cache -> file://$cache-zstd (signature checked on the way)"
+$nf copy --from "file://$cache" --to "file://$cache-zstd?compression=zstd" \
+    --trusted-key "$(cat "$work/demo-1.public")" "$path"
+$nf path-info --json "file://$cache-zstd" "$path"
+echo
 
 echo "== nar ls (first lines)"
 url=$(sed -n 's/^URL: //p' "$narinfo")

@@ -26,6 +26,13 @@ pub(crate) enum Command {
     /// .narinfo files: show, sign, verify.
     #[command(subcommand)]
     Narinfo(NarinfoCommand),
+    /// Copy the closure of store paths from one store to another.
+    Copy(CopyArgs),
+    /// Print the closure of store paths, references first.
+    Closure(ClosureArgs),
+    /// Print what a store knows about paths (like `nix path-info`).
+    #[command(name = "path-info")]
+    PathInfo(PathInfoArgs),
     /// Add a file or directory to a binary cache as the content-addressed
     /// store path `nix-store --add` would make, with a signed narinfo.
     Add(AddArgs),
@@ -167,6 +174,70 @@ pub(crate) struct VerifyArgs {
     /// Print a JSON object per narinfo.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The source store URL.
+    #[arg(long, default_value = "local")]
+    pub(crate) from: String,
+    /// The destination store URL.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// Store paths (or symlinks to them, such as `./result`).
+    pub(crate) paths: Vec<String>,
+    /// Read the paths from stdin, one per line.
+    #[arg(long)]
+    pub(crate) stdin: bool,
+    /// How many paths to copy at once (default: twice the cores).
+    #[arg(long, short = 'j')]
+    pub(crate) jobs: Option<usize>,
+    /// Sign copied paths with this key; repeatable.
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// A trusted public key, `name:base64`; repeatable. Paths from a store
+    /// other than this machine's need a valid signature by one of them.
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// Do not require signatures on paths from untrusted stores.
+    #[arg(long)]
+    pub(crate) no_check_sigs: bool,
+    /// Print events as JSON Lines on stdout instead of progress bars.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClosureArgs {
+    /// The store URL.
+    pub(crate) store: String,
+    /// Store paths (or symlinks to them).
+    #[arg(required = true)]
+    pub(crate) paths: Vec<String>,
+    /// Print a JSON array of path objects.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print the closure's total NAR size.
+    #[arg(long)]
+    pub(crate) size: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PathInfoArgs {
+    /// The store URL.
+    pub(crate) store: String,
+    /// Store paths (or symlinks to them).
+    #[arg(required = true)]
+    pub(crate) paths: Vec<String>,
+    /// Print JSON like `nix path-info --json`.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Include the closures of the paths.
+    #[arg(long, short = 'r')]
+    pub(crate) recursive: bool,
+    /// Print closure sizes.
+    #[arg(long = "closure-size", short = 'S')]
+    pub(crate) closure_size: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,9 @@
 //! slices, never panic on any input, and bound every length and depth that
 //! comes from untrusted data.
 
+pub mod closure;
+pub mod compression;
+pub mod copy;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
@@ -46,9 +49,12 @@ pub enum Error {
     /// A key or signature problem.
     #[error(transparent)]
     Signing(#[from] signing::SigningError),
-    /// A `file://` binary cache problem.
+    /// A closure could not be computed or ordered.
     #[error(transparent)]
-    FileCache(#[from] store::file::FileCacheError),
+    Closure(#[from] closure::ClosureError),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// An I/O error outside any format.
     #[error(transparent)]
     Io(#[from] std::io::Error),

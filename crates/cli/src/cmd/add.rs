@@ -1,10 +1,8 @@
-//! `nixferry add PATH --to file:///dir`
+//! `nixferry add PATH --to URL`
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use nixferry::store::file::FileCache;
-use nixferry::store_path::StoreDir;
 
 use crate::cli::AddArgs;
 use crate::exit::Failure;
@@ -19,15 +17,16 @@ pub(super) fn run(args: AddArgs) -> Result<(), Failure> {
         .iter()
         .map(|k| super::key::load_secret_key(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache = FileCache::open(&args.to, StoreDir::default())
-        .with_context(|| format!("opening '{}'", args.to))?;
-    let info = cache
-        .add_path(&args.path, &name, &keys)
-        .with_context(|| format!("adding '{}'", args.path.display()))?;
-    super::print(&format!(
-        "{}\n",
-        info.store_dir().display(info.store_path())
-    ))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (store, info) = runtime.block_on(async {
+        let store =
+            nixferry::store::open(&args.to).with_context(|| format!("opening '{}'", args.to))?;
+        let info = nixferry::store::add_to_store(&*store, &args.path, &name, &keys)
+            .await
+            .with_context(|| format!("adding '{}'", args.path.display()))?;
+        anyhow::Ok((store, info))
+    })?;
+    super::print(&format!("{}\n", store.store_dir().display(&info.path)))?;
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! One function per subcommand; each is a thin shell over the library.
 
 mod add;
+mod copy;
 mod key;
 mod nar;
 mod narinfo;
+mod paths;
 mod store_path;
 
 use std::fs::File;
@@ -22,6 +24,9 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::StorePath(c) => store_path::run(c),
         Command::Key(c) => key::run(c),
         Command::Narinfo(c) => narinfo::run(c),
+        Command::Copy(a) => copy::run(a),
+        Command::Closure(a) => paths::closure(a),
+        Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),
     }
 }

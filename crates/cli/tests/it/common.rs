@@ -125,3 +125,59 @@ pub(crate) fn build_input_addressed(tag: &str) -> String {
     );
     run_text(nix("nix-build").args(["--no-out-link", "--expr", &expr]))
 }
+
+/// Builds (with Nix) a small closure of input-addressed paths and returns
+/// its top: `top` refers to `mid` and `base`, `mid` to `base` and to itself;
+/// each holds some binary content. `tag` keeps closures of different tests
+/// apart.
+pub(crate) fn build_closure(tag: &str) -> String {
+    let expr = format!(
+        r#"let
+          mk = name: script: derivation {{
+            name = "nixferry-{tag}-${{name}}";
+            system = builtins.currentSystem;
+            builder = "/bin/sh";
+            args = [ "-c" ("export PATH=/usr/bin:/bin; " + script) ];
+          }};
+          base = mk "base" "echo base {tag} > $out";
+          mid = mk "mid" "mkdir $out; echo ${{base}} > $out/ref; echo $out > $out/self; i=0; while [ $i -lt 64 ]; do printf '\\000\\001\\377 %s\\n' $i >> $out/bin; i=$((i+1)); done";
+        in mk "top" "mkdir -p $out/bin; echo ${{mid}} ${{base}} > $out/refs; printf '#!/bin/sh\\necho hi\\n' > $out/bin/hi; chmod +x $out/bin/hi""#
+    );
+    run_text(nix("nix-build").args(["--no-out-link", "--expr", &expr]))
+}
+
+/// `nix path-info --json -r` of `path` in `store` (None: the local store),
+/// as (path, narHash, narSize, references) tuples, sorted.
+pub(crate) fn nix_closure_infos(
+    store: Option<&Path>,
+    path: &str,
+) -> Vec<(String, String, u64, Vec<String>)> {
+    let mut cmd = nix("nix");
+    cmd.args(["path-info", "--json", "-r"]);
+    if let Some(s) = store {
+        cmd.arg("--store").arg(s);
+    }
+    let out = run(cmd.arg(path)).stdout;
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let mut infos: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let refs = i["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+                .collect();
+            (
+                i["path"].as_str().unwrap().to_owned(),
+                i["narHash"].as_str().unwrap().to_owned(),
+                i["narSize"].as_u64().unwrap(),
+                refs,
+            )
+        })
+        .collect();
+    infos.sort();
+    infos
+}

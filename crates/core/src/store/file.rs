@@ -1,211 +1,1024 @@
-//! A binary cache in a local directory (`file:///dir`), SPEC §3.1.
+//! A binary cache in a local directory (`file:///dir`), in exactly the
+//! layout `nix copy --to file://` writes (SPEC §3.1):
 //!
-//! Writes are crash-safe: every file is written under a temporary name,
-//! flushed to disk and renamed into place, and a path's narinfo is written
-//! only after its NAR, so a reader never sees a narinfo whose NAR is missing.
+//! ```text
+//! <dir>/nix-cache-info                 StoreDir: /nix/store
+//! <dir>/<hashPart>.narinfo             one per path, written last
+//! <dir>/<hashPart>.ls                  with ?write-nar-listing=true
+//! <dir>/nar/<fileHash>.nar<ext>        the NAR, compressed, named by the file's hash
+//! <dir>/log/, <dir>/realisations/      created empty, as by Nix
+//! ```
+//!
+//! # URL parameters
+//!
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `compression` | `xz` | `none`, `xz`, `zstd`, `bzip2` or `br` ([`crate::compression`]) |
+//! | `compression-level` | the method's Nix default | see [`crate::compression`] |
+//! | `parallel-compression` | `false` | compress xz and zstd on all cores |
+//! | `write-nar-listing` | `false` | write `<hashPart>.ls` beside each narinfo (SPEC §3.6) |
+//! | `secret-key` | none | a secret key file: sign every narinfo written |
+//! | `want-mass-query`, `priority` | none | override `nix-cache-info`; written into it when the cache is created |
+//! | `trusted` | | accepted and ignored |
+//! | `index-debug-info` | `false` | not supported: `true` is an error |
+//!
+//! # Writing
+//!
+//! A NAR handed to [`Store::add_path`] is untrusted. It is read on a
+//! blocking thread through the strict NAR decoder (as Nix 2.8 does, which
+//! parses every NAR it adds to a binary cache), and on the way hashed,
+//! compressed and written to `nar/<hashPart>.tmp.<pid>.<n>`, whose own hash
+//! gives the final name. The file is flushed to disk and renamed to
+//! `nar/<fileHash>.nar<ext>` (unless a file of that name is there already:
+//! NAR files are content-addressed), then the listing is written if asked,
+//! and the narinfo last, atomically (temporary file, fsync, rename, fsync of
+//! the directory). So a reader never sees a narinfo whose NAR is missing,
+//! and a crash leaves at most temporary files and unreferenced NAR files.
+//! If the stream fails, is not a valid NAR, or does not match the path
+//! info's `narHash`/`narSize`, nothing is left behind.
+//!
+//! A path whose narinfo exists is not written again: as in Nix 2.8, the
+//! narinfo's existence is what makes a path valid in a cache.
+//!
+//! # Reading
+//!
+//! Narinfos are read on blocking threads, in parallel batches. A narinfo
+//! whose `StorePath` differs from the requested path in its name is
+//! treated as absent, as by Nix. NARs are decompressed on a blocking
+//! thread as Nix 2.8 does it: `none` and `br` as declared, anything else
+//! by its magic bytes ([`compression::lenient_decoder`]), and stream to the
+//! caller through a bounded channel, so memory stays flat. A narinfo `URL`
+//! must be a relative path inside the cache without `..` components.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use crate::hash::NixHash;
-use crate::nar;
-use crate::narinfo::{CacheInfo, Compression, NarInfo, NarInfoFields};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::io::SyncIoBridge;
+
+use super::{
+    url::Scheme, Capabilities, CompressedNar, NarFile, NarStream, PathInfo, Store, StoreError,
+    StoreUrl, UrlError,
+};
+use crate::compression::{self, Compression};
+use crate::hash::{HashingReader, HashingWriter, NixHash};
+use crate::nar::{self, NarError, NarSummary};
+use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
 use crate::signing::SecretKey;
-use crate::store_path::{ContentAddress, FileIngestion, StoreDir, StorePath};
+use crate::store_path::{StoreDir, StorePath};
 
-/// Errors from a `file://` binary cache.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FileCacheError {
-    /// The URL is not a `file://` URL with an absolute path.
-    #[error("'{0}' is not a file:// URL with an absolute path")]
-    BadUrl(String),
-    /// An I/O error on a file of the cache.
-    #[error("{what} '{}': {source}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// A file in the cache could not be parsed.
-    #[error("invalid file '{}' in binary cache: {source}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: crate::narinfo::NarInfoError,
-    },
-    /// The content could not be packed.
-    #[error(transparent)]
-    Nar(#[from] nar::NarError),
-    /// The name or content address is invalid.
-    #[error(transparent)]
-    StorePath(#[from] crate::store_path::StorePathError),
-}
+/// Buffer for NAR and NAR file I/O, and the size of the chunks a NAR
+/// stream hands to the async side.
+const CHUNK_SIZE: usize = 256 * 1024;
 
-fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> FileCacheError + 'p {
-    move |source| FileCacheError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
-}
+/// Chunks that may wait between a reading thread and the async reader:
+/// with the chunk being filled and the one being read, a NAR stream holds
+/// at most 1.5 MiB, whatever the NAR's size.
+const CHUNKS_AHEAD: usize = 4;
 
-/// A binary cache in a directory.
+/// Narinfos read by one blocking task of [`Store::query_path_infos`].
+const QUERY_BATCH: usize = 64;
+
+/// Blocking tasks of one [`Store::query_path_infos`] running at once.
+const QUERY_TASKS: usize = 16;
+
+/// A binary cache in a directory. See the [module docs](self).
+///
+/// Cloning is cheap and gives a handle to the same store.
 #[derive(Debug, Clone)]
-pub struct FileCache {
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
     root: PathBuf,
     store_dir: StoreDir,
+    cache_info: CacheInfo,
+    compression: Compression,
+    level: Option<i32>,
+    threads: u32,
+    write_listing: bool,
+    secret_key: Option<SecretKey>,
 }
 
-impl FileCache {
-    /// Opens the cache at a `file:///dir` URL or a plain directory path,
-    /// creating the directory, `nar/` and `nix-cache-info` if missing, as
-    /// Nix does.
+impl FileStore {
+    /// Opens the cache a `file:///dir?…` URL names, creating the directory,
+    /// `nar/`, `log/`, `realisations/` and `nix-cache-info` if missing, as
+    /// Nix does (even to read).
+    ///
+    /// If the directories cannot be created but the cache directory exists
+    /// (a read-only cache), opening goes on: reading works, and writing
+    /// fails when it is tried.
     ///
     /// # Errors
-    /// [`FileCacheError`] if the URL is malformed, the directory cannot be
-    /// created, or its `nix-cache-info` names another store directory.
-    pub fn open(url_or_dir: &str, store_dir: StoreDir) -> Result<Self, FileCacheError> {
-        let dir = match url_or_dir.strip_prefix("file://") {
-            Some(rest) => rest.split('?').next().unwrap_or(rest),
-            None => url_or_dir,
-        };
-        if !dir.starts_with('/') {
-            return Err(FileCacheError::BadUrl(url_or_dir.to_owned()));
-        }
-        let root = PathBuf::from(dir);
-        let nar_dir = root.join("nar");
-        fs::create_dir_all(&nar_dir).map_err(io_err("creating", &nar_dir))?;
-        let cache = Self { root, store_dir };
-        cache.check_cache_info()?;
-        Ok(cache)
-    }
-
-    fn check_cache_info(&self) -> Result<(), FileCacheError> {
-        let path = self.root.join("nix-cache-info");
-        match fs::read_to_string(&path) {
-            Ok(text) => CacheInfo::parse(&text)
-                .and_then(|info| info.check_store_dir(&self.store_dir))
-                .map_err(|source| FileCacheError::Corrupt { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let info = CacheInfo::new(self.store_dir.clone());
-                write_atomic(&path, info.render().as_bytes())
+    /// [`StoreError::Url`] for a parameter that is unknown or has a bad
+    /// value, [`StoreError::Io`] if the cache cannot be created or the
+    /// secret key file cannot be read or parsed, [`StoreError::Corrupt`] if
+    /// `nix-cache-info` is invalid or names another store directory.
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        if url.scheme() != Scheme::File {
+            return Err(UrlError::Malformed {
+                url: url.as_str().to_owned(),
+                reason: "not a file:// URL",
             }
-            Err(e) => Err(io_err("reading", &path)(e)),
+            .into());
         }
+        let store_dir = StoreDir::default();
+        let compression = match url.param("compression") {
+            None => Compression::Xz,
+            Some(name) => {
+                let c = Compression::parse(name);
+                if name.is_empty() || !compression::is_supported(&c) {
+                    return Err(url
+                        .bad_value("compression", name, "supported: none, xz, zstd, bzip2, br")
+                        .into());
+                }
+                c
+            }
+        };
+        let level = match url.int_param("compression-level")? {
+            None => None,
+            Some(l) => {
+                let bad = || {
+                    url.bad_value(
+                        "compression-level",
+                        &l.to_string(),
+                        "out of range for the compression method",
+                    )
+                };
+                let l = i32::try_from(l).map_err(|_| bad())?;
+                compression::check_level(&compression, l).map_err(|_| bad())?;
+                Some(l)
+            }
+        };
+        let threads = if url.bool_param("parallel-compression", false)? {
+            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+        } else {
+            1
+        };
+        let write_listing = url.bool_param("write-nar-listing", false)?;
+        if url.bool_param("index-debug-info", false)? {
+            return Err(url
+                .bad_value("index-debug-info", "true", "not supported by nixferry")
+                .into());
+        }
+        url.bool_param("trusted", false)?;
+        let want_mass_query = url
+            .param("want-mass-query")
+            .map(|_| url.bool_param("want-mass-query", false))
+            .transpose()?;
+        let priority = url.int_param("priority")?;
+        let secret_key = url.param("secret-key").map(load_secret_key).transpose()?;
+
+        let root = PathBuf::from(url.location());
+        create_dirs(&root)?;
+        let cache_info =
+            read_or_create_cache_info(url.as_str(), &root, &store_dir, want_mass_query, priority)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.as_str().to_owned(),
+                root,
+                store_dir,
+                cache_info,
+                compression,
+                level,
+                threads,
+                write_listing,
+                secret_key,
+            }),
+        })
     }
 
     /// The cache directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.inner.root
     }
 
+    /// The compression NAR files are written with.
+    pub fn compression(&self) -> &Compression {
+        &self.inner.compression
+    }
+
+    /// The cache's `nix-cache-info`, with `want-mass-query` and `priority`
+    /// from the URL taking precedence, as in Nix.
+    pub fn cache_info(&self) -> &CacheInfo {
+        &self.inner.cache_info
+    }
+
+    /// Reads the narinfo of `path`: `None` if the cache does not have it
+    /// (or has a narinfo for another name with the same hash part). This
+    /// blocks (one small file read).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if reading fails, [`StoreError::Corrupt`] if the
+    /// narinfo does not parse.
+    pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
+        self.inner.read_narinfo(path)
+    }
+}
+
+/// Reads and parses a secret key file (`?secret-key=`).
+fn load_secret_key(file: &str) -> Result<SecretKey, StoreError> {
+    let err = |source| StoreError::Io {
+        what: "reading secret key",
+        path: file.to_owned(),
+        source,
+    };
+    let text = fs::read_to_string(file).map_err(err)?;
+    SecretKey::parse(&text).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Creates the cache directory and its subdirectories, as Nix's
+/// `LocalBinaryCacheStore::init` does. A failure is tolerated for an
+/// existing cache directory, so that read-only caches can be read.
+fn create_dirs(root: &Path) -> Result<(), StoreError> {
+    for sub in ["nar", "log", "realisations"] {
+        let dir = root.join(sub);
+        if let Err(e) = fs::create_dir_all(&dir) {
+            if !root.is_dir() {
+                return Err(io_err("creating", &dir)(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `nix-cache-info`, or creates it as Nix does (`StoreDir` only,
+/// plus the URL's `want-mass-query` and `priority` if given), and checks
+/// that it is for `store_dir`.
+fn read_or_create_cache_info(
+    url: &str,
+    root: &Path,
+    store_dir: &StoreDir,
+    want_mass_query: Option<bool>,
+    priority: Option<i64>,
+) -> Result<CacheInfo, StoreError> {
+    let path = root.join("nix-cache-info");
+    let mut info = match read_limited(&path, MAX_NARINFO_LEN) {
+        Ok(text) => {
+            let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+                store: url.to_owned(),
+                message: format!("'{}': {e}", path.display()),
+            };
+            let info = CacheInfo::parse(&text).map_err(|e| corrupt(&e))?;
+            info.check_store_dir(store_dir).map_err(|e| corrupt(&e))?;
+            info
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut info = CacheInfo::new(store_dir.clone());
+            info.want_mass_query = want_mass_query.unwrap_or(false);
+            info.priority = priority;
+            write_atomic(&path, info.render().as_bytes())?;
+            info
+        }
+        Err(e) => return Err(io_err("reading", &path)(e)),
+    };
+    if let Some(w) = want_mass_query {
+        info.want_mass_query = w;
+    }
+    if priority.is_some() {
+        info.priority = priority;
+    }
+    Ok(info)
+}
+
+impl Inner {
     fn narinfo_path(&self, path: &StorePath) -> PathBuf {
         self.root.join(format!("{}.narinfo", path.hash_part()))
     }
 
-    /// Whether the cache has `path` (its narinfo exists).
-    pub fn has(&self, path: &StorePath) -> bool {
-        self.narinfo_path(path).is_file()
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.url.clone(),
+            message,
+        }
     }
 
-    /// Reads the narinfo of `path`, if the cache has it.
-    ///
-    /// # Errors
-    /// [`FileCacheError`] on I/O errors or a corrupt narinfo.
-    pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, FileCacheError> {
+    fn not_found(&self, path: &StorePath) -> StoreError {
+        StoreError::NotFound {
+            store: self.url.clone(),
+            path: self.store_dir.display(path).to_string(),
+        }
+    }
+
+    /// The narinfo of `path`, if the cache has it under that full name.
+    fn read_narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
         let file = self.narinfo_path(path);
-        let text = match fs::read_to_string(&file) {
-            Ok(t) => t,
+        let text = match read_limited(&file, MAX_NARINFO_LEN) {
+            Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(self.corrupt(format!("'{}': {e}", file.display())))
+            }
             Err(e) => return Err(io_err("reading", &file)(e)),
         };
         let info = NarInfo::parse_in(&text, &self.store_dir)
-            .map_err(|source| FileCacheError::Corrupt { path: file, source })?;
-        Ok(Some(info))
+            .map_err(|e| self.corrupt(format!("'{}': {e}", file.display())))?;
+        // Nix requires the hash part and the name to match (SPEC §3.1).
+        Ok((info.store_path() == path).then_some(info))
     }
 
-    /// Adds a file or directory as the content-addressed path
-    /// `nix-store --add` would make (recursive sha256, no references), with
-    /// an uncompressed NAR and a narinfo signed by `keys`. A path the cache
-    /// already has is left alone; its narinfo is returned either way.
-    ///
-    /// # Errors
-    /// [`FileCacheError`] if the content cannot be read or packed, or the
-    /// cache cannot be written.
-    pub fn add_path(
-        &self,
-        source: &Path,
-        name: &str,
-        keys: &[SecretKey],
-    ) -> Result<NarInfo, FileCacheError> {
-        crate::store_path::validate_name(name)?;
-        // One pass: pack into a temporary file while hashing, then name the
-        // file after its hash.
-        let tmp = temp_name(&self.root.join("nar/add"));
-        let summary = (|| {
-            let f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let summary = nar::dump(source, &mut w)?;
-            let f = w
-                .into_inner()
-                .map_err(|e| io_err("writing", &tmp)(e.into_error()))?;
-            f.sync_all().map_err(io_err("writing", &tmp))?;
-            Ok::<_, FileCacheError>(summary)
-        })()
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
+    /// The path infos of those of `paths` the cache has.
+    fn read_path_infos(&self, paths: &[StorePath]) -> Result<Vec<PathInfo>, StoreError> {
+        let mut infos = Vec::with_capacity(paths.len());
+        for path in paths {
+            if let Some(narinfo) = self.read_narinfo(path)? {
+                infos.push(PathInfo::from_narinfo(&narinfo));
+            }
+        }
+        Ok(infos)
+    }
 
-        let ca = ContentAddress::Fixed {
-            method: FileIngestion::Recursive,
-            hash: summary.nar_hash,
+    /// The NAR file of `path` and its narinfo.
+    fn open_nar_file(&self, path: &StorePath) -> Result<(File, NarInfo), StoreError> {
+        let narinfo = self
+            .read_narinfo(path)?
+            .ok_or_else(|| self.not_found(path))?;
+        let file = self.nar_file_path(narinfo.url())?;
+        let f = File::open(&file).map_err(io_err("opening", &file))?;
+        Ok((f, narinfo))
+    }
+
+    /// The file a narinfo `URL` names, which must stay inside the cache.
+    fn nar_file_path(&self, url: &str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(url);
+        let inside = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || url.contains("://") {
+            return Err(self.corrupt(format!(
+                "NAR URL '{url}' is not a relative path inside the cache"
+            )));
+        }
+        Ok(self.root.join(rel))
+    }
+
+    /// Adds a path from its NAR, read from `src`. See the module docs.
+    fn add_nar(&self, info: &PathInfo, src: impl Read) -> Result<(), StoreError> {
+        if self.narinfo_path(&info.path).exists() {
+            return Ok(());
+        }
+        let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
+        let sink = FileSink::new(&tmp, self.compression == Compression::None)?;
+        let enc = compression::encoder(&self.compression, self.level, self.threads, sink)
+            .map_err(|e| io_err("compressing", &tmp.path)(e.into()))?;
+        let mut tee = Tee {
+            src,
+            out: enc,
+            write_error: None,
         };
-        let path = self.store_dir.make_ca_path(name, &ca, [], false)?;
-        if let Some(existing) = self.narinfo(&path)? {
-            let _ = fs::remove_file(&tmp);
-            return Ok(existing);
-        }
-        let url = nar_file_name(&summary.nar_hash, &Compression::None);
-        let nar_file = self.root.join(&url);
-        fs::rename(&tmp, &nar_file).map_err(io_err("renaming", &nar_file))?;
-        sync_dir(&self.root.join("nar"))?;
 
-        let mut info = NarInfo::new(NarInfoFields {
-            store_dir: self.store_dir.clone(),
-            file_hash: Some(summary.nar_hash),
-            file_size: Some(summary.nar_size),
-            ca: Some(ca),
-            ..NarInfoFields::new(path, url, summary.nar_hash, summary.nar_size)
-        })
-        .map_err(|source| FileCacheError::Corrupt {
-            path: nar_file.clone(),
-            source,
-        })?;
-        for k in keys {
-            info.sign(k);
-        }
-        self.put_narinfo(&info)?;
-        Ok(info)
+        // The strict decoder reads the whole stream (up to its end, so the
+        // stream's own checks run) while the tee compresses it.
+        let decoded = if self.write_listing {
+            let mut hashing = HashingReader::new(&mut tee);
+            nar::list(&mut hashing).map(|listing| {
+                let (_, nar_hash, nar_size) = hashing.finish();
+                (NarSummary { nar_hash, nar_size }, Some(listing))
+            })
+        } else {
+            nar::validate(&mut tee).map(|summary| (summary, None))
+        };
+        let (summary, listing) = match decoded {
+            Ok(d) => d,
+            Err(e) => return Err(decode_error(e, tee.write_error, &tmp.path, &info.path)),
+        };
+        check_nar(info, &self.store_dir, &summary)?;
+
+        let sink = tee.out.finish().map_err(io_err("writing", &tmp.path))?;
+        let (file_hash, file_size) = sink.finish(&tmp.path, summary.nar_hash)?;
+        let file = NarFile {
+            url: nar_file_name(&file_hash, &self.compression),
+            compression: self.compression.clone(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
+        };
+        self.commit(info, tmp, file, listing)
     }
 
-    /// Writes a narinfo, atomically. Call it only once the NAR it points to
-    /// is in place.
-    ///
-    /// # Errors
-    /// [`FileCacheError::Io`].
-    pub fn put_narinfo(&self, info: &NarInfo) -> Result<(), FileCacheError> {
-        write_atomic(
-            &self.narinfo_path(info.store_path()),
-            info.render().as_bytes(),
+    /// Adds a path from its NAR file, compressed as this store writes them,
+    /// read from `src`.
+    fn add_nar_file(
+        &self,
+        info: &PathInfo,
+        nar: FileFacts,
+        src: impl Read,
+    ) -> Result<(), StoreError> {
+        if self.narinfo_path(&info.path).exists() {
+            return Ok(());
+        }
+        let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
+        // Hashed even for `none`: the bytes are checked, not assumed.
+        let mut sink = FileSink::new(&tmp, false)?;
+        copy(src, &mut sink, &tmp.path, &info.path)?;
+        let (file_hash, file_size) = sink.finish(&tmp.path, info.nar_hash)?;
+        let mismatch =
+            |what: &str, expected: &dyn std::fmt::Display, got: &dyn std::fmt::Display| {
+                StoreError::NarMismatch {
+                    path: self.store_dir.display(&info.path).to_string(),
+                    message: format!("{what} of the NAR file: expected {expected}, got {got}"),
+                }
+            };
+        if let Some(expected) = nar.file_hash.filter(|h| *h != file_hash) {
+            return Err(mismatch("hash", &expected, &file_hash));
+        }
+        if let Some(expected) = nar.file_size.filter(|s| *s != file_size) {
+            return Err(mismatch("size", &expected, &file_size));
+        }
+        // A listing needs the NAR: decompress what was written (which
+        // also checks it against the path info).
+        let listing = if self.write_listing {
+            let f = File::open(&tmp.path).map_err(io_err("opening", &tmp.path))?;
+            let dec =
+                compression::decoder(&self.compression, BufReader::with_capacity(CHUNK_SIZE, f))
+                    .map_err(|e| io_err("decompressing", &tmp.path)(e.into()))?;
+            let mut hashing = HashingReader::new(dec);
+            let listing = nar::list(&mut hashing)?;
+            let (_, nar_hash, nar_size) = hashing.finish();
+            check_nar(info, &self.store_dir, &NarSummary { nar_hash, nar_size })?;
+            Some(listing)
+        } else {
+            None
+        };
+        let file = NarFile {
+            url: nar_file_name(&file_hash, &self.compression),
+            compression: self.compression.clone(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
+        };
+        self.commit(info, tmp, file, listing)
+    }
+
+    /// Moves a complete NAR file into place, then writes the listing and,
+    /// last, the narinfo.
+    fn commit(
+        &self,
+        info: &PathInfo,
+        tmp: TempFile,
+        file: NarFile,
+        listing: Option<nar::Listing>,
+    ) -> Result<(), StoreError> {
+        let nar_path = self.root.join(&file.url);
+        if nar_path.exists() {
+            // Content-addressed: the same bytes are there already.
+            drop(tmp);
+        } else {
+            tmp.persist(&nar_path)?;
+            sync_dir(&self.root.join("nar"))?;
+        }
+        if let Some(listing) = listing {
+            let ls = self.root.join(format!("{}.ls", info.path.hash_part()));
+            write_atomic(&ls, listing.to_json().as_bytes())?;
+        }
+        let mut narinfo = NarInfo::new(info.narinfo_fields(&self.store_dir, file))?;
+        if let Some(key) = &self.secret_key {
+            narinfo.sign(key);
+        }
+        write_atomic(&self.narinfo_path(&info.path), narinfo.as_str().as_bytes())
+    }
+}
+
+/// What the caller of [`Store::add_compressed`] says about the file.
+struct FileFacts {
+    file_hash: Option<NixHash>,
+    file_size: Option<u64>,
+}
+
+/// Checks a NAR's hash and size against the path info.
+fn check_nar(info: &PathInfo, store_dir: &StoreDir, got: &NarSummary) -> Result<(), StoreError> {
+    let message = if got.nar_hash != info.nar_hash {
+        format!(
+            "hash: expected {}, got {}",
+            info.nar_hash.to_sri(),
+            got.nar_hash.to_sri()
         )
+    } else if got.nar_size != info.nar_size {
+        format!("size: expected {}, got {}", info.nar_size, got.nar_size)
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::NarMismatch {
+        path: store_dir.display(&info.path).to_string(),
+        message,
+    })
+}
+
+/// The error for a NAR that could not be read to its end: the temporary
+/// file could not be written, the stream failed, or it is not a valid NAR.
+fn decode_error(
+    e: NarError,
+    write_error: Option<io::Error>,
+    tmp: &Path,
+    path: &StorePath,
+) -> StoreError {
+    if let Some(source) = write_error {
+        return io_err("writing", tmp)(source);
     }
+    match e {
+        NarError::Io(source) => stream_error(source, path),
+        other => StoreError::Nar(other),
+    }
+}
+
+/// The error for a failing input stream. A stream that fails with an
+/// [`io::Error`] wrapping a [`StoreError`] (as a stream checking
+/// `narHash` does) gives that `StoreError` back.
+fn stream_error(source: io::Error, path: &StorePath) -> StoreError {
+    if source.get_ref().is_some_and(|e| e.is::<StoreError>()) {
+        if let Some(Ok(e)) = source.into_inner().map(|e| e.downcast::<StoreError>()) {
+            return *e;
+        }
+        return StoreError::Io {
+            what: "reading the NAR of",
+            path: path.to_string(),
+            source: io::Error::other("the stream failed"),
+        };
+    }
+    StoreError::Io {
+        what: "reading the NAR of",
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Copies `src` to `out` in large chunks, telling read errors (the
+/// stream's) from write errors (the file's).
+fn copy(
+    mut src: impl Read,
+    out: &mut impl Write,
+    tmp: &Path,
+    path: &StorePath,
+) -> Result<u64, StoreError> {
+    let mut buf = vec![0; CHUNK_SIZE];
+    let mut total = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(stream_error(e, path)),
+        };
+        out.write_all(&buf[..n]).map_err(io_err("writing", tmp))?;
+        total += n as u64;
+    }
+}
+
+/// A reader that writes everything it reads to `out`, keeping the first
+/// write error apart from read errors.
+struct Tee<R, W> {
+    src: R,
+    out: W,
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.write_error.is_some() {
+            return Err(io::Error::other("writing the NAR file failed"));
+        }
+        let n = self.src.read(buf)?;
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.write_error = Some(e);
+            return Err(io::Error::new(kind, "writing the NAR file failed"));
+        }
+        Ok(n)
+    }
+}
+
+/// The temporary NAR file: buffered, counting and (unless it is the NAR
+/// itself, whose hash the NAR decoder computes) hashing what is written.
+///
+/// Once more than [`SYNC_EVERY`] bytes are written, a helper thread flushes
+/// the file to disk again and again while writing goes on, so the disk
+/// works while the CPU hashes and compresses, and the final fsync finds
+/// little left to do.
+struct FileSink {
+    out: BufWriter<File>,
+    hasher: Option<HashingWriter<io::Sink>>,
+    size: u64,
+    synced_at: u64,
+    syncer: Option<BackgroundSync>,
+}
+
+/// Bytes written between two requests to flush a NAR file in the
+/// background.
+const SYNC_EVERY: u64 = 32 << 20;
+
+/// A thread that flushes a file to disk each time it is asked to.
+struct BackgroundSync {
+    requests: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl BackgroundSync {
+    fn start(file: File) -> io::Result<Self> {
+        // One request may wait while a flush runs; more would be no use.
+        let (requests, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("nixferry-fsync".into())
+            .spawn(move || {
+                for () in rx {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Self { requests, thread })
+    }
+
+    /// Waits for the flushes asked for so far.
+    fn finish(self) -> io::Result<()> {
+        drop(self.requests);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")))
+    }
+}
+
+impl FileSink {
+    /// A sink writing to `tmp`; `is_nar` when the file is the uncompressed
+    /// NAR, which then need not be hashed again.
+    fn new(tmp: &TempFile, is_nar: bool) -> Result<Self, StoreError> {
+        let f = tmp.file.try_clone().map_err(io_err("opening", &tmp.path))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(CHUNK_SIZE, f),
+            hasher: (!is_nar).then(|| HashingWriter::new(io::sink())),
+            size: 0,
+            synced_at: 0,
+            syncer: None,
+        })
+    }
+
+    /// Asks for the data written so far to go to disk, in the background.
+    /// Failing to start the thread only costs speed: the final fsync
+    /// still runs.
+    fn request_sync(&mut self) {
+        self.synced_at = self.size;
+        if self.syncer.is_none() {
+            self.syncer = self
+                .out
+                .get_ref()
+                .try_clone()
+                .and_then(BackgroundSync::start)
+                .ok();
+        }
+        if let Some(syncer) = &self.syncer {
+            // Full: a flush is pending, which will cover this data too.
+            // Disconnected: it failed, and `finish` reports why.
+            let _ = syncer.requests.try_send(());
+        }
+    }
+
+    /// Flushes the file to disk; returns its hash (`nar_hash` if the sink
+    /// was made for the NAR itself) and size.
+    fn finish(self, tmp: &Path, nar_hash: NixHash) -> Result<(NixHash, u64), StoreError> {
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err("writing", tmp)(e.into_error()))?;
+        if let Some(syncer) = self.syncer {
+            syncer.finish().map_err(io_err("writing", tmp))?;
+        }
+        f.sync_all().map_err(io_err("writing", tmp))?;
+        let hash = self.hasher.map_or(nar_hash, |h| h.finish().1);
+        Ok((hash, self.size))
+    }
+}
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            // Writing to a sink cannot fail.
+            h.write_all(&buf[..n])?;
+        }
+        self.size += n as u64;
+        if self.size - self.synced_at >= SYNC_EVERY {
+            self.request_sync();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A temporary file, removed when dropped unless persisted.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Creates `<base>.tmp.<pid>.<n>`.
+    fn create(base: &Path) -> Result<Self, StoreError> {
+        let path = temp_name(base);
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("creating", &path))?;
+        Ok(Self {
+            path,
+            file,
+            keep: false,
+        })
+    }
+
+    /// Renames the file to `dest`.
+    fn persist(mut self, dest: &Path) -> Result<(), StoreError> {
+        fs::rename(&self.path, dest).map_err(io_err("renaming", dest))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FileStore {
+    fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.inner.store_dir
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            needs_references_first: false,
+            keeps_signatures: true,
+            writes_compression: Some(self.inner.compression.clone()),
+            signs: self.inner.secret_key.is_some(),
+            ..Capabilities::default()
+        }
+    }
+
+    async fn query_path_infos(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        let mut found = BTreeMap::new();
+        let mut batches = paths.chunks(QUERY_BATCH);
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < QUERY_TASKS {
+                let Some(batch) = batches.next() else { break };
+                let inner = self.inner.clone();
+                let batch = batch.to_vec();
+                tasks.spawn_blocking(move || inner.read_path_infos(&batch));
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            for info in done.map_err(join_error)?? {
+                found.insert(info.path.clone(), info);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
+        let inner = self.inner.clone();
+        let path = info.path.clone();
+        // Open first, so that a missing path fails here, not in the stream.
+        let (file, narinfo) = tokio::task::spawn_blocking(move || inner.open_nar_file(&path))
+            .await
+            .map_err(join_error)??;
+        Ok(blocking_stream(move |out| {
+            let input = BufReader::with_capacity(CHUNK_SIZE, file);
+            let mut dec = compression::lenient_decoder(narinfo.compression(), input)?;
+            out.fill_from(&mut dec)
+        }))
+    }
+
+    async fn compressed_nar(&self, info: &PathInfo) -> Result<Option<CompressedNar>, StoreError> {
+        let inner = self.inner.clone();
+        let path = info.path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let (mut file, narinfo) = inner.open_nar_file(&path)?;
+            let name = narinfo.url().to_owned();
+            let err = |e| io_err("reading", &inner.root.join(&name))(e);
+            // Report what the file really is where Nix would sniff it, so
+            // that a passthrough copy labels it right.
+            let declared = narinfo.compression().clone();
+            let compression = match declared {
+                Compression::None | Compression::Br => declared,
+                _ => {
+                    let mut head = Vec::with_capacity(compression::SNIFF_LEN);
+                    (&mut file)
+                        .take(compression::SNIFF_LEN as u64)
+                        .read_to_end(&mut head)
+                        .map_err(err)?;
+                    file.rewind().map_err(err)?;
+                    compression::sniff(&head).unwrap_or(declared)
+                }
+            };
+            let file_size = match narinfo.file_size() {
+                Some(size) => size,
+                None => file.metadata().map_err(err)?.len(),
+            };
+            Ok::<_, StoreError>((file, compression, narinfo.file_hash().copied(), file_size))
+        })
+        .await
+        .map_err(join_error)??;
+        let (file, compression, file_hash, file_size) = opened;
+        Ok(Some(CompressedNar {
+            compression,
+            file_hash,
+            file_size: Some(file_size),
+            stream: blocking_stream(move |out| {
+                let mut file = file;
+                out.fill_from(&mut file)
+            }),
+        }))
+    }
+
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let info = info.clone();
+        let src = SyncIoBridge::new(nar);
+        tokio::task::spawn_blocking(move || inner.add_nar(&info, src))
+            .await
+            .map_err(join_error)?
+    }
+
+    async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
+        if nar.compression != self.inner.compression {
+            return Err(StoreError::Unsupported {
+                store: self.inner.url.clone(),
+                what: "adding NAR files compressed other than the store's compression",
+            });
+        }
+        let inner = self.inner.clone();
+        let info = info.clone();
+        let facts = FileFacts {
+            file_hash: nar.file_hash,
+            file_size: nar.file_size,
+        };
+        let src = SyncIoBridge::new(nar.stream);
+        tokio::task::spawn_blocking(move || inner.add_nar_file(&info, facts, src))
+            .await
+            .map_err(join_error)?
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        what: "running a blocking task for",
+        path: "a file:// store".to_owned(),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// Runs `produce` on a blocking thread; what it writes to its
+/// [`ChunkWriter`] comes out of the returned stream, in bounded chunks.
+/// An error it returns is the stream's last read; if the stream is dropped,
+/// its writes fail with [`io::ErrorKind::BrokenPipe`].
+fn blocking_stream<F>(produce: F) -> NarStream
+where
+    F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+        };
+        let result = produce(&mut out).and_then(|()| out.send_buffered());
+        if let Err(e) = result {
+            // The reader may be gone; then nobody needs the error.
+            let _ = out.tx.blocking_send(Err(e));
+        }
+    });
+    Box::pin(ChannelReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    })
+}
+
+/// The writing end of [`blocking_stream`].
+struct ChunkWriter {
+    tx: mpsc::Sender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the NAR stream was dropped"))
+    }
+
+    /// Reads `r` to its end straight into chunks.
+    fn fill_from(&mut self, r: &mut impl Read) -> io::Result<()> {
+        loop {
+            let start = self.buf.len();
+            self.buf.resize(CHUNK_SIZE, 0);
+            let result = r.read(&mut self.buf[start..]);
+            self.buf.truncate(start + *result.as_ref().unwrap_or(&0));
+            match result {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if self.buf.len() == CHUNK_SIZE {
+                self.send_buffered()?;
+            }
+        }
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_SIZE {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffered()
+    }
+}
+
+/// The reading end of [`blocking_stream`].
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.pos < self.chunk.len() {
+                let n = buf.remaining().min(self.chunk.len() - self.pos);
+                buf.put_slice(&self.chunk[self.pos..self.pos + n]);
+                self.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads a text file of at most `limit` bytes (one more is read, so that
+/// the parser sees the file is too long). Not UTF-8 is
+/// [`io::ErrorKind::InvalidData`].
+fn read_limited(path: &Path, limit: usize) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// A fresh temporary name beside `base`: `<base>.tmp.<pid>.<n>`, the scheme
@@ -222,31 +1035,22 @@ fn temp_name(base: &Path) -> PathBuf {
 /// rename, fsync of the directory.
 ///
 /// # Errors
-/// [`FileCacheError::Io`]; the temporary file is removed on failure.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FileCacheError> {
-    let tmp = temp_name(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        f.write_all(data).map_err(io_err("writing", &tmp))?;
-        f.sync_all().map_err(io_err("writing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("renaming", path))?;
-        match path.parent() {
-            Some(dir) => sync_dir(dir),
-            None => Ok(()),
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// [`StoreError::Io`]; the temporary file is removed on failure.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = TempFile::create(path)?;
+    tmp.file
+        .write_all(data)
+        .and_then(|()| tmp.file.sync_all())
+        .map_err(io_err("writing", &tmp.path))?;
+    tmp.persist(path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    result
 }
 
 /// Makes renames in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), FileCacheError> {
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", dir))
@@ -254,66 +1058,5 @@ fn sync_dir(dir: &Path) -> Result<(), FileCacheError> {
 
 /// The name, relative to the cache root, of a NAR file: `nar/<file hash>.nar<ext>`.
 pub fn nar_file_name(file_hash: &NixHash, compression: &Compression) -> String {
-    format!(
-        "nar/{}.nar{}",
-        file_hash.to_nix32(),
-        compression.extension()
-    )
-}
-
-use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
-use std::collections::BTreeMap;
-
-/// A file:// binary cache.
-#[derive(Debug)]
-pub struct FileStore {
-    url: String,
-    store_dir: StoreDir,
-}
-
-impl FileStore {
-    /// Opens the store a `local` URL names.
-    ///
-    /// # Errors
-    /// Never yet.
-    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
-        Ok(Self {
-            url: url.as_str().to_owned(),
-            store_dir: StoreDir::default(),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for FileStore {
-    fn url(&self) -> &str {
-        &self.url
-    }
-    fn store_dir(&self) -> &StoreDir {
-        &self.store_dir
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-    async fn query_path_infos(
-        &self,
-        _paths: &[StorePath],
-    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "queries",
-        })
-    }
-    async fn nar(&self, _info: &PathInfo) -> Result<NarStream, StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "reading",
-        })
-    }
-    async fn add_path(&self, _info: &PathInfo, _nar: NarStream) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "writing",
-        })
-    }
+    format!("nar/{}{}", file_hash.to_nix32(), compression.extension())
 }

@@ -1,61 +1,824 @@
-//! The machine's Nix store (or a chroot store), read through its SQLite
-//! database (SPEC §6). Placeholder while the backend is being written.
+//! The machine's Nix store, or a chroot store, read straight from its SQLite
+//! database and its files (SPEC §6). No `nix` binary is needed.
+//!
+//! [`LocalStore`] is a *source*: it answers path-info questions from
+//! `<state>/db/db.sqlite` and streams NARs by dumping `<real store dir>/<path>`.
+//! Adding paths is not supported here; writing into a Nix store goes through
+//! Nix itself (`nix-store --serve --write`), which registers paths, takes
+//! the locks and keeps the garbage collector informed.
+//!
+//! # Reading beside a running Nix
+//!
+//! The database is opened read-only (`file:…?mode=ro`), once per store, and
+//! every batch of queries runs in one read transaction, so it sees one
+//! consistent snapshot: Nix registers a path and its references in one
+//! transaction, and a reader in WAL mode neither blocks Nix nor is blocked
+//! by it (SPEC §6.5). Queries run on tokio's blocking pool.
+//!
+//! Without write access to the database directory, SQLite can read a WAL
+//! database only while some Nix process has it open (it needs the `-shm`
+//! file). Opening then fails with an error that says so; `?read-only=true`
+//! opens the database as immutable instead, which is only safe when no Nix
+//! process can be writing to it (a read-only mount, a stopped daemon).
+//!
+//! A valid path is *registered*; reading the database does not keep it
+//! alive. A garbage collection running during a copy can delete a path
+//! being dumped, which then fails with an I/O error.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
 
 use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
-use crate::store_path::{StoreDir, StorePath};
+use crate::hash::NixHash;
+use crate::nar::{self, NarError};
+use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
-/// A local Nix store.
-#[derive(Debug)]
+/// The only database schema version this backend reads: that of Nix 2.0
+/// through current Nix (SPEC §6.1).
+pub const SCHEMA_VERSION: &str = "10";
+
+/// How long a query waits for a lock before it fails. SQLite readers in
+/// WAL mode wait only during recovery or a checkpoint restart; Nix itself
+/// waits an hour (SPEC §6.1), and so do we.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Bytes a NAR dump hands to the async side at a time.
+const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Chunks that may wait between the dumping thread and the reader. With
+/// the chunk being filled and the one being read, a NAR stream holds at
+/// most 1.5 MiB, whatever the NAR's size.
+const CHUNKS_AHEAD: usize = 4;
+
+/// The `ValidPaths` columns of a path-info row (SPEC §6.3), then the id of
+/// one reference (NULL for a path without references). A path with `n`
+/// references gives `n` rows; [`Collector`] folds them back together.
+macro_rules! info_columns {
+    () => {
+        "SELECT v.id, v.path, v.hash, v.registrationTime, v.deriver, v.narSize, \
+         v.ultimate, v.sigs, v.ca, r.reference "
+    };
+}
+
+/// One path and its references (SPEC §6.4).
+const PATH_INFO_SQL: &str = concat!(
+    info_columns!(),
+    "FROM ValidPaths v LEFT JOIN Refs r ON r.referrer = v.id WHERE v.path = ?1"
+);
+
+/// The path of a row, for references outside the rows read.
+const PATH_BY_ID_SQL: &str = "SELECT path FROM ValidPaths WHERE id = ?1";
+
+/// Whether one path is valid.
+const VALID_SQL: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
+
+/// The closure of a JSON array of full paths, walked over `Refs` inside
+/// SQLite (`UNION` drops ids already seen, so cycles end). `CROSS JOIN`
+/// makes SQLite start from the closure instead of scanning `ValidPaths`.
+const CLOSURE_SQL: &str = concat!(
+    "WITH RECURSIVE closure(id) AS (",
+    "SELECT id FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))",
+    " UNION ",
+    "SELECT Refs.reference FROM Refs JOIN closure ON Refs.referrer = closure.id",
+    ") ",
+    info_columns!(),
+    "FROM closure c CROSS JOIN ValidPaths v ON v.id = c.id ",
+    "LEFT JOIN Refs r ON r.referrer = v.id"
+);
+
+/// A local Nix store: `local`, `/nix/store`, or a chroot store
+/// (`local?root=/x`, or just `/x`).
+///
+/// Reads only: [`Store::add_path`] returns [`StoreError::Unsupported`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), nixferry::store::StoreError> {
+/// use nixferry::store::{local::LocalStore, Store, StoreUrl};
+/// let store = LocalStore::open(&StoreUrl::parse("local")?)?;
+/// let path = store.store_dir().parse("/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")?;
+/// let infos = store.query_path_infos(&[path]).await?;
+/// # Ok(()) }
+/// ```
 pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+/// What the blocking threads share.
+struct Inner {
     url: String,
     store_dir: StoreDir,
+    real_dir: PathBuf,
+    db_path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("url", &self.inner.url)
+            .field("store_dir", &self.inner.store_dir)
+            .field("real_dir", &self.inner.real_dir)
+            .field("db_path", &self.inner.db_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalStore {
-    /// Opens the store a `local` URL names.
+    /// Opens the store a `local` URL names and checks its database.
+    ///
+    /// Parameters, as in Nix 2.8's `LocalFSStoreConfig`:
+    /// - `root`: a chroot store; the state directory becomes
+    ///   `<root>/nix/var/nix` and the files `<root>/nix/store`, while the
+    ///   logical store directory stays `/nix/store`;
+    /// - `store`: the logical store directory (default `/nix/store`);
+    /// - `state`: the state directory holding `db/` (default
+    ///   `/nix/var/nix`, or as above);
+    /// - `real`: where the store's files are (default the store directory,
+    ///   or as above);
+    /// - `read-only=true`: open the database as immutable (no locking, no
+    ///   WAL), for when no Nix process can be writing to it.
+    ///
+    /// `log`, `require-sigs` and `trusted` are accepted and ignored: they
+    /// matter only for writing. Nix's `NIX_STORE_DIR` and `NIX_STATE_DIR`
+    /// environment variables are not read.
     ///
     /// # Errors
-    /// Never yet.
+    /// [`StoreError::Url`] for a bad parameter value; [`StoreError::Io`]
+    /// when the schema file or database cannot be read (with a hint when
+    /// permissions are at fault, SPEC §6.5); [`StoreError::Corrupt`] when
+    /// the schema version is not 10; [`StoreError::Database`] when SQLite
+    /// fails otherwise.
     pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        let root = url
+            .param("root")
+            .filter(|r| !r.is_empty())
+            .map(|r| absolute(url, "root", r))
+            .transpose()?;
+        let store_dir = match url.param("store") {
+            Some(dir) => StoreDir::new(dir).map_err(|_| {
+                url.bad_value(
+                    "store",
+                    dir,
+                    "expected an absolute directory such as /nix/store",
+                )
+            })?,
+            None => StoreDir::default(),
+        };
+        let state_dir = match (url.param("state"), &root) {
+            (Some(dir), _) => absolute(url, "state", dir)?,
+            (None, Some(root)) => root.join("nix/var/nix"),
+            (None, None) => PathBuf::from("/nix/var/nix"),
+        };
+        // Nix 2.8 puts a chroot store's files at `<root>/nix/store` even
+        // when `store=` names another logical directory.
+        let real_dir = match (url.param("real"), &root) {
+            (Some(dir), _) => absolute(url, "real", dir)?,
+            (None, Some(root)) => root.join("nix/store"),
+            (None, None) => PathBuf::from(store_dir.as_str()),
+        };
+        let immutable = url.bool_param("read-only", false)?;
+
+        let db_dir = state_dir.join("db");
+        check_schema(url.as_str(), &db_dir.join("schema"))?;
+        let db_path = db_dir.join("db.sqlite");
+        // Opening the file first also gives a better message than SQLite's
+        // "unable to open database file".
+        let wal = uses_wal(&db_path)?;
+        let mode = if immutable {
+            Access::Immutable
+        } else if wal {
+            Access::Wal
+        } else {
+            Access::Rollback
+        };
+        let conn = open_db(&db_path, mode)?;
         Ok(Self {
-            url: url.as_str().to_owned(),
-            store_dir: StoreDir::default(),
+            inner: Arc::new(Inner {
+                url: url.as_str().to_owned(),
+                store_dir,
+                real_dir,
+                db_path,
+                conn: Mutex::new(conn),
+            }),
         })
+    }
+
+    /// The directory the store's files are in: the store directory, or
+    /// `<root>/nix/store` for a chroot store.
+    pub fn real_store_dir(&self) -> &Path {
+        &self.inner.real_dir
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// The path infos of the closure of `roots` (the roots, their
+    /// references, theirs, and so on), in one recursive query over `Refs`
+    /// in one read transaction. Faster than walking the closure with
+    /// [`Store::query_path_infos`] (`crate::closure` does that for any
+    /// store), with the same result.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] naming a root that is not valid;
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`] when reading
+    /// fails.
+    pub async fn closure(
+        &self,
+        roots: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        let roots = roots.to_vec();
+        self.with_db(move |inner, conn| {
+            let json = json_array(roots.iter().map(|p| inner.store_dir.full(p)));
+            let infos = read_tx(inner, conn, |tx| {
+                let mut stmt = tx
+                    .prepare_cached(CLOSURE_SQL)
+                    .map_err(|e| inner.db_error(e))?;
+                let mut rows = Collector::new(inner);
+                rows.add(stmt.query([json]).map_err(|e| inner.db_error(e))?)?;
+                rows.finish(tx)
+            })?;
+            if let Some(missing) = roots.iter().find(|r| !infos.contains_key(*r)) {
+                return Err(inner.not_found(missing));
+            }
+            Ok(infos)
+        })
+        .await
+    }
+
+    /// Runs `work` with the connection on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner, &mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            // A panic elsewhere cannot leave the connection half-used: the
+            // transaction it held was rolled back when it unwound.
+            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&inner, &mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            what: "querying the Nix database",
+            path: self.inner.db_path.display().to_string(),
+            source: io::Error::other(e),
+        })?
+    }
+}
+
+/// Runs `work` in one read transaction: one consistent snapshot of the
+/// database (SPEC §6.5).
+fn read_tx<T>(
+    inner: &Inner,
+    conn: &mut Connection,
+    work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = conn.transaction().map_err(|e| inner.db_error(e))?;
+    let result = work(&tx)?;
+    tx.commit().map_err(|e| inner.db_error(e))?;
+    Ok(result)
+}
+
+/// A path-valued URL parameter, which must be absolute.
+fn absolute(url: &StoreUrl, name: &str, value: &str) -> Result<PathBuf, StoreError> {
+    if value.starts_with('/') {
+        Ok(PathBuf::from(value))
+    } else {
+        Err(url
+            .bad_value(name, value, "expected an absolute path")
+            .into())
+    }
+}
+
+/// Refuses a database whose `schema` file does not say 10 (SPEC §6.5):
+/// an older one needs a migration by Nix, a newer one may mean anything.
+fn check_schema(url: &str, file: &Path) -> Result<(), StoreError> {
+    let found = std::fs::read_to_string(file).map_err(|source| StoreError::Io {
+        what: "reading the Nix database schema version (is this a Nix store?)",
+        path: file.display().to_string(),
+        source,
+    })?;
+    if found.trim() == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            store: url.to_owned(),
+            message: format!(
+                "'{}' says database schema version '{}'; nixferry reads only version \
+                 {SCHEMA_VERSION} (Nix 2.x)",
+                file.display(),
+                found.trim().escape_debug(),
+            ),
+        })
+    }
+}
+
+/// How to open the database so as to agree with Nix on locking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// WAL mode, Nix's default (`use-sqlite-wal = true`).
+    Wal,
+    /// A rollback journal (`use-sqlite-wal = false`): Nix then uses the
+    /// `unix-dotfile` VFS, and readers must too (SPEC §6.5).
+    Rollback,
+    /// `?read-only=true`: no locking at all.
+    Immutable,
+}
+
+/// Whether the database is in WAL mode: bytes 18 and 19 of its header
+/// (the file format versions) are 2 in WAL mode, 1 otherwise. An empty
+/// file (a database never written to) counts as WAL, Nix's default.
+fn uses_wal(db_path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read as _;
+    let io_err = |source| StoreError::Io {
+        what: "opening the Nix database",
+        path: db_path.display().to_string(),
+        source,
+    };
+    let mut header = Vec::with_capacity(20);
+    std::fs::File::open(db_path)
+        .and_then(|f| f.take(20).read_to_end(&mut header))
+        .map_err(io_err)?;
+    Ok(header.get(18..20).is_none_or(|v| v != [1, 1]))
+}
+
+/// Opens the database read-only and reads from it once, so that
+/// permission problems show now rather than at the first query.
+fn open_db(db_path: &Path, mode: Access) -> Result<Connection, StoreError> {
+    let db_error = |e| db_error(db_path, e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(sqlite_uri(db_path, mode), flags).map_err(db_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+    conn.query_row("SELECT 1 FROM ValidPaths LIMIT 1", [], |_| Ok(()))
+        .optional()
+        .map_err(db_error)?;
+    Ok(conn)
+}
+
+/// Wraps a SQLite error, explaining the permission cases of SPEC §6.5.
+fn db_error(db_path: &Path, e: rusqlite::Error) -> StoreError {
+    let db = db_path.display().to_string();
+    let dir = db_path.parent().unwrap_or(db_path).display();
+    let hint = match e.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly) => format!(
+            "{e}: without write access to '{dir}', SQLite can read the database only while \
+             a Nix process has it open; run as root or as the store's owner, or add \
+             '?read-only=true' to the store URL if no Nix process can be writing to it"
+        ),
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            format!("{e}: check that the database and '{dir}' are readable by this user")
+        }
+        _ => return StoreError::Database { db, source: e },
+    };
+    StoreError::Io {
+        what: "opening the Nix database read-only",
+        path: db,
+        source: io::Error::new(io::ErrorKind::PermissionDenied, hint),
+    }
+}
+
+/// `file:<path>?mode=ro…`, with the path percent-encoded as SQLite's URI
+/// parser wants (`?`, `#` and `%` would otherwise end or escape it).
+fn sqlite_uri(path: &Path, mode: Access) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str(match mode {
+        Access::Wal => "?mode=ro",
+        Access::Rollback => "?mode=ro&vfs=unix-dotfile",
+        Access::Immutable => "?mode=ro&immutable=1",
+    });
+    uri
+}
+
+/// A JSON array of strings, for `json_each`.
+fn json_array(items: impl Iterator<Item = String>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
+impl Inner {
+    fn db_error(&self, e: rusqlite::Error) -> StoreError {
+        db_error(&self.db_path, e)
+    }
+
+    fn not_found(&self, path: &StorePath) -> StoreError {
+        StoreError::NotFound {
+            store: self.url.clone(),
+            path: self.store_dir.full(path),
+        }
+    }
+
+    fn corrupt(&self, path: &str, what: &str, value: &str, why: impl fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            store: self.url.clone(),
+            message: format!(
+                "path '{path}' has an invalid {what} '{value}' in the database: {why}"
+            ),
+        }
+    }
+
+    /// The `ValidPaths` columns of a row (SPEC §6.3), without references.
+    fn row_to_info(&self, row: &rusqlite::Row<'_>) -> Result<PathInfo, StoreError> {
+        let get_err = |e| self.db_error(e);
+        let full: String = row.get(1).map_err(get_err)?;
+        let path = self
+            .store_dir
+            .parse(&full)
+            .map_err(|e| self.corrupt(&full, "path", &full, e))?;
+        let hash: String = row.get(2).map_err(get_err)?;
+        let nar_hash = NixHash::parse(&hash).map_err(|e| self.corrupt(&full, "hash", &hash, e))?;
+        let registration_time: i64 = row.get(3).map_err(get_err)?;
+        let registration_time = u64::try_from(registration_time).map_err(|e| {
+            self.corrupt(&full, "registrationTime", &registration_time.to_string(), e)
+        })?;
+        let deriver = match row.get::<_, Option<String>>(4).map_err(get_err)? {
+            Some(d) if !d.is_empty() => Some(
+                self.store_dir
+                    .parse(&d)
+                    .map_err(|e| self.corrupt(&full, "deriver", &d, e))?,
+            ),
+            _ => None,
+        };
+        // NULL means unknown, which Nix reads as 0.
+        let nar_size: i64 = row.get::<_, Option<i64>>(5).map_err(get_err)?.unwrap_or(0);
+        let nar_size = u64::try_from(nar_size)
+            .map_err(|e| self.corrupt(&full, "narSize", &nar_size.to_string(), e))?;
+        let ultimate = row.get::<_, Option<i64>>(6).map_err(get_err)?.unwrap_or(0) != 0;
+        let signatures = row
+            .get::<_, Option<String>>(7)
+            .map_err(get_err)?
+            .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let ca = match row.get::<_, Option<String>>(8).map_err(get_err)? {
+            Some(ca) if !ca.is_empty() => {
+                Some(ContentAddress::parse(&ca).map_err(|e| self.corrupt(&full, "ca", &ca, e))?)
+            }
+            _ => None,
+        };
+        Ok(PathInfo {
+            registration_time,
+            deriver,
+            signatures,
+            ca,
+            ultimate,
+            ..PathInfo::new(path, nar_hash, nar_size)
+        })
+    }
+}
+
+/// Folds path-info rows ([`info_columns!`], in any order) into path infos.
+struct Collector<'a> {
+    inner: &'a Inner,
+    infos: HashMap<i64, PathInfo>,
+    /// (referrer, reference) ids.
+    refs: Vec<(i64, i64)>,
+}
+
+impl<'a> Collector<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        Self {
+            inner,
+            infos: HashMap::new(),
+            refs: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, mut rows: rusqlite::Rows<'_>) -> Result<(), StoreError> {
+        let inner = self.inner;
+        while let Some(row) = rows.next().map_err(|e| inner.db_error(e))? {
+            let id: i64 = row.get(0).map_err(|e| inner.db_error(e))?;
+            if let Entry::Vacant(entry) = self.infos.entry(id) {
+                entry.insert(inner.row_to_info(row)?);
+            }
+            if let Some(reference) = row.get(9).map_err(|e| inner.db_error(e))? {
+                self.refs.push((id, reference));
+            }
+        }
+        Ok(())
+    }
+
+    /// The path infos with their references, sorted. References to rows
+    /// not read are looked up in `tx`, the transaction the rows came from.
+    fn finish(
+        mut self,
+        tx: &rusqlite::Transaction<'_>,
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        let inner = self.inner;
+        let mut by_id = tx
+            .prepare_cached(PATH_BY_ID_SQL)
+            .map_err(|e| inner.db_error(e))?;
+        let mut outside: HashMap<i64, StorePath> = HashMap::new();
+        for (referrer, reference) in std::mem::take(&mut self.refs) {
+            let path = match (self.infos.get(&reference), outside.entry(reference)) {
+                (Some(info), _) => info.path.clone(),
+                (None, Entry::Occupied(known)) => known.get().clone(),
+                (None, Entry::Vacant(slot)) => {
+                    let full: Option<String> = by_id
+                        .query_row([reference], |row| row.get(0))
+                        .optional()
+                        .map_err(|e| inner.db_error(e))?;
+                    let referrer = &self.infos[&referrer].path;
+                    let full = full.ok_or_else(|| StoreError::Corrupt {
+                        store: inner.url.clone(),
+                        message: format!(
+                            "path '{}' refers to row {reference}, which does not exist",
+                            inner.store_dir.full(referrer)
+                        ),
+                    })?;
+                    let path = inner.store_dir.parse(&full).map_err(|e| {
+                        inner.corrupt(&inner.store_dir.full(referrer), "reference", &full, e)
+                    })?;
+                    slot.insert(path).clone()
+                }
+            };
+            if let Some(info) = self.infos.get_mut(&referrer) {
+                info.references.push(path);
+            }
+        }
+        Ok(self
+            .infos
+            .into_values()
+            .map(|mut info| {
+                info.references.sort();
+                info.references.dedup();
+                (info.path.clone(), info)
+            })
+            .collect())
     }
 }
 
 #[async_trait::async_trait]
 impl Store for LocalStore {
     fn url(&self) -> &str {
-        &self.url
+        &self.inner.url
     }
+
     fn store_dir(&self) -> &StoreDir {
-        &self.store_dir
+        &self.inner.store_dir
     }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            needs_references_first: true,
+            keeps_signatures: true,
+            // What a Nix store holds is trusted as Nix trusts it: whoever can
+            // read the database and files can change them.
+            trusted_source: true,
+            ..Capabilities::default()
+        }
     }
+
     async fn query_path_infos(
         &self,
-        _paths: &[StorePath],
+        paths: &[StorePath],
     ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "queries",
+        let paths = paths.to_vec();
+        self.with_db(move |inner, conn| {
+            read_tx(inner, conn, |tx| {
+                let mut stmt = tx
+                    .prepare_cached(PATH_INFO_SQL)
+                    .map_err(|e| inner.db_error(e))?;
+                let mut rows = Collector::new(inner);
+                for path in &paths {
+                    rows.add(
+                        stmt.query([inner.store_dir.full(path)])
+                            .map_err(|e| inner.db_error(e))?,
+                    )?;
+                }
+                drop(stmt);
+                rows.finish(tx)
+            })
         })
+        .await
     }
-    async fn nar(&self, _info: &PathInfo) -> Result<NarStream, StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "reading",
+
+    async fn query_valid_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let paths = paths.to_vec();
+        self.with_db(move |inner, conn| {
+            read_tx(inner, conn, |tx| {
+                let mut stmt = tx
+                    .prepare_cached(VALID_SQL)
+                    .map_err(|e| inner.db_error(e))?;
+                let mut valid = BTreeSet::new();
+                for path in paths {
+                    if stmt
+                        .exists([inner.store_dir.full(&path)])
+                        .map_err(|e| inner.db_error(e))?
+                    {
+                        valid.insert(path);
+                    }
+                }
+                Ok(valid)
+            })
         })
+        .await
     }
+
+    /// Dumps `<real store dir>/<path>` on a blocking thread. The stream
+    /// holds at most a few chunks in memory; a failure while dumping is
+    /// an error of the stream, never a silently short NAR.
+    async fn query_closure(
+        &self,
+        roots: &[StorePath],
+    ) -> Result<Option<BTreeMap<StorePath, PathInfo>>, StoreError> {
+        self.closure(roots).await.map(Some)
+    }
+
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
+        let file = self.inner.real_dir.join(info.path.as_str());
+        tokio::fs::symlink_metadata(&file)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: "reading store path",
+                path: file.display().to_string(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK_SIZE),
+            };
+            let result = nar::dump(&file, &mut out).and_then(|_| Ok(out.flush()?));
+            if let Err(e) = result {
+                // Nobody may be listening any more; then there is no one
+                // to tell.
+                let _ = out.tx.blocking_send(Err(nar_to_io(e)));
+            }
+        });
+        Ok(Box::pin(ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        }))
+    }
+
+    /// Not supported: writing into a Nix store is left to Nix (a later
+    /// backend drives `nix-store --serve --write`).
     async fn add_path(&self, _info: &PathInfo, _nar: NarStream) -> Result<(), StoreError> {
         Err(StoreError::Unsupported {
-            store: self.url.clone(),
-            what: "writing",
+            store: self.inner.url.clone(),
+            what: "adding paths (a local store is read directly only as a source)",
         })
+    }
+}
+
+/// A NAR error as the I/O error of a stream, keeping its kind where it has one.
+fn nar_to_io(e: NarError) -> io::Error {
+    let kind = match &e {
+        NarError::Io(source) | NarError::Fs { source, .. } => source.kind(),
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// The blocking end of a NAR stream: cuts what is written into chunks and
+/// sends them, waiting while the channel is full.
+struct ChunkWriter {
+    tx: mpsc::Sender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the reader of the NAR stream went away",
+            )
+        })
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.buf.len() >= CHUNK_SIZE {
+            self.send()?;
+        }
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// The async end of a NAR stream.
+struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.pos == this.chunk.len() {
+            if this.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(Ok(chunk)) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Err(e));
+                }
+                None => this.done = true,
+            }
+        }
+        let n = buf.remaining().min(this.chunk.len() - this.pos);
+        buf.put_slice(&this.chunk[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_escapes_what_sqlite_would_read() {
+        assert_eq!(
+            sqlite_uri(Path::new("/nix/var/nix/db/db.sqlite"), Access::Wal),
+            "file:/nix/var/nix/db/db.sqlite?mode=ro"
+        );
+        assert_eq!(
+            sqlite_uri(Path::new("/tmp/a b?#%/db.sqlite"), Access::Immutable),
+            "file:/tmp/a%20b%3F%23%25/db.sqlite?mode=ro&immutable=1"
+        );
+        assert_eq!(
+            sqlite_uri(Path::new("/db.sqlite"), Access::Rollback),
+            "file:/db.sqlite?mode=ro&vfs=unix-dotfile"
+        );
+    }
+
+    #[test]
+    fn json_array_escapes() {
+        assert_eq!(json_array(std::iter::empty()), "[]");
+        assert_eq!(
+            json_array(["/a".to_owned(), "b\"\\\n".to_owned()].into_iter()),
+            r#"["/a","b\"\\\u000a"]"#
+        );
     }
 }

@@ -9,8 +9,8 @@
 //!
 //! | URL | backend |
 //! |---|---|
-//! | `file:///dir?compression=zstd&…` | [`file`]: a binary cache in a directory (SPEC §3) |
-//! | `local`, `/nix/store`, `local?root=/x` | [`local`]: a Nix store read through its SQLite database (SPEC §6) |
+//! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (SPEC §3) |
+//! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (SPEC §6) |
 //!
 //! # Design
 //!
@@ -37,10 +37,12 @@ use crate::narinfo::{Compression, NarInfo, NarInfoFields};
 use crate::signing::{TrustedKeys, VerifyError};
 use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
+mod add;
 pub mod file;
 pub mod local;
 mod url;
 
+pub use add::add_to_store;
 pub use url::{StoreUrl, UrlError};
 
 /// A stream of NAR bytes (or compressed NAR bytes, see [`CompressedNar`]).
@@ -216,9 +218,12 @@ pub struct Capabilities {
     /// A binary cache that writes NAR files with this compression; the copy
     /// engine can then hand it compressed NARs as they are.
     pub writes_compression: Option<Compression>,
-    /// Signing keys the store signs new paths with itself
-    /// (`?secret-key=`), so the engine need not.
+    /// The store signs new paths itself (`?secret-key=`).
     pub signs: bool,
+    /// Its paths are trusted without signatures, as Nix trusts what is in
+    /// the machine's own store; paths from any other store need a valid
+    /// signature or content address when signatures are checked.
+    pub trusted_source: bool,
 }
 
 /// Errors from stores.
@@ -330,6 +335,17 @@ pub trait Store: Send + Sync + fmt::Debug {
         paths: &[StorePath],
     ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
         Ok(self.query_path_infos(paths).await?.into_keys().collect())
+    }
+
+    /// The closure of `roots` in one question, for stores that can answer
+    /// it directly (a Nix database); `None` makes callers walk the
+    /// references level by level with [`Store::query_path_infos`].
+    async fn query_closure(
+        &self,
+        roots: &[StorePath],
+    ) -> Result<Option<BTreeMap<StorePath, PathInfo>>, StoreError> {
+        let _ = roots;
+        Ok(None)
     }
 
     /// The NAR of a path the store has, uncompressed. The bytes are not

@@ -1,8 +1,11 @@
 //! Integration tests of the nixferry core, one module per topic.
 
+mod closure;
 mod common;
+mod file_store;
 mod fuzz_corpus;
 mod hashes;
+mod local_store;
 mod nar;
 mod narinfo;
 mod refscan;

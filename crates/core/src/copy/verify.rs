@@ -1,0 +1,127 @@
+//! A NAR stream that checks itself against its path info.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::hash::NixHash;
+use crate::store::NarStream;
+
+/// Wraps a NAR stream so that it fails, instead of ending, when its bytes
+/// do not hash to `nar_hash` or do not number `nar_size`: a destination
+/// store reads streams to the end before it commits a path, so a mismatch
+/// aborts the write wherever it goes. It fails early when the stream runs
+/// past `nar_size`. `on_bytes` sees every chunk's length, for progress.
+pub(crate) struct Verified {
+    inner: NarStream,
+    hasher: sha2::Sha256,
+    count: u64,
+    expected_hash: NixHash,
+    expected_size: u64,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Verified {
+    pub(crate) fn new(
+        inner: NarStream,
+        expected_hash: NixHash,
+        expected_size: u64,
+        on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Self {
+        Self {
+            inner,
+            hasher: sha2::Sha256::new(),
+            count: 0,
+            expected_hash,
+            expected_size,
+            on_bytes,
+        }
+    }
+
+    fn mismatch(&self, what: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what)
+    }
+
+    fn check_end(&mut self) -> io::Result<()> {
+        if self.count != self.expected_size {
+            return Err(self.mismatch(format!(
+                "NAR size mismatch: expected {} bytes, got {}",
+                self.expected_size, self.count
+            )));
+        }
+        let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let got = NixHash::sha256(digest);
+        if got != self.expected_hash {
+            return Err(self.mismatch(format!(
+                "NAR hash mismatch: expected {}, got {got}",
+                self.expected_hash
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for Verified {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match self.inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let chunk = &buf.filled()[before..];
+                if chunk.is_empty() {
+                    return Poll::Ready(self.check_end());
+                }
+                let n = chunk.len() as u64;
+                self.hasher.update(chunk);
+                self.count += n;
+                (self.on_bytes)(n);
+                if self.count > self.expected_size {
+                    let e = self.mismatch(format!(
+                        "NAR size mismatch: more than the expected {} bytes",
+                        self.expected_size
+                    ));
+                    // A failed read must not hand out bytes.
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    async fn read_all(data: &'static [u8], hash: NixHash, size: u64) -> io::Result<Vec<u8>> {
+        let mut v = Verified::new(Box::pin(data), hash, size, Arc::new(|_| {}));
+        let mut out = Vec::new();
+        v.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn passes_matching_and_fails_mismatching_streams() {
+        let data: &'static [u8] = b"some nar bytes";
+        let good = NixHash::sha256(crate::hash::sha256(data));
+        assert_eq!(read_all(data, good, 14).await.unwrap(), data);
+        let e = read_all(data, good, 13).await.unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        let e = read_all(data, good, 15).await.unwrap_err();
+        assert!(e.to_string().contains("size mismatch"), "{e}");
+        let bad = NixHash::sha256([0; 32]);
+        let e = read_all(data, bad, 14).await.unwrap_err();
+        assert!(e.to_string().contains("hash mismatch"), "{e}");
+    }
+}
