@@ -181,3 +181,16 @@ pub(crate) fn nix_closure_infos(
     infos.sort();
     infos
 }
+
+/// Generates a key pair with `nixferry key generate` in `dir`; returns the
+/// secret key file and the public key.
+pub(crate) fn generate_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let sk = dir.join(format!("{name}.secret"));
+    let pk = dir.join(format!("{name}.public"));
+    run(nixferry()
+        .args(["key", "generate", name, "--secret-file"])
+        .arg(&sk)
+        .arg("--public-file")
+        .arg(&pk));
+    (sk, fs::read_to_string(pk).unwrap())
+}

@@ -5,18 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::common::{build_closure, have_nix, nix, nix_closure_infos, nixferry, run, run_text};
-
-fn key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let sk = dir.join(format!("{name}.secret"));
-    let pk = dir.join(format!("{name}.public"));
-    run(nixferry()
-        .args(["key", "generate", name, "--secret-file"])
-        .arg(&sk)
-        .arg("--public-file")
-        .arg(&pk));
-    (sk, fs::read_to_string(pk).unwrap())
-}
+use crate::common::{
+    build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run, run_text,
+};
 
 fn narinfos(cache: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(cache)
@@ -57,7 +48,7 @@ fn local_to_file_cache_that_nix_accepts() {
     let want = nix_closure_infos(None, &top);
     assert_eq!(want.len(), 3);
     let tmp = tempfile::tempdir().unwrap();
-    let (sk, pk) = key(tmp.path(), "copy-test-1");
+    let (sk, pk) = generate_key(tmp.path(), "copy-test-1");
     for compression in ["none", "xz", "zstd", "bzip2", "br"] {
         let cache = tmp.path().join(format!("cache-{compression}"));
         let url = format!("file://{}?compression={compression}", cache.display());
@@ -108,7 +99,7 @@ fn caches_nix_wrote_are_read_and_verified() {
     }
     let top = build_closure("copy-in");
     let tmp = tempfile::tempdir().unwrap();
-    let (sk, pk) = key(tmp.path(), "nix-signer-1");
+    let (sk, pk) = generate_key(tmp.path(), "nix-signer-1");
     for compression in ["none", "xz", "zstd"] {
         let theirs = tmp.path().join(format!("nix-{compression}"));
         let url = format!(
@@ -158,7 +149,7 @@ fn tampered_and_unsigned_paths_are_refused() {
     }
     let top = build_closure("tamper");
     let tmp = tempfile::tempdir().unwrap();
-    let (sk, pk) = key(tmp.path(), "tamper-1");
+    let (sk, pk) = generate_key(tmp.path(), "tamper-1");
     let src = tmp.path().join("src");
     let src_url = format!("file://{}?compression=none", src.display());
     run(nixferry().args([

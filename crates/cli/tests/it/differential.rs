@@ -4,7 +4,9 @@
 use std::fs;
 use std::path::Path;
 
-use crate::common::{build_input_addressed, have_nix, nix, nixferry, run, run_text, tricky_tree};
+use crate::common::{
+    build_input_addressed, generate_key, have_nix, nix, nixferry, run, run_text, tricky_tree,
+};
 
 fn tree() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,17 +114,6 @@ fn restore_then_dump_gives_the_same_nar() {
         .args(["nar", "restore", "--force"])
         .arg(&nar)
         .arg(&out));
-}
-
-fn generate_key(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
-    let sk = dir.join(format!("{name}.secret"));
-    let pk = dir.join(format!("{name}.public"));
-    run(nixferry()
-        .args(["key", "generate", name, "--secret-file"])
-        .arg(&sk)
-        .arg("--public-file")
-        .arg(&pk));
-    (sk, fs::read_to_string(pk).unwrap())
 }
 
 /// Runs `nix store verify --sigs-needed 1` on `path` in the store at `url`,

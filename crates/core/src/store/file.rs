@@ -37,8 +37,19 @@
 //! If the stream fails, is not a valid NAR, or does not match the path
 //! info's `narHash`/`narSize`, nothing is left behind.
 //!
+//! With two CPUs or more, a NAR of 4 MiB or more is decoded and hashed on
+//! one thread while a second compresses, hashes and writes it; and a NAR
+//! file of more than 32 MiB is flushed to disk by a helper thread while it
+//! is written, so that the final fsync does not wait for all of it.
+//!
+//! With `write-nar-listing`, the listing is built by the same decoding
+//! pass, at the cost of hashing the NAR twice (`nar::list` does not return
+//! its hash). A name or symlink target that is not UTF-8 is written as
+//! U+FFFD in the listing (where Nix 2.8 would fail).
+//!
 //! A path whose narinfo exists is not written again: as in Nix 2.8, the
-//! narinfo's existence is what makes a path valid in a cache.
+//! narinfo's existence is what makes a path valid in a cache; its NAR
+//! stream is then left unread.
 //!
 //! # Reading
 //!
@@ -83,6 +94,15 @@ const CHUNK_SIZE: usize = 256 * 1024;
 /// at most 1.5 MiB, whatever the NAR's size.
 const CHUNKS_AHEAD: usize = 4;
 
+/// NARs at least this large are decoded and hashed on one thread while
+/// another compresses and writes them, when there are two CPUs or more.
+/// Smaller ones are not worth a thread.
+const PIPELINE_MIN: u64 = 4 << 20;
+
+/// Chunks (of up to 64 KiB, as the NAR decoder reads them) that may wait
+/// for the compressing thread.
+const PIPELINE_DEPTH: usize = 16;
+
 /// Narinfos read by one blocking task of [`Store::query_path_infos`].
 const QUERY_BATCH: usize = 64;
 
@@ -108,6 +128,8 @@ struct Inner {
     threads: u32,
     write_listing: bool,
     secret_key: Option<SecretKey>,
+    /// Whether large NARs are decoded and compressed on two threads.
+    pipeline: bool,
 }
 
 impl FileStore {
@@ -160,8 +182,10 @@ impl FileStore {
                 Some(l)
             }
         };
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         let threads = if url.bool_param("parallel-compression", false)? {
-            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+            cpus
         } else {
             1
         };
@@ -194,6 +218,7 @@ impl FileStore {
                 threads,
                 write_listing,
                 secret_key,
+                pipeline: cpus > 1,
             }),
         })
     }
@@ -371,30 +396,26 @@ impl Inner {
         let sink = FileSink::new(&tmp, self.compression == Compression::None)?;
         let enc = compression::encoder(&self.compression, self.level, self.threads, sink)
             .map_err(|e| io_err("compressing", &tmp.path)(e.into()))?;
-        let mut tee = Tee {
-            src,
-            out: enc,
-            write_error: None,
-        };
-
-        // The strict decoder reads the whole stream (up to its end, so the
-        // stream's own checks run) while the tee compresses it.
-        let decoded = if self.write_listing {
-            let mut hashing = HashingReader::new(&mut tee);
-            nar::list(&mut hashing).map(|listing| {
-                let (_, nar_hash, nar_size) = hashing.finish();
-                (NarSummary { nar_hash, nar_size }, Some(listing))
-            })
+        let (decoded, enc) = if self.pipeline && info.nar_size >= PIPELINE_MIN {
+            self.decode_pipelined(src, enc)
         } else {
-            nar::validate(&mut tee).map(|summary| (summary, None))
+            let (decoded, tee) = self.decode(src, enc);
+            let enc = match tee.write_error {
+                Some(e) => Err(e),
+                None => Ok(tee.out),
+            };
+            (decoded, enc)
         };
-        let (summary, listing) = match decoded {
-            Ok(d) => d,
-            Err(e) => return Err(decode_error(e, tee.write_error, &tmp.path, &info.path)),
-        };
+        // A failed write is the cause when there is one (then the decoder
+        // only saw the tee fail).
+        let enc = enc.map_err(io_err("writing", &tmp.path))?;
+        let (summary, listing) = decoded.map_err(|e| match e {
+            NarError::Io(source) => stream_error(source, &info.path),
+            other => StoreError::Nar(other),
+        })?;
         check_nar(info, &self.store_dir, &summary)?;
 
-        let sink = tee.out.finish().map_err(io_err("writing", &tmp.path))?;
+        let sink = enc.finish().map_err(io_err("writing", &tmp.path))?;
         let (file_hash, file_size) = sink.finish(&tmp.path, summary.nar_hash)?;
         let file = NarFile {
             url: nar_file_name(&file_hash, &self.compression),
@@ -403,6 +424,55 @@ impl Inner {
             file_size: Some(file_size),
         };
         self.commit(info, tmp, file, listing)
+    }
+
+    /// Reads the NAR in `src` strictly and to its end (so that the
+    /// stream's own checks run), writing every byte read to `out`; returns
+    /// its hash, size and (if the store writes them) listing, and the tee,
+    /// which holds `out` and the first error writing to it.
+    fn decode<R: Read, W: Write>(&self, src: R, out: W) -> (Decoded, Tee<R, W>) {
+        let mut tee = Tee {
+            src,
+            out,
+            write_error: None,
+        };
+        let decoded = if self.write_listing {
+            // `list` does not return the hash its decoder computes.
+            let mut hashing = HashingReader::new(&mut tee);
+            nar::list(&mut hashing).map(|listing| {
+                let (_, nar_hash, nar_size) = hashing.finish();
+                (NarSummary { nar_hash, nar_size }, Some(listing))
+            })
+        } else {
+            nar::validate(&mut tee).map(|summary| (summary, None))
+        };
+        (decoded, tee)
+    }
+
+    /// As [`Inner::decode`], with `enc` compressing and writing on a
+    /// second thread while this one decodes and hashes. Returns the
+    /// encoder, or the error that stopped it.
+    fn decode_pipelined<R: Read, W: Write + Send>(
+        &self,
+        src: R,
+        mut enc: W,
+    ) -> (Decoded, io::Result<W>) {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+            let writer = scope.spawn(move || {
+                for chunk in rx {
+                    enc.write_all(&chunk)?;
+                }
+                Ok(enc)
+            });
+            let (decoded, tee) = self.decode(src, ChunkSender { tx });
+            // Closes the channel: the writer ends.
+            drop(tee);
+            let enc = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the compressing thread panicked")));
+            (decoded, enc)
+        })
     }
 
     /// Adds a path from its NAR file, compressed as this store writes them,
@@ -512,23 +582,6 @@ fn check_nar(info: &PathInfo, store_dir: &StoreDir, got: &NarSummary) -> Result<
     })
 }
 
-/// The error for a NAR that could not be read to its end: the temporary
-/// file could not be written, the stream failed, or it is not a valid NAR.
-fn decode_error(
-    e: NarError,
-    write_error: Option<io::Error>,
-    tmp: &Path,
-    path: &StorePath,
-) -> StoreError {
-    if let Some(source) = write_error {
-        return io_err("writing", tmp)(source);
-    }
-    match e {
-        NarError::Io(source) => stream_error(source, path),
-        other => StoreError::Nar(other),
-    }
-}
-
 /// The error for a failing input stream. A stream that fails with an
 /// [`io::Error`] wrapping a [`StoreError`] (as a stream checking
 /// `narHash` does) gives that `StoreError` back.
@@ -569,6 +622,27 @@ fn copy(
         };
         out.write_all(&buf[..n]).map_err(io_err("writing", tmp))?;
         total += n as u64;
+    }
+}
+
+/// What decoding a NAR gives: its hash and size, and its listing if asked.
+type Decoded = Result<(NarSummary, Option<nar::Listing>), NarError>;
+
+/// The writing end of the channel to [`Inner::decode_pipelined`]'s writer.
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.send(buf.to_vec()).map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the compressing thread stopped")
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

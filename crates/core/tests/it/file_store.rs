@@ -453,7 +453,8 @@ async fn writes_every_compression() {
     let sk = vector("keys/nixspec-test-1.secret");
     let keys = trusted("keys/nixspec-test-1.public");
     let small = sample_nar(tmp.path(), "small", 1000);
-    let big = sample_nar(tmp.path(), "big", 3 << 20);
+    // Large enough to be compressed on a second thread.
+    let big = sample_nar(tmp.path(), "big", 5 << 20);
     for params in [
         "compression=none",
         "compression=xz",
@@ -592,13 +593,18 @@ async fn adding_a_present_path_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    let (bytes, info) = sample_nar(tmp.path(), "doomed", 400_000);
-    for c in ["none", "xz", "zstd"] {
-        let dir = tmp.path().join(c);
+    // Small, and large enough to be compressed on a second thread.
+    let small = sample_nar(tmp.path(), "doomed", 400_000);
+    let large = sample_nar(tmp.path(), "doomed-large", 5 << 20);
+    for ((bytes, info), c) in [&small, &large]
+        .into_iter()
+        .flat_map(|nar| ["none", "xz", "zstd"].map(|c| (nar, c)))
+    {
+        let dir = tmp.path().join(format!("{c}-{}", bytes.len()));
         let store = open(&url_of(
             &dir,
             &format!(
-                "compression={c}&write-nar-listing=true&secret-key={}",
+                "compression={c}&compression-level=1&write-nar-listing=true&secret-key={}",
                 vector("keys/nixspec-test-1.secret").display()
             ),
         ));
@@ -609,7 +615,7 @@ async fn failed_writes_leave_nothing_behind() {
 
         // The stream fails midway.
         let e = add(
-            failing(&bytes, 100_000, io::Error::other("connection lost")),
+            failing(bytes, 100_000, io::Error::other("connection lost")),
             info.clone(),
         )
         .await
@@ -624,7 +630,7 @@ async fn failed_writes_leave_nothing_behind() {
             message: "checked upstream".into(),
         };
         let e = add(
-            failing(&bytes, bytes.len(), io::Error::other(mismatch)),
+            failing(bytes, bytes.len(), io::Error::other(mismatch)),
             info.clone(),
         )
         .await
@@ -657,7 +663,7 @@ async fn failed_writes_leave_nothing_behind() {
         assert_empty(&dir);
 
         // A valid NAR, but not the one the path info declares.
-        let (other, _) = sample_nar(tmp.path(), &format!("other-{c}"), 1000);
+        let (other, _) = sample_nar(tmp.path(), &format!("other-{c}-{}", bytes.len()), 1000);
         let e = add(stream(other), info.clone()).await.unwrap_err();
         assert!(matches!(e, StoreError::NarMismatch { .. }), "{c}: {e}");
         assert!(e.to_string().contains("hash"), "{e}");
@@ -672,7 +678,7 @@ async fn failed_writes_leave_nothing_behind() {
 
         // And then the right one goes through.
         add(stream(bytes.clone()), info.clone()).await.unwrap();
-        check_has(&store, &info, &bytes).await;
+        check_has(&store, info, bytes).await;
     }
 }
 
