@@ -369,7 +369,7 @@ impl Plan {
                 bytes.fetch_add(n, Ordering::Relaxed);
                 on_event(Event::Bytes { bytes: n });
             });
-            let checked = Verified::new(nar, info.nar_hash, info.nar_size, report);
+            let checked = Verified::new(nar, full.clone(), info.nar_hash, info.nar_size, report);
             self.dst.add_path(&info, Box::pin(checked)).await?;
         }
         (self.on_event)(Event::Copied {
@@ -396,6 +396,12 @@ impl Plan {
         let Some(file) = self.src.compressed_nar(info).await? else {
             return Ok(false);
         };
+        // The narinfo may declare another compression than the file has
+        // (Nix reads by magic bytes, so old caches get away with it): then
+        // the file is recompressed like any other.
+        if file.compression != want {
+            return Ok(false);
+        }
         self.dst.add_compressed(info, file).await?;
         (self.on_event)(Event::Bytes {
             bytes: info.nar_size,

@@ -9,7 +9,7 @@ use sha2::Digest as _;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::hash::NixHash;
-use crate::store::NarStream;
+use crate::store::{NarStream, StoreError};
 
 /// Wraps a NAR stream so that it fails, instead of ending, when its bytes
 /// do not hash to `nar_hash` or do not number `nar_size`: a destination
@@ -18,6 +18,8 @@ use crate::store::NarStream;
 /// past `nar_size`. `on_bytes` sees every chunk's length, for progress.
 pub(crate) struct Verified {
     inner: NarStream,
+    /// The full store path, for messages.
+    path: String,
     hasher: sha2::Sha256,
     count: u64,
     expected_hash: NixHash,
@@ -28,12 +30,14 @@ pub(crate) struct Verified {
 impl Verified {
     pub(crate) fn new(
         inner: NarStream,
+        path: String,
         expected_hash: NixHash,
         expected_size: u64,
         on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
     ) -> Self {
         Self {
             inner,
+            path,
             hasher: sha2::Sha256::new(),
             count: 0,
             expected_hash,
@@ -42,8 +46,14 @@ impl Verified {
         }
     }
 
-    fn mismatch(&self, what: String) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, what)
+    /// The stream's error: a [`StoreError::NarMismatch`] inside an
+    /// `io::Error`, which stores pass on as it is.
+    fn mismatch(&self, message: String) -> io::Error {
+        let e = StoreError::NarMismatch {
+            path: self.path.clone(),
+            message,
+        };
+        io::Error::new(io::ErrorKind::InvalidData, e)
     }
 
     fn check_end(&mut self) -> io::Result<()> {
@@ -105,7 +115,13 @@ mod tests {
     use super::*;
 
     async fn read_all(data: &'static [u8], hash: NixHash, size: u64) -> io::Result<Vec<u8>> {
-        let mut v = Verified::new(Box::pin(data), hash, size, Arc::new(|_| {}));
+        let mut v = Verified::new(
+            Box::pin(data),
+            "/nix/store/x".into(),
+            hash,
+            size,
+            Arc::new(|_| {}),
+        );
         let mut out = Vec::new();
         v.read_to_end(&mut out).await?;
         Ok(out)

@@ -170,13 +170,14 @@ impl FileStore {
         let level = match url.int_param("compression-level")? {
             None => None,
             Some(l) => {
-                let bad = || {
-                    url.bad_value(
-                        "compression-level",
-                        &l.to_string(),
-                        "out of range for the compression method",
-                    )
+                let reason = match compression {
+                    Compression::Xz => "xz levels are 0 to 9",
+                    Compression::Zstd => "zstd levels are -131072 to 22",
+                    Compression::Bzip2 => "bzip2 levels are 1 to 9",
+                    Compression::Br => "br levels are 0 to 11",
+                    _ => "out of range for the compression method",
                 };
+                let bad = || url.bad_value("compression-level", &l.to_string(), reason);
                 let l = i32::try_from(l).map_err(|_| bad())?;
                 compression::check_level(&compression, l).map_err(|_| bad())?;
                 Some(l)
