@@ -39,6 +39,5 @@ $nf copy --from "file://$cache" --to "file://$cache-zstd?compression=zstd" \
 $nf path-info --json "file://$cache-zstd" "$path"
 echo
 
-echo "== nar ls (first lines)"
-url=$(sed -n 's/^URL: //p' "$narinfo")
-$nf nar ls "$cache/$url" | head -n 8
+echo "== nar dump | nar ls - (first lines)"
+$nf nar dump "$input" | $nf nar ls - | head -n 8
