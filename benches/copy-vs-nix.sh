@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Times `nixferry copy` and `nix copy` side by side, in one run, copying the
 # same closure from the local store into fresh file:// caches, for each
-# compression, and reports ratios, compressed sizes and nixferry's peak RSS.
+# compression, and reports ratios, compressed sizes and peak RSS of both.
 #
 #   benches/copy-vs-nix.sh [compressions...]     (default: none zstd xz)
 #
@@ -36,19 +36,43 @@ size=$(nix path-info -S "$top" | awk '{print $2}')
 echo "closure: $top ($paths paths, $((size / 1048576)) MiB)"
 
 now() { date +%s.%N; }
-printf '%-8s %12s %12s %9s %14s %14s %12s\n' compr nixferry-s nix-s speedup nixferry-MiB nix-MiB peak-RSS-MB
+secs() { awk "BEGIN{printf \"%.2f\", $2 - $1}"; }
+ratio() { awk "BEGIN{printf \"%.2fx\", $1 / $2}"; }
+mib() { echo $(( $(du -sb "$1/nar" | cut -f1) / 1048576 )); }
+rss() { echo $(( $(cat "$work/rss") / 1024 )); }
+
+# Three runs per compression, each after `sync` so that no run pays for
+# the previous one's writes:
+#   nixferry          the default: every file flushed to disk (fsync) before
+#                     its narinfo is written;
+#   nixferry-nosync   with ?fsync=false, which is what Nix does;
+#   nix copy          and, separately, the `sync` that makes its cache
+#                     durable, so both sides of each comparison promise the
+#                     same.
+printf '%-6s | %9s %9s %9s %9s | %9s %9s %9s | %8s %8s | %6s %6s %6s\n' \
+    compr nf nf-nosync nix nix+sync \
+    'vs-nix' 'vs-nix+s' 'nosync' nf-MiB nix-MiB RSS-nf RSS-ns RSS-nx
 for c in $compressions; do
-    rm -rf "$work/nf-$c" "$work/nix-$c"
+    rm -rf "$work/nf-$c" "$work/nfns-$c" "$work/nix-$c"
+    sync
     t0=$(now)
     /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nf-$c?compression=$c&parallel-compression=true" "$top" >/dev/null 2>&1
-    t1=$(now)
-    nix copy --to "file://$work/nix-$c?compression=$c" "$top"
+    t1=$(now); rss_nf=$(rss)
+    sync
     t2=$(now)
-    ours=$(awk "BEGIN{print $t1 - $t0}")
-    theirs=$(awk "BEGIN{print $t2 - $t1}")
-    printf '%-8s %12.2f %12.2f %8.2fx %14d %14d %12d\n' "$c" "$ours" "$theirs" \
-        "$(awk "BEGIN{print $theirs / $ours}")" \
-        "$(( $(du -sb "$work/nf-$c/nar" | cut -f1) / 1048576 ))" \
-        "$(( $(du -sb "$work/nix-$c/nar" | cut -f1) / 1048576 ))" \
-        "$(( $(cat "$work/rss") / 1024 ))"
+    /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nfns-$c?compression=$c&parallel-compression=true&fsync=false" "$top" >/dev/null 2>&1
+    t3=$(now); rss_ns=$(rss)
+    sync
+    t4=$(now)
+    /usr/bin/time -f '%M' -o "$work/rss" nix copy --to "file://$work/nix-$c?compression=$c" "$top" 2>/dev/null
+    t5=$(now); rss_nix=$(rss)
+    sync
+    t6=$(now)
+    ours=$(secs "$t0" "$t1"); nosync=$(secs "$t2" "$t3")
+    theirs=$(secs "$t4" "$t5"); theirs_sync=$(secs "$t4" "$t6")
+    printf '%-6s | %9s %9s %9s %9s | %9s %9s %9s | %8d %8d | %6d %6d %6d\n' \
+        "$c" "$ours" "$nosync" "$theirs" "$theirs_sync" \
+        "$(ratio "$theirs" "$ours")" "$(ratio "$theirs_sync" "$ours")" "$(ratio "$theirs" "$nosync")" \
+        "$(mib "$work/nf-$c")" "$(mib "$work/nix-$c")" "$rss_nf" "$rss_ns" "$rss_nix"
 done
+echo "vs-nix: nix / nf; vs-nix+s: (nix + sync) / nf; nosync: nix / nf-nosync (both without flushing). Times in seconds, RSS in MB."

@@ -369,7 +369,11 @@ impl Plan {
                 bytes.fetch_add(n, Ordering::Relaxed);
                 on_event(Event::Bytes { bytes: n });
             });
-            let checked = Verified::new(nar, full.clone(), info.nar_hash, info.nar_size, report);
+            let checked = if self.dst.capabilities().verifies_nar {
+                Verified::size_only(nar, full.clone(), info.nar_hash, info.nar_size, report)
+            } else {
+                Verified::new(nar, full.clone(), info.nar_hash, info.nar_size, report)
+            };
             self.dst.add_path(&info, Box::pin(checked)).await?;
         }
         (self.on_event)(Event::Copied {

@@ -16,11 +16,16 @@ use crate::store::{NarStream, StoreError};
 /// store reads streams to the end before it commits a path, so a mismatch
 /// aborts the write wherever it goes. It fails early when the stream runs
 /// past `nar_size`. `on_bytes` sees every chunk's length, for progress.
+///
+/// Made with [`Verified::size_only`], it checks only the size: for
+/// destinations that check the hash themselves, so the bytes are hashed
+/// once.
 pub(crate) struct Verified {
     inner: NarStream,
     /// The full store path, for messages.
     path: String,
-    hasher: sha2::Sha256,
+    /// `None` when the hash is left to the destination.
+    hasher: Option<sha2::Sha256>,
     count: u64,
     expected_hash: NixHash,
     expected_size: u64,
@@ -38,11 +43,25 @@ impl Verified {
         Self {
             inner,
             path,
-            hasher: sha2::Sha256::new(),
+            hasher: Some(sha2::Sha256::new()),
             count: 0,
             expected_hash,
             expected_size,
             on_bytes,
+        }
+    }
+
+    /// As [`Verified::new`], checking the size only.
+    pub(crate) fn size_only(
+        inner: NarStream,
+        path: String,
+        expected_hash: NixHash,
+        expected_size: u64,
+        on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Self {
+        Self {
+            hasher: None,
+            ..Self::new(inner, path, expected_hash, expected_size, on_bytes)
         }
     }
 
@@ -63,7 +82,10 @@ impl Verified {
                 self.expected_size, self.count
             )));
         }
-        let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let Some(hasher) = self.hasher.take() else {
+            return Ok(());
+        };
+        let digest: [u8; 32] = hasher.finalize().into();
         let got = NixHash::sha256(digest);
         if got != self.expected_hash {
             return Err(self.mismatch(format!(
@@ -89,7 +111,9 @@ impl AsyncRead for Verified {
                     return Poll::Ready(self.check_end());
                 }
                 let n = chunk.len() as u64;
-                self.hasher.update(chunk);
+                if let Some(h) = &mut self.hasher {
+                    h.update(chunk);
+                }
                 self.count += n;
                 (self.on_bytes)(n);
                 if self.count > self.expected_size {
@@ -139,5 +163,25 @@ mod tests {
         let bad = NixHash::sha256([0; 32]);
         let e = read_all(data, bad, 14).await.unwrap_err();
         assert!(e.to_string().contains("hash mismatch"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn size_only_leaves_the_hash_alone() {
+        let data: &'static [u8] = b"some nar bytes";
+        let read = |size| async move {
+            let bad = NixHash::sha256([0; 32]);
+            let mut v = Verified::size_only(
+                Box::pin(data),
+                "/nix/store/x".into(),
+                bad,
+                size,
+                Arc::new(|_| {}),
+            );
+            let mut out = Vec::new();
+            v.read_to_end(&mut out).await.map(|_| out)
+        };
+        assert_eq!(read(14).await.unwrap(), data);
+        assert!(read(13).await.is_err());
+        assert!(read(15).await.is_err());
     }
 }

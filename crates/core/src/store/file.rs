@@ -15,12 +15,13 @@
 //! |---|---|---|
 //! | `compression` | `xz` | `none`, `xz`, `zstd`, `bzip2` or `br` ([`crate::compression`]) |
 //! | `compression-level` | the method's Nix default | see [`crate::compression`] |
-//! | `parallel-compression` | `false` | compress xz and zstd on all cores |
+//! | `parallel-compression` | `false` | compress xz and zstd on several threads: a NAR of 8 MiB or more gets the CPUs, shared with the other NARs being written at the time |
 //! | `write-nar-listing` | `false` | write `<hashPart>.ls` beside each narinfo (SPEC §3.6) |
 //! | `secret-key` | none | a secret key file: sign every narinfo written |
 //! | `want-mass-query`, `priority` | none | override `nix-cache-info`; written into it when the cache is created |
 //! | `trusted` | | accepted and ignored |
 //! | `index-debug-info` | `false` | not supported: `true` is an error |
+//! | `fsync` | `true` | nixferry's own: `false` skips flushing files to disk (see below) |
 //!
 //! # Writing
 //!
@@ -34,6 +35,10 @@
 //! and the narinfo last, atomically (temporary file, fsync, rename, fsync of
 //! the directory). So a reader never sees a narinfo whose NAR is missing,
 //! and a crash leaves at most temporary files and unreferenced NAR files.
+//! With `fsync=false` (Nix itself never flushes binary cache files), the
+//! order of renames still protects against the process dying, but not
+//! against the machine losing power: then a narinfo may survive whose NAR
+//! file's data did not.
 //! If the stream fails, is not a valid NAR, or does not match the path
 //! info's `narHash`/`narSize`, nothing is left behind.
 //!
@@ -66,7 +71,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -125,7 +130,14 @@ struct Inner {
     cache_info: CacheInfo,
     compression: Compression,
     level: Option<i32>,
+    /// Threads for one NAR's compression with `parallel-compression`: the
+    /// CPUs, shared among the NARs being written at the time.
     threads: u32,
+    /// NARs being written now.
+    writing: AtomicUsize,
+    /// Whether files are flushed to disk before they are renamed into
+    /// place (`fsync`, on by default).
+    fsync: bool,
     write_listing: bool,
     secret_key: Option<SecretKey>,
     /// Whether large NARs are decoded and compressed on two threads.
@@ -191,6 +203,7 @@ impl FileStore {
             1
         };
         let write_listing = url.bool_param("write-nar-listing", false)?;
+        let fsync = url.bool_param("fsync", true)?;
         if url.bool_param("index-debug-info", false)? {
             return Err(url
                 .bad_value("index-debug-info", "true", "not supported by nixferry")
@@ -217,6 +230,8 @@ impl FileStore {
                 compression,
                 level,
                 threads,
+                writing: AtomicUsize::new(0),
+                fsync,
                 write_listing,
                 secret_key,
                 pipeline: cpus > 1,
@@ -394,8 +409,10 @@ impl Inner {
             return Ok(());
         }
         let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
-        let sink = FileSink::new(&tmp, self.compression == Compression::None)?;
-        let enc = compression::encoder(&self.compression, self.level, self.threads, sink)
+        let sink = FileSink::new(&tmp, self.compression == Compression::None, self.fsync)?;
+        let writing = Writing::start(&self.writing);
+        let threads = self.compression_threads(info.nar_size, writing.count);
+        let enc = compression::encoder(&self.compression, self.level, threads, sink)
             .map_err(|e| io_err("compressing", &tmp.path)(e.into()))?;
         let (decoded, enc) = if self.pipeline && info.nar_size >= PIPELINE_MIN {
             self.decode_pipelined(src, enc)
@@ -489,7 +506,7 @@ impl Inner {
         }
         let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
         // Hashed even for `none`: the bytes are checked, not assumed.
-        let mut sink = FileSink::new(&tmp, false)?;
+        let mut sink = FileSink::new(&tmp, false, self.fsync)?;
         copy(src, &mut sink, &tmp.path, &info.path)?;
         let (file_hash, file_size) = sink.finish(&tmp.path, info.nar_hash)?;
         let mismatch =
@@ -544,17 +561,60 @@ impl Inner {
             drop(tmp);
         } else {
             tmp.persist(&nar_path)?;
-            sync_dir(&self.root.join("nar"))?;
+            if self.fsync {
+                sync_dir(&self.root.join("nar"))?;
+            }
         }
         if let Some(listing) = listing {
             let ls = self.root.join(format!("{}.ls", info.path.hash_part()));
-            write_atomic(&ls, listing.to_json().as_bytes())?;
+            write_file(&ls, listing.to_json().as_bytes(), self.fsync)?;
         }
         let mut narinfo = NarInfo::new(info.narinfo_fields(&self.store_dir, file))?;
         if let Some(key) = &self.secret_key {
             narinfo.sign(key);
         }
-        write_atomic(&self.narinfo_path(&info.path), narinfo.as_str().as_bytes())
+        write_file(
+            &self.narinfo_path(&info.path),
+            narinfo.as_str().as_bytes(),
+            self.fsync,
+        )
+    }
+
+    /// How many threads compress a NAR of `nar_size` bytes while `writing`
+    /// NARs (this one included) are being written: with
+    /// `parallel-compression`, the CPUs are shared among them, so that a
+    /// copy running several paths at once does not start more compressing
+    /// threads (each with its own buffers) than there are CPUs. Small NARs
+    /// get one: splitting them would not pay.
+    fn compression_threads(&self, nar_size: u64, writing: usize) -> u32 {
+        if self.threads <= 1 || nar_size < PARALLEL_MIN {
+            return 1;
+        }
+        let writing = u32::try_from(writing.max(1)).unwrap_or(u32::MAX);
+        (self.threads / writing).max(1)
+    }
+}
+
+/// NARs smaller than this are compressed on one thread.
+const PARALLEL_MIN: u64 = 8 << 20;
+
+/// Counts a NAR as being written while it lives.
+struct Writing<'a> {
+    counter: &'a AtomicUsize,
+    /// NARs being written when this one started, this one included.
+    count: usize,
+}
+
+impl<'a> Writing<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        Self { counter, count }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -568,12 +628,14 @@ struct FileFacts {
 fn check_nar(info: &PathInfo, store_dir: &StoreDir, got: &NarSummary) -> Result<(), StoreError> {
     let message = if got.nar_hash != info.nar_hash {
         format!(
-            "hash: expected {}, got {}",
-            info.nar_hash.to_sri(),
-            got.nar_hash.to_sri()
+            "NAR hash mismatch: expected {}, got {}",
+            info.nar_hash, got.nar_hash
         )
     } else if got.nar_size != info.nar_size {
-        format!("size: expected {}, got {}", info.nar_size, got.nar_size)
+        format!(
+            "NAR size mismatch: expected {} bytes, got {}",
+            info.nar_size, got.nar_size
+        )
     } else {
         return Ok(());
     };
@@ -683,6 +745,7 @@ struct FileSink {
     size: u64,
     synced_at: u64,
     syncer: Option<BackgroundSync>,
+    fsync: bool,
 }
 
 /// Bytes written between two requests to flush a NAR file in the
@@ -722,14 +785,18 @@ impl BackgroundSync {
 impl FileSink {
     /// A sink writing to `tmp`; `is_nar` when the file is the uncompressed
     /// NAR, which then need not be hashed again.
-    fn new(tmp: &TempFile, is_nar: bool) -> Result<Self, StoreError> {
+    /// `fsync` says whether the file goes to disk before `finish`
+    /// returns.
+    fn new(tmp: &TempFile, is_nar: bool, fsync: bool) -> Result<Self, StoreError> {
         let f = tmp.file.try_clone().map_err(io_err("opening", &tmp.path))?;
         Ok(Self {
             out: BufWriter::with_capacity(CHUNK_SIZE, f),
             hasher: (!is_nar).then(|| HashingWriter::new(io::sink())),
             size: 0,
-            synced_at: 0,
+            // Without fsync, the background flushes never start.
+            synced_at: if fsync { 0 } else { u64::MAX },
             syncer: None,
+            fsync,
         })
     }
 
@@ -763,7 +830,9 @@ impl FileSink {
         if let Some(syncer) = self.syncer {
             syncer.finish().map_err(io_err("writing", tmp))?;
         }
-        f.sync_all().map_err(io_err("writing", tmp))?;
+        if self.fsync {
+            f.sync_all().map_err(io_err("writing", tmp))?;
+        }
         let hash = self.hasher.map_or(nar_hash, |h| h.finish().1);
         Ok((hash, self.size))
     }
@@ -777,7 +846,7 @@ impl Write for FileSink {
             h.write_all(&buf[..n])?;
         }
         self.size += n as u64;
-        if self.size - self.synced_at >= SYNC_EVERY {
+        if self.size.saturating_sub(self.synced_at) >= SYNC_EVERY {
             self.request_sync();
         }
         Ok(n)
@@ -844,6 +913,7 @@ impl Store for FileStore {
             keeps_signatures: true,
             writes_compression: Some(self.inner.compression.clone()),
             signs: self.inner.secret_key.is_some(),
+            verifies_nar: true,
             ..Capabilities::default()
         }
     }
@@ -1112,15 +1182,21 @@ fn temp_name(base: &Path) -> PathBuf {
 /// # Errors
 /// [`StoreError::Io`]; the temporary file is removed on failure.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    write_file(path, data, true)
+}
+
+/// Writes `path` through a temporary file renamed into place, flushing
+/// both to disk if `fsync`.
+fn write_file(path: &Path, data: &[u8], fsync: bool) -> Result<(), StoreError> {
     let mut tmp = TempFile::create(path)?;
     tmp.file
         .write_all(data)
-        .and_then(|()| tmp.file.sync_all())
+        .and_then(|()| if fsync { tmp.file.sync_all() } else { Ok(()) })
         .map_err(io_err("writing", &tmp.path))?;
     tmp.persist(path)?;
     match path.parent() {
-        Some(dir) => sync_dir(dir),
-        None => Ok(()),
+        Some(dir) if fsync => sync_dir(dir),
+        _ => Ok(()),
     }
 }
 

@@ -680,7 +680,8 @@ impl Store for LocalStore {
                 tx,
                 buf: Vec::with_capacity(CHUNK_SIZE),
             };
-            let result = nar::dump(&file, &mut out).and_then(|_| Ok(out.flush()?));
+            // The reader checks the hash; hashing here too would only cost time.
+            let result = nar::dump_unhashed(&file, &mut out).and_then(|_| Ok(out.flush()?));
             if let Err(e) = result {
                 // Nobody may be listening any more; then there is no one
                 // to tell.

@@ -224,6 +224,11 @@ pub struct Capabilities {
     /// the machine's own store; paths from any other store need a valid
     /// signature or content address when signatures are checked.
     pub trusted_source: bool,
+    /// The store itself checks every NAR handed to [`Store::add_path`]
+    /// against the path info's `narHash` and `narSize` while reading it,
+    /// and writes nothing on a mismatch; the copy engine then need not
+    /// hash the stream a second time.
+    pub verifies_nar: bool,
 }
 
 /// Errors from stores.

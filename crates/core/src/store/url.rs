@@ -112,7 +112,7 @@ impl Scheme {
                 "require-sigs",
                 "trusted",
             ],
-            Self::File => &[],
+            Self::File => &["fsync"],
             Self::Http | Self::Https => &["netrc-file", "connect-timeout", "timeout", "retries"],
             Self::S3 => &[
                 "region",

@@ -384,6 +384,7 @@ fn open_creates_the_cache_and_checks_parameters() {
     );
     let caps = store.capabilities();
     assert!(!caps.needs_references_first && caps.keeps_signatures && !caps.signs);
+    assert!(caps.verifies_nar);
     assert_eq!(caps.writes_compression, Some(Compression::Xz));
 
     let dir2 = tmp.path().join("c2");
@@ -421,6 +422,7 @@ fn open_creates_the_cache_and_checks_parameters() {
         ("compression=bzip2&compression-level=0", "compression-level"),
         ("compression-level=99999999999", "compression-level"),
         ("parallel-compression=maybe", "parallel-compression"),
+        ("fsync=sometimes", "fsync"),
         ("index-debug-info=true", "not supported"),
         ("secret-key=/nonexistent/key", "/nonexistent/key"),
     ] {
@@ -453,10 +455,12 @@ async fn writes_every_compression() {
     let sk = vector("keys/nixspec-test-1.secret");
     let keys = trusted("keys/nixspec-test-1.public");
     let small = sample_nar(tmp.path(), "small", 1000);
-    // Large enough to be compressed on a second thread.
-    let big = sample_nar(tmp.path(), "big", 5 << 20);
+    // Large enough to be compressed on a second thread, and on several
+    // with parallel-compression.
+    let big = sample_nar(tmp.path(), "big", 9 << 20);
     for params in [
         "compression=none",
+        "compression=none&fsync=false",
         "compression=xz",
         "compression=xz&compression-level=1&parallel-compression=true",
         "compression=zstd",
@@ -940,6 +944,7 @@ async fn nix_copy_reads_what_nixferry_writes() {
     let pk = fs::read_to_string(vector("keys/nixspec-test-1.public")).unwrap();
     for params in [
         "compression=none",
+        "compression=none&fsync=false",
         "compression=xz",
         "compression=xz&parallel-compression=true",
         "compression=zstd",
