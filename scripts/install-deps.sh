@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine that has only
-# Rust and Python: Nix 2.8 (Debian's nix-bin) as the reference implementation.
+# Rust and Python: Nix 2.8 (Debian's nix-bin) as the reference implementation,
+# and OpenSSH (server and client) for the tests that start their own sshd on
+# 127.0.0.1. No system-wide sshd is started: the tests run their own.
 set -euo pipefail
 
 need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+{ command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing: ${need[*]}" >&2
+
+    # Keep the packages' maintainer scripts from starting services (such as
+    # sshd on port 22): invoke-rc.d and deb-systemd-invoke skip a start when
+    # policy-rc.d exits with 101. An existing policy is left as it is; one
+    # added here is removed again on exit.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        trap '$sudo rm -f "$policy"' EXIT
+    fi
+
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # `env` so that the setting survives sudo's environment reset.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${need[@]}" >/dev/null
 fi
