@@ -26,8 +26,12 @@ pub(crate) enum Command {
     /// .narinfo files: show, sign, verify.
     #[command(subcommand)]
     Narinfo(NarinfoCommand),
-    /// Copy the closure of store paths from one store to another.
+    /// Copy the closure of store paths from one store to others.
     Copy(CopyArgs),
+    /// Copy closures to or from a host over SSH, taking the arguments of
+    /// `nix-copy-closure`.
+    #[command(name = "copy-closure")]
+    CopyClosure(CopyClosureArgs),
     /// Print the closure of store paths, references first.
     Closure(ClosureArgs),
     /// Print what a store knows about paths (like `nix path-info`).
@@ -181,17 +185,21 @@ pub(crate) struct CopyArgs {
     /// The source store URL.
     #[arg(long, default_value = "local")]
     pub(crate) from: String,
-    /// The destination store URL.
-    #[arg(long)]
-    pub(crate) to: String,
+    /// The destination store URL; repeat it to copy to several stores at
+    /// once, reading each path from the source once.
+    #[arg(long, required = true)]
+    pub(crate) to: Vec<String>,
     /// Store paths (or symlinks to them, such as `./result`).
     pub(crate) paths: Vec<String>,
     /// Read the paths from stdin, one per line.
     #[arg(long)]
     pub(crate) stdin: bool,
-    /// How many paths to copy at once (default: twice the cores).
-    #[arg(long, short = 'j')]
-    pub(crate) jobs: Option<usize>,
+    /// Let the destinations fetch what they can from their own
+    /// substituters first.
+    #[arg(long = "substitute-on-destination", short = 's')]
+    pub(crate) substitute_on_destination: bool,
+    #[command(flatten)]
+    pub(crate) tuning: CopyTuning,
     /// Sign copied paths with this key; repeatable.
     #[arg(long = "secret-key-file")]
     pub(crate) secret_key_files: Vec<PathBuf>,
@@ -205,6 +213,45 @@ pub(crate) struct CopyArgs {
     /// Print events as JSON Lines on stdout instead of progress bars.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// How hard a copy works: shared by `copy` and `copy-closure`.
+#[derive(Debug, Args)]
+pub(crate) struct CopyTuning {
+    /// How many paths to copy at once (default: twice the cores).
+    #[arg(long, short = 'j')]
+    pub(crate) jobs: Option<usize>,
+    /// How many times to retry a path after a failure that may pass, such
+    /// as a dropped connection (with exponential backoff).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) retries: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyClosureArgs {
+    /// Copy from the local store to the host (the default).
+    #[arg(long, conflicts_with = "from")]
+    pub(crate) to: bool,
+    /// Copy from the host to the local store.
+    #[arg(long)]
+    pub(crate) from: bool,
+    /// `[user@]host`, then the store paths.
+    #[arg(required = true, num_args = 2.., value_names = ["HOST", "PATHS"])]
+    pub(crate) args: Vec<String>,
+    /// Compress the SSH connection (`ssh -C`).
+    #[arg(long, visible_aliases = ["bzip2", "xz"])]
+    pub(crate) gzip: bool,
+    /// Let the receiving side fetch what it can from its substituters.
+    #[arg(long = "use-substitutes", short = 's')]
+    pub(crate) use_substitutes: bool,
+    /// Also copy the outputs of derivations in the closure.
+    #[arg(long)]
+    pub(crate) include_outputs: bool,
+    /// Print events as JSON Lines on stdout instead of progress bars.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) tuning: CopyTuning,
 }
 
 #[derive(Debug, Args)]

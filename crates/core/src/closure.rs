@@ -197,6 +197,27 @@ pub async fn infos(
     Ok(found)
 }
 
+/// The valid outputs of the derivations in the closure of `roots`, as
+/// `nix-copy-closure --include-outputs` adds them, in one batched question.
+///
+/// # Errors
+/// As [`compute`], and what [`Store::query_derivation_outputs`] gives.
+pub async fn derivation_outputs(
+    store: &dyn Store,
+    roots: &[StorePath],
+) -> Result<Vec<StorePath>, ClosureError> {
+    let closure = compute(store, roots).await?;
+    let drvs: Vec<StorePath> = closure
+        .paths()
+        .filter(|p| p.name().ends_with(".drv"))
+        .cloned()
+        .collect();
+    if drvs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(store.query_derivation_outputs(&drvs).await?)
+}
+
 /// Orders path infos so that every path comes after the paths it refers
 /// to: the order in which a Nix store can accept them.
 ///

@@ -101,3 +101,43 @@ pub fn signing_parse(data: &[u8]) {
         let _ = trusted.count_valid(data, sigs);
     }
 }
+
+/// The serve protocol client against a server whose replies are `data`:
+/// the handshake, then QueryPathInfos, DumpStorePath (read to its end),
+/// QueryValidPaths, QueryClosure and ExportPaths, each reading on from
+/// where the previous one stopped. Errors are expected and ignored; panics
+/// and allocations beyond the client's limits are bugs.
+pub fn serve_client(data: &[u8]) {
+    use crate::store::serve::ServeConnection;
+    use crate::store_path::StoreDir;
+
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    runtime.block_on(async {
+        let dir = StoreDir::default();
+        let paths: Vec<_> = [
+            "/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt",
+            "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv",
+            "/nix/store/rsjiq56rggpz3zk7marf4by5qgdya80h-nixspec-tree",
+            "/nix/store/00000000000000000000000000000000-bogus",
+        ]
+        .iter()
+        .filter_map(|p| dir.parse(p).ok())
+        .collect();
+        let Ok(mut conn) = ServeConnection::handshake(data, tokio::io::sink(), dir).await else {
+            return;
+        };
+        let _ = conn.query_path_infos(&paths).await;
+        if let Some(first) = paths.first() {
+            if let Ok(mut nar) = conn.dump_store_path(first).await {
+                let _ = tokio::io::copy(&mut nar, &mut tokio::io::sink()).await;
+            }
+        }
+        let _ = conn.query_valid_paths(false, false, &paths).await;
+        let _ = conn.query_closure(false, &paths).await;
+        if let Ok(mut export) = conn.export_paths(&paths).await {
+            while let Ok(Some(_)) = export.next_record(&mut tokio::io::sink()).await {}
+        }
+    });
+}

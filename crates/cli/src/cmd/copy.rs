@@ -1,4 +1,4 @@
-//! `nixferry copy --from URL --to URL PATHS...`
+//! `nixferry copy --from URL --to URL... PATHS...` and `nixferry copy-closure`.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::sync::{Arc, Mutex};
@@ -8,10 +8,12 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use nixferry::copy::{self, CancellationToken, CopyOptions, Event};
 use nixferry::signing::{PublicKey, TrustedKeys};
+use nixferry::store::Store;
+use nixferry::store_path::StorePath;
 use serde_json::json;
 
 use super::paths;
-use crate::cli::CopyArgs;
+use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning};
 use crate::exit::Failure;
 
 /// The key Nix trusts by default (`trusted-public-keys`).
@@ -19,7 +21,11 @@ const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZP
 
 pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     let src = paths::open(&args.from)?;
-    let dst = paths::open(&args.to)?;
+    let dsts = args
+        .to
+        .iter()
+        .map(|url| paths::open(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut names = args.paths.clone();
     if args.stdin {
         for line in std::io::stdin().lock().lines() {
@@ -30,51 +36,124 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
         }
     }
     let roots = paths::resolve(src.store_dir(), &names)?;
-    let opts = options(&args)?;
+    let mut opts = options(&args)?;
+    tune(&mut opts, &args.tuning);
+    opts.substitute_on_destination = args.substitute_on_destination;
+    copy_and_report(src, dsts, roots, &opts, args.json)
+}
 
-    let progress = Reporter::new(args.json);
+/// `nixferry copy-closure [--to|--from] HOST PATHS...`: what
+/// `nix-copy-closure` does, through the copy engine: the local store and
+/// `ssh://HOST`, signatures not checked (SSH access is the trust).
+pub(super) fn copy_closure(args: CopyClosureArgs) -> Result<(), Failure> {
+    let (host, names) = args
+        .args
+        .split_first()
+        .context("a host and at least one path are needed")?;
+    let host = host.strip_prefix("ssh://").unwrap_or(host);
+    let mut remote = format!("ssh://{host}");
+    if args.gzip {
+        remote.push(if remote.contains('?') { '&' } else { '?' });
+        remote.push_str("compress=true");
+    }
+    let (src, dst) = if args.from {
+        (paths::open(&remote)?, paths::open("local")?)
+    } else {
+        (paths::open("local")?, paths::open(&remote)?)
+    };
+    let mut roots = paths::resolve(src.store_dir(), names)?;
+    let mut opts = CopyOptions {
+        check_sigs: false,
+        substitute_on_destination: args.use_substitutes,
+        ..CopyOptions::default()
+    };
+    tune(&mut opts, &args.tuning);
+    let rt = paths::runtime()?;
+    if args.include_outputs {
+        let outputs = rt
+            .block_on(nixferry::closure::derivation_outputs(&*src, &roots))
+            .context("finding the outputs of the derivations")?;
+        roots.extend(outputs);
+    }
+    drop(rt);
+    copy_and_report(src, vec![dst], roots, &opts, args.json)
+}
+
+fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
+    if let Some(j) = tuning.jobs {
+        opts.jobs = j.max(1);
+    }
+    opts.retries = tuning.retries;
+}
+
+/// Runs the copy with progress, prints a summary per destination, and
+/// fails if any path failed anywhere.
+fn copy_and_report(
+    src: Arc<dyn Store>,
+    dsts: Vec<Arc<dyn Store>>,
+    roots: Vec<StorePath>,
+    opts: &CopyOptions,
+    json: bool,
+) -> Result<(), Failure> {
+    let urls: Vec<String> = dsts.iter().map(|d| d.url().to_owned()).collect();
+    let progress = Reporter::new(json, urls);
     let on_event: Arc<dyn Fn(Event) + Send + Sync> = {
         let progress = Arc::clone(&progress);
         Arc::new(move |e| progress.event(e))
     };
     let cancel = CancellationToken::new();
     let rt = paths::runtime()?;
-    let summary = rt.block_on(async {
+    let summaries = rt.block_on(async {
         let stop = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 stop.cancel();
             }
         });
-        copy::copy_closure(src, dst, &roots, &opts, on_event, cancel).await
+        copy::copy_to_many(src, dsts, &roots, opts, on_event, cancel).await
     })?;
     progress.finish();
 
-    let secs = summary.elapsed.as_secs_f64();
-    let line = format!(
-        "copied {} paths ({:.1} MiB), skipped {}, failed {} in {secs:.2} s",
-        summary.copied,
-        summary.nar_bytes as f64 / (1024.0 * 1024.0),
-        summary.skipped,
-        summary.failed.len(),
-    );
-    if args.json {
-        let v = json!({
-            "event": "summary", "copied": summary.copied, "skipped": summary.skipped,
-            "failed": summary.failed.len(), "narBytes": summary.nar_bytes,
-            "seconds": secs, "cancelled": summary.cancelled,
-        });
-        println!("{v}");
-    } else {
-        for (path, e) in &summary.failed {
-            eprintln!("nixferry: {}: {e}", path);
+    let many = summaries.len() > 1;
+    for s in &summaries {
+        let secs = s.elapsed.as_secs_f64();
+        let whole = match &s.error {
+            Some(e) => format!("failed: {e}"),
+            None => format!(
+                "copied {} paths ({:.1} MiB), skipped {}, failed {} in {secs:.2} s",
+                s.copied,
+                s.nar_bytes as f64 / (1024.0 * 1024.0),
+                s.skipped,
+                s.failed.len(),
+            ),
+        };
+        if json {
+            let v = json!({
+                "event": "summary", "to": s.url, "copied": s.copied, "skipped": s.skipped,
+                "failed": s.failed.len(), "narBytes": s.nar_bytes,
+                "seconds": secs, "cancelled": s.cancelled,
+                "error": s.error.as_ref().map(ToString::to_string),
+            });
+            println!("{v}");
+        } else {
+            for (path, e) in &s.failed {
+                if !matches!(e, copy::CopyError::Cancelled) {
+                    eprintln!("nixferry: {path}: {e}");
+                }
+            }
+            if many {
+                eprintln!("{}: {whole}", s.url);
+            } else if let Some(e) = &s.error {
+                eprintln!("nixferry: {}: {e}", s.url);
+            } else {
+                eprintln!("{whole}");
+            }
         }
-        eprintln!("{line}");
     }
-    if summary.cancelled {
+    if summaries.iter().any(|s| s.cancelled) {
         return Err(anyhow::anyhow!("interrupted; run the same copy again to finish it").into());
     }
-    if summary.failed.is_empty() {
+    if summaries.iter().all(copy::Summary::is_complete) {
         Ok(())
     } else {
         Err(Failure::Negative)
@@ -100,27 +179,25 @@ fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
     for k in &secret_keys {
         trusted.add(k.public());
     }
-    let mut opts = CopyOptions {
+    Ok(CopyOptions {
         check_sigs: !args.no_check_sigs,
         trusted_keys: trusted,
         secret_keys,
         ..CopyOptions::default()
-    };
-    if let Some(j) = args.jobs {
-        opts.jobs = j.max(1);
-    }
-    Ok(opts)
+    })
 }
 
 /// Shows events: JSON Lines on stdout, or a progress bar on a terminal.
 struct Reporter {
     json: bool,
+    /// The destinations' URLs.
+    urls: Vec<String>,
     bar: Option<ProgressBar>,
     counts: Mutex<(usize, usize)>,
 }
 
 impl Reporter {
-    fn new(json: bool) -> Arc<Self> {
+    fn new(json: bool, urls: Vec<String>) -> Arc<Self> {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -135,6 +212,7 @@ impl Reporter {
         });
         Arc::new(Self {
             json,
+            urls,
             bar,
             counts: Mutex::new((0, 0)),
         })
@@ -145,6 +223,22 @@ impl Reporter {
             self.print_json(&e);
         }
         let Some(bar) = &self.bar else {
+            if let Event::Retrying {
+                dest,
+                path,
+                attempt,
+                delay,
+                error,
+            } = &e
+            {
+                if !self.json {
+                    eprintln!(
+                        "nixferry: {}: {path}: {error}; retry {attempt} in {:.1} s",
+                        self.urls[*dest],
+                        delay.as_secs_f64()
+                    );
+                }
+            }
             return;
         };
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,13 +250,30 @@ impl Reporter {
                 bar.set_length(nar_bytes);
             }
             Event::Bytes { bytes } => bar.inc(bytes),
-            Event::Copied { .. } | Event::Failed { .. } => counts.0 += 1,
+            // With several destinations, a path counts once, when it
+            // started: bytes measure progress best.
+            Event::Started { .. } if self.urls.len() > 1 => counts.0 += 1,
+            Event::Copied { .. } | Event::Failed { .. } if self.urls.len() == 1 => counts.0 += 1,
+            Event::Retrying {
+                dest,
+                path,
+                attempt,
+                error,
+                ..
+            } => bar.println(format!(
+                "{}: {path}: {error}; retry {attempt}",
+                self.urls[dest]
+            )),
+            Event::DestinationFailed { dest, error } => {
+                bar.println(format!("{}: {error}", self.urls[dest]));
+            }
             _ => {}
         }
         bar.set_message(format!("{}/{} paths", counts.0, counts.1));
     }
 
     fn print_json(&self, e: &Event) {
+        let to = |dest: &usize| self.urls.get(*dest).cloned().unwrap_or_default();
         let v = match e {
             Event::Planned {
                 closure,
@@ -171,21 +282,37 @@ impl Reporter {
             } => {
                 json!({"event": "planned", "closure": closure, "missing": missing, "narBytes": nar_bytes})
             }
-            Event::Skipped { path } => json!({"event": "skipped", "path": path}),
+            Event::Skipped { dest, path } => {
+                json!({"event": "skipped", "to": to(dest), "path": path})
+            }
             Event::Started { path, nar_size } => {
                 json!({"event": "started", "path": path, "narSize": nar_size})
             }
             // Byte counts are too chatty for JSON; "copied" carries sizes.
             Event::Bytes { .. } => return,
             Event::Copied {
+                dest,
                 path,
                 nar_size,
                 passthrough,
             } => {
-                json!({"event": "copied", "path": path, "narSize": nar_size, "passthrough": passthrough})
+                json!({"event": "copied", "to": to(dest), "path": path, "narSize": nar_size, "passthrough": passthrough})
             }
-            Event::Failed { path, error } => {
-                json!({"event": "failed", "path": path, "error": error})
+            Event::Retrying {
+                dest,
+                path,
+                attempt,
+                delay,
+                error,
+            } => {
+                json!({"event": "retrying", "to": to(dest), "path": path, "attempt": attempt,
+                       "delaySeconds": delay.as_secs_f64(), "error": error})
+            }
+            Event::Failed { dest, path, error } => {
+                json!({"event": "failed", "to": to(dest), "path": path, "error": error})
+            }
+            Event::DestinationFailed { dest, error } => {
+                json!({"event": "destinationFailed", "to": to(dest), "error": error})
             }
             _ => return,
         };

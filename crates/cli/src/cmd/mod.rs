@@ -25,6 +25,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Key(c) => key::run(c),
         Command::Narinfo(c) => narinfo::run(c),
         Command::Copy(a) => copy::run(a),
+        Command::CopyClosure(a) => copy::copy_closure(a),
         Command::Closure(a) => paths::closure(a),
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),

@@ -5,3 +5,5 @@ mod cli;
 mod common;
 mod copy;
 mod differential;
+mod ssh;
+mod sshd;

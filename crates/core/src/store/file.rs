@@ -70,15 +70,12 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
 
+use super::chunks::{blocking_stream, CHUNK_SIZE};
 use super::{
     url::Scheme, Capabilities, CompressedNar, NarFile, NarStream, PathInfo, Store, StoreError,
     StoreUrl, UrlError,
@@ -89,15 +86,6 @@ use crate::nar::{self, NarError, NarSummary};
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
 use crate::signing::SecretKey;
 use crate::store_path::{StoreDir, StorePath};
-
-/// Buffer for NAR and NAR file I/O, and the size of the chunks a NAR
-/// stream hands to the async side.
-const CHUNK_SIZE: usize = 256 * 1024;
-
-/// Chunks that may wait between a reading thread and the async reader:
-/// with the chunk being filled and the one being read, a NAR stream holds
-/// at most 1.5 MiB, whatever the NAR's size.
-const CHUNKS_AHEAD: usize = 4;
 
 /// NARs at least this large are decoded and hashed on one thread while
 /// another compresses and writes them, when there are two CPUs or more.
@@ -649,21 +637,7 @@ fn check_nar(info: &PathInfo, store_dir: &StoreDir, got: &NarSummary) -> Result<
 /// [`io::Error`] wrapping a [`StoreError`] (as a stream checking
 /// `narHash` does) gives that `StoreError` back.
 fn stream_error(source: io::Error, path: &StorePath) -> StoreError {
-    if source.get_ref().is_some_and(|e| e.is::<StoreError>()) {
-        if let Some(Ok(e)) = source.into_inner().map(|e| e.downcast::<StoreError>()) {
-            return *e;
-        }
-        return StoreError::Io {
-            what: "reading the NAR of",
-            path: path.to_string(),
-            source: io::Error::other("the stream failed"),
-        };
-    }
-    StoreError::Io {
-        what: "reading the NAR of",
-        path: path.to_string(),
-        source,
-    }
+    StoreError::from_stream(source, "reading the NAR of", &path.to_string())
 }
 
 /// Copies `src` to `out` in large chunks, telling read errors (the
@@ -1033,117 +1007,6 @@ fn join_error(e: tokio::task::JoinError) -> StoreError {
         what: "running a blocking task for",
         path: "a file:// store".to_owned(),
         source: io::Error::other(e.to_string()),
-    }
-}
-
-/// Runs `produce` on a blocking thread; what it writes to its
-/// [`ChunkWriter`] comes out of the returned stream, in bounded chunks.
-/// An error it returns is the stream's last read; if the stream is dropped,
-/// its writes fail with [`io::ErrorKind::BrokenPipe`].
-fn blocking_stream<F>(produce: F) -> NarStream
-where
-    F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK_SIZE),
-        };
-        let result = produce(&mut out).and_then(|()| out.send_buffered());
-        if let Err(e) = result {
-            // The reader may be gone; then nobody needs the error.
-            let _ = out.tx.blocking_send(Err(e));
-        }
-    });
-    Box::pin(ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-    })
-}
-
-/// The writing end of [`blocking_stream`].
-struct ChunkWriter {
-    tx: mpsc::Sender<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn send_buffered(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the NAR stream was dropped"))
-    }
-
-    /// Reads `r` to its end straight into chunks.
-    fn fill_from(&mut self, r: &mut impl Read) -> io::Result<()> {
-        loop {
-            let start = self.buf.len();
-            self.buf.resize(CHUNK_SIZE, 0);
-            let result = r.read(&mut self.buf[start..]);
-            self.buf.truncate(start + *result.as_ref().unwrap_or(&0));
-            match result {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if self.buf.len() == CHUNK_SIZE {
-                self.send_buffered()?;
-            }
-        }
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK_SIZE {
-            self.send_buffered()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send_buffered()
-    }
-}
-
-/// The reading end of [`blocking_stream`].
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if self.pos < self.chunk.len() {
-                let n = buf.remaining().min(self.chunk.len() - self.pos);
-                buf.put_slice(&self.chunk[self.pos..self.pos + n]);
-                self.pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(self.rx.poll_recv(cx)) {
-                Some(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
     }
 }
 

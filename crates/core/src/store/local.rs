@@ -1,11 +1,15 @@
 //! The machine's Nix store, or a chroot store, read straight from its SQLite
 //! database and its files (SPEC §6). No `nix` binary is needed.
 //!
-//! [`LocalStore`] is a *source*: it answers path-info questions from
-//! `<state>/db/db.sqlite` and streams NARs by dumping `<real store dir>/<path>`.
-//! Adding paths is not supported here; writing into a Nix store goes through
-//! Nix itself (`nix-store --serve --write`), which registers paths, takes
-//! the locks and keeps the garbage collector informed.
+//! [`LocalStore`] answers path-info questions from `<state>/db/db.sqlite`
+//! and streams NARs by dumping `<real store dir>/<path>`. Adding paths goes
+//! through Nix itself: the store runs `nix-store --serve --write` (with
+//! `--store` for a chroot store) when it is first written to and hands it
+//! the paths over the serve protocol ([`super::serve`]), so Nix registers
+//! them, takes the locks and keeps the garbage collector informed, exactly
+//! as when `nix-copy-closure` delivers them. A chroot store that does not
+//! exist yet is created with `nix-store --init`, as Nix creates one when it
+//! opens it.
 //!
 //! # Reading beside a running Nix
 //!
@@ -28,17 +32,15 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::mpsc;
 
+use super::chunks::blocking_stream;
+use super::serve::ServeStore;
 use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
 use crate::hash::NixHash;
 use crate::nar::{self, NarError};
@@ -52,14 +54,6 @@ pub const SCHEMA_VERSION: &str = "10";
 /// WAL mode wait only during recovery or a checkpoint restart; Nix itself
 /// waits an hour (SPEC §6.1), and so do we.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Bytes a NAR dump hands to the async side at a time.
-const CHUNK_SIZE: usize = 256 * 1024;
-
-/// Chunks that may wait between the dumping thread and the reader. With
-/// the chunk being filled and the one being read, a NAR stream holds at
-/// most 1.5 MiB, whatever the NAR's size.
-const CHUNKS_AHEAD: usize = 4;
 
 /// The `ValidPaths` columns of a path-info row (SPEC §6.3), then the id of
 /// one reference (NULL for a path without references). A path with `n`
@@ -82,6 +76,12 @@ const PATH_BY_ID_SQL: &str = "SELECT path FROM ValidPaths WHERE id = ?1";
 
 /// Whether one path is valid.
 const VALID_SQL: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
+
+/// The valid outputs of one derivation (SPEC §6.3: `DerivationOutputs`).
+const OUTPUTS_SQL: &str = concat!(
+    "SELECT o.path FROM ValidPaths d JOIN DerivationOutputs o ON o.drv = d.id ",
+    "WHERE d.path = ?1 AND EXISTS (SELECT 1 FROM ValidPaths v WHERE v.path = o.path)"
+);
 
 /// The closure of a JSON array of full paths, walked over `Refs` inside
 /// SQLite (`UNION` drops ids already seen, so cycles end). `CROSS JOIN`
@@ -121,6 +121,12 @@ struct Inner {
     real_dir: PathBuf,
     db_path: PathBuf,
     conn: Mutex<Connection>,
+    /// The `--store` argument that gives Nix this store (`None` for the
+    /// machine's own).
+    nix_store_arg: Option<String>,
+    /// `nix-store --serve --write`, started when the store is first
+    /// written to.
+    writer: std::sync::OnceLock<ServeStore>,
 }
 
 impl fmt::Debug for LocalStore {
@@ -188,8 +194,20 @@ impl LocalStore {
             (None, None) => PathBuf::from(store_dir.as_str()),
         };
         let immutable = url.bool_param("read-only", false)?;
+        let nix_store_arg = root.as_ref().map(|root| {
+            let mut arg = format!("local?root={}", root.display());
+            for param in ["store", "state", "real"] {
+                if let Some(v) = url.param(param) {
+                    arg.push_str(&format!("&{param}={v}"));
+                }
+            }
+            arg
+        });
 
         let db_dir = state_dir.join("db");
+        if let (Some(arg), false) = (&nix_store_arg, db_dir.exists()) {
+            init_chroot_store(arg);
+        }
         check_schema(url.as_str(), &db_dir.join("schema"))?;
         let db_path = db_dir.join("db.sqlite");
         // Opening the file first also gives a better message than SQLite's
@@ -210,7 +228,26 @@ impl LocalStore {
                 real_dir,
                 db_path,
                 conn: Mutex::new(conn),
+                nix_store_arg,
+                writer: std::sync::OnceLock::new(),
             }),
+        })
+    }
+
+    /// The `nix-store --serve --write` process paths are added through,
+    /// started on first use.
+    fn writer(&self) -> &ServeStore {
+        self.inner.writer.get_or_init(|| {
+            let mut args = vec!["--serve".to_owned(), "--write".to_owned()];
+            if let Some(arg) = &self.inner.nix_store_arg {
+                args.extend(["--store".to_owned(), arg.clone()]);
+            }
+            ServeStore::local_command(
+                "nix-store",
+                args,
+                self.inner.store_dir.clone(),
+                self.inner.url.clone(),
+            )
         })
     }
 
@@ -277,6 +314,16 @@ impl LocalStore {
             source: io::Error::other(e),
         })?
     }
+}
+
+/// Creates a chroot store that does not exist yet, as Nix does when it
+/// opens one. Failing (no `nix-store` here) is left to the schema check
+/// that follows, which says what is missing.
+fn init_chroot_store(nix_store_arg: &str) {
+    let _ = std::process::Command::new("nix-store")
+        .args(["--init", "--store", nix_store_arg])
+        .stdin(std::process::Stdio::null())
+        .status();
 }
 
 /// Runs `work` in one read transaction: one consistent snapshot of the
@@ -606,6 +653,13 @@ impl Store for LocalStore {
         }
     }
 
+    async fn substitute_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.writer().substitute_paths(paths).await
+    }
+
     async fn query_path_infos(
         &self,
         paths: &[StorePath],
@@ -655,9 +709,32 @@ impl Store for LocalStore {
         .await
     }
 
-    /// Dumps `<real store dir>/<path>` on a blocking thread. The stream
-    /// holds at most a few chunks in memory; a failure while dumping is
-    /// an error of the stream, never a silently short NAR.
+    async fn query_derivation_outputs(
+        &self,
+        drvs: &[StorePath],
+    ) -> Result<Vec<StorePath>, StoreError> {
+        let drvs = drvs.to_vec();
+        self.with_db(move |inner, conn| {
+            read_tx(inner, conn, |tx| {
+                let mut stmt = tx
+                    .prepare_cached(OUTPUTS_SQL)
+                    .map_err(|e| inner.db_error(e))?;
+                let mut outputs = BTreeSet::new();
+                for drv in drvs {
+                    let rows = stmt
+                        .query_map([inner.store_dir.full(&drv)], |row| row.get::<_, String>(0))
+                        .map_err(|e| inner.db_error(e))?;
+                    for row in rows {
+                        let path = row.map_err(|e| inner.db_error(e))?;
+                        outputs.insert(inner.store_dir.parse(&path)?);
+                    }
+                }
+                Ok(outputs.into_iter().collect())
+            })
+        })
+        .await
+    }
+
     async fn query_closure(
         &self,
         roots: &[StorePath],
@@ -665,6 +742,9 @@ impl Store for LocalStore {
         self.closure(roots).await.map(Some)
     }
 
+    /// Dumps `<real store dir>/<path>` on a blocking thread. The stream
+    /// holds at most a few chunks in memory; a failure while dumping is
+    /// an error of the stream, never a silently short NAR.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
         let file = self.inner.real_dir.join(info.path.as_str());
         tokio::fs::symlink_metadata(&file)
@@ -674,35 +754,16 @@ impl Store for LocalStore {
                 path: file.display().to_string(),
                 source,
             })?;
-        let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            let mut out = ChunkWriter {
-                tx,
-                buf: Vec::with_capacity(CHUNK_SIZE),
-            };
-            // The reader checks the hash; hashing here too would only cost time.
-            let result = nar::dump_unhashed(&file, &mut out).and_then(|_| Ok(out.flush()?));
-            if let Err(e) = result {
-                // Nobody may be listening any more; then there is no one
-                // to tell.
-                let _ = out.tx.blocking_send(Err(nar_to_io(e)));
-            }
-        });
-        Ok(Box::pin(ChunkReader {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-            done: false,
+        // The reader checks the hash; hashing here too would only cost time.
+        Ok(blocking_stream(move |out| {
+            nar::dump_unhashed(&file, out).map(drop).map_err(nar_to_io)
         }))
     }
 
-    /// Not supported: writing into a Nix store is left to Nix (a later
-    /// backend drives `nix-store --serve --write`).
-    async fn add_path(&self, _info: &PathInfo, _nar: NarStream) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported {
-            store: self.inner.url.clone(),
-            what: "adding paths (a local store is read directly only as a source)",
-        })
+    /// Hands the path to `nix-store --serve --write`, which checks the
+    /// NAR against `info` and registers the path.
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+        self.writer().add_path(info, nar).await
     }
 }
 
@@ -713,85 +774,6 @@ fn nar_to_io(e: NarError) -> io::Error {
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
-}
-
-/// The blocking end of a NAR stream: cuts what is written into chunks and
-/// sends them, waiting while the channel is full.
-struct ChunkWriter {
-    tx: mpsc::Sender<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the reader of the NAR stream went away",
-            )
-        })
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        if self.buf.len() >= CHUNK_SIZE {
-            self.send()?;
-        }
-        let n = data.len().min(CHUNK_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            self.send()
-        }
-    }
-}
-
-/// The async end of a NAR stream.
-struct ChunkReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl AsyncRead for ChunkReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.pos == this.chunk.len() {
-            if this.done {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.rx.poll_recv(cx)) {
-                Some(Ok(chunk)) => {
-                    this.chunk = chunk;
-                    this.pos = 0;
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Err(e));
-                }
-                None => this.done = true,
-            }
-        }
-        let n = buf.remaining().min(this.chunk.len() - this.pos);
-        buf.put_slice(&this.chunk[this.pos..this.pos + n]);
-        this.pos += n;
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (SPEC §3) |
 //! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (SPEC §6) |
+//! | `ssh://[user@]host[:port]?…` | [`serve`]: a Nix store behind `nix-store --serve` over ssh (SPEC §5) |
 //!
 //! # Design
 //!
@@ -38,8 +39,10 @@ use crate::signing::{TrustedKeys, VerifyError};
 use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
 mod add;
+pub(crate) mod chunks;
 pub mod file;
 pub mod local;
+pub mod serve;
 mod url;
 
 pub use add::add_to_store;
@@ -289,6 +292,46 @@ pub enum StoreError {
     /// A store path could not be parsed or made.
     #[error(transparent)]
     StorePath(#[from] crate::store_path::StorePathError),
+    /// The remote end of a connection failed and said why (Nix's
+    /// `error: …`, colour codes removed).
+    #[error("{store}: remote error: {message}")]
+    Remote {
+        /// The store URL.
+        store: String,
+        /// The remote's message.
+        message: String,
+    },
+    /// The connection to a remote store could not be made or broke (ssh
+    /// failing, a hang-up without a message): trying again may help.
+    #[error("{store}: connection failed: {message}")]
+    Connection {
+        /// The store URL.
+        store: String,
+        /// What happened, with what the transport said.
+        message: String,
+    },
+    /// A remote store refused the connection for good: ssh could not
+    /// verify the host key, the login was refused, the host is unknown.
+    /// Trying again does not help.
+    #[error("{store}: cannot log in: {message}")]
+    Login {
+        /// The store URL.
+        store: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// A remote store sent something that breaks its protocol.
+    #[error("{store}: protocol error: {message}")]
+    Protocol {
+        /// The store URL.
+        store: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// One error reported to several receivers (the destinations of a
+    /// fan-out copy, say), each holding a handle to it.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
     /// The local store database could not be read.
     #[error("reading the Nix database '{db}': {source}")]
     Database {
@@ -300,9 +343,49 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error of a NAR stream that failed with `source` while `what`
+    /// (`path`): the [`StoreError`] inside it if it carries one (as the
+    /// streams that check `narHash`, or that come from a remote store, do),
+    /// otherwise [`StoreError::Io`].
+    pub fn from_stream(source: std::io::Error, what: &'static str, path: &str) -> Self {
+        if source.get_ref().is_some_and(|e| e.is::<StoreError>()) {
+            let kind = source.kind();
+            return match source.into_inner().map(|e| e.downcast::<StoreError>()) {
+                Some(Ok(e)) => *e,
+                _ => StoreError::Io {
+                    what,
+                    path: path.to_owned(),
+                    source: std::io::Error::new(kind, "the stream failed"),
+                },
+            };
+        }
+        StoreError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The same error for one more receiver: the error moves behind an
+    /// [`Arc`] (once), and this value and the one returned both become
+    /// [`StoreError::Shared`] handles to it.
+    pub fn share(&mut self) -> Self {
+        if let Self::Shared(e) = self {
+            return Self::Shared(Arc::clone(e));
+        }
+        let placeholder = Self::Unsupported {
+            store: String::new(),
+            what: "",
+        };
+        let e = Arc::new(std::mem::replace(self, placeholder));
+        *self = Self::Shared(Arc::clone(&e));
+        Self::Shared(e)
+    }
+
     /// Whether trying again may help (a transient network or I/O failure).
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::Shared(e) => e.is_retryable(),
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -310,6 +393,7 @@ impl StoreError {
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
             ),
+            Self::Connection { .. } => true,
             _ => false,
         }
     }
@@ -340,6 +424,28 @@ pub trait Store: Send + Sync + fmt::Debug {
         paths: &[StorePath],
     ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
         Ok(self.query_path_infos(paths).await?.into_keys().collect())
+    }
+
+    /// The valid outputs of the derivations `drvs` (paths of `.drv`
+    /// files), for copies that include outputs. Stores that do not record
+    /// which derivation built what (binary caches) know none.
+    async fn query_derivation_outputs(
+        &self,
+        drvs: &[StorePath],
+    ) -> Result<Vec<StorePath>, StoreError> {
+        let _ = drvs;
+        Ok(Vec::new())
+    }
+
+    /// Asks the store to fetch what it can of `paths` from its own
+    /// substituters (a remote Nix store's binary caches, as `nix copy -s`
+    /// does), then returns which of `paths` it has. Stores without
+    /// substituters only answer the question.
+    async fn substitute_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
+        self.query_valid_paths(paths).await
     }
 
     /// The closure of `roots` in one question, for stores that can answer
@@ -390,6 +496,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match parsed.scheme() {
         url::Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
         url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
+        url::Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
         other => Err(UrlError::NotYetSupported {
             url: url.to_owned(),
             scheme: other.name(),

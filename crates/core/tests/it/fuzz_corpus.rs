@@ -49,3 +49,8 @@ fn signing_parse_corpus() {
 fn store_path_parse_corpus() {
     assert!(replay("store_path_parse", nixferry::fuzzing::store_path_parse) > 0);
 }
+
+#[test]
+fn serve_client_corpus() {
+    assert!(replay("serve_client", nixferry::fuzzing::serve_client) > 0);
+}

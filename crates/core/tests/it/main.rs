@@ -2,6 +2,7 @@
 
 mod closure;
 mod common;
+mod copy;
 mod file_store;
 mod fuzz_corpus;
 mod hashes;
@@ -9,4 +10,5 @@ mod local_store;
 mod nar;
 mod narinfo;
 mod refscan;
+mod serve;
 mod signing;

@@ -1,0 +1,294 @@
+//! `nixferry copy` and `copy-closure` over SSH, against a real OpenSSH
+//! server on 127.0.0.1 with real `nix-store --serve --write` behind it on
+//! chroot stores; and `--to local`, through `nix-store --serve --write` run
+//! locally. Nix checks what arrives.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::{build_closure, have_nix, nix, nix_closure_infos, nixferry, run};
+use crate::sshd::{have_sshd, percent_encode as encode, Sshd};
+
+fn ready() -> bool {
+    // Both checks run, so that a missing tool is reported either way.
+    let nix = have_nix();
+    let sshd = have_sshd();
+    nix && sshd
+}
+
+fn copy(args: &[&str]) -> Output {
+    nixferry().arg("copy").args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+/// The closure of `top` in the chroot store `store` is exactly the one in
+/// this machine's store, hashes, sizes and references alike.
+fn assert_same_closure(store: &Path, top: &str) {
+    assert_eq!(
+        nix_closure_infos(Some(store), top),
+        nix_closure_infos(None, top),
+        "{}",
+        store.display()
+    );
+}
+
+/// Push a closure over SSH, push it again (nothing to do), pull it back
+/// into a `file://` cache and into a local chroot store (through
+/// `nix-store --serve --write` run here), and check each with Nix.
+#[test]
+fn push_and_pull_over_ssh() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let top = build_closure("ssh-push");
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let url = sshd.store_url(&remote);
+
+    let out = copy(&["--to", &url, &top]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("copied 3 paths"), "{}", stderr(&out));
+    assert_same_closure(&remote, &top);
+    let out = copy(&["--to", &url, &top]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("copied 0 paths"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipped 3"), "{}", stderr(&out));
+
+    // Pulled paths carry no signatures: trusting them is a decision.
+    let cache = tmp.path().join("cache");
+    let cache_url = format!("file://{}", cache.display());
+    let out = copy(&["--from", &url, "--to", &cache_url, &top]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
+    let out = copy(&["--from", &url, "--to", &cache_url, "--no-check-sigs", &top]);
+    assert_success(&out);
+    let out = run(nix("nix")
+        .args(["path-info", "-r", "--json", "--store"])
+        .arg(&cache_url)
+        .arg(&top));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+
+    let local = tmp.path().join("local");
+    let local_url = format!("local?root={}", local.display());
+    let out = copy(&["--from", &url, "--to", &local_url, "--no-check-sigs", &top]);
+    assert_success(&out);
+    assert_same_closure(&local, &top);
+}
+
+/// `--to` repeated: one closure to several hosts at once; a host that
+/// cannot be reached fails on its own and the summary says so per host.
+#[test]
+fn fan_out_to_several_hosts() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let top = build_closure("ssh-fanout");
+    let tmp = tempfile::tempdir().unwrap();
+    let remotes: Vec<_> = (0..3).map(|i| tmp.path().join(format!("r{i}"))).collect();
+    let mut args = vec!["--json".to_owned(), "--retries".to_owned(), "1".to_owned()];
+    for r in &remotes {
+        args.extend(["--to".to_owned(), sshd.store_url(r)]);
+    }
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("ssh://nobody@127.0.0.1:{closed}?remote-store=/nonexistent");
+    args.extend(["--to".to_owned(), dead.clone(), top.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = copy(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for r in &remotes {
+        assert_same_closure(r, &top);
+    }
+    let summaries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "summary")
+        .collect();
+    assert_eq!(summaries.len(), 4);
+    for s in &summaries[..3] {
+        assert_eq!(
+            (s["copied"].as_u64(), s["error"].is_null()),
+            (Some(3), true),
+            "{s}"
+        );
+    }
+    assert_eq!(summaries[3]["to"], dead.as_str());
+    assert!(
+        summaries[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{}",
+        summaries[3]
+    );
+}
+
+/// `copy-closure` takes `nix-copy-closure`'s arguments; `NIX_SSHOPTS`
+/// applies; `--from` installs into the local store.
+#[test]
+fn copy_closure_like_nix_copy_closure() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let top = build_closure("ssh-copy-closure");
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    // The host, with the chroot store to use on it (nix-copy-closure always
+    // uses the remote's default store; these tests must not touch it).
+    let host = format!("{}?remote-store={}", sshd.destination(), remote.display());
+    let out = nixferry()
+        .args(["copy-closure", "--gzip", "-s", "--to", &host, &top])
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_same_closure(&remote, &top);
+}
+
+/// A wrong host key, a refused key and a missing remote program are clear
+/// errors, quickly, without retries wasting time on them.
+#[test]
+fn refusals_are_clear_and_quick() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let top = build_closure("ssh-refusals");
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let good = sshd.store_url(&remote);
+
+    // Another server's key.
+    let other = tmp.path().join("other");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let b64 = base64_of(other_pub.join(" ").as_bytes());
+    let wrong_host = good.replace(
+        &format!(
+            "base64-ssh-public-host-key={}",
+            encode(&sshd.host_public_key_base64())
+        ),
+        &format!("base64-ssh-public-host-key={}", encode(&b64)),
+    );
+    assert_ne!(wrong_host, good);
+    // A key the server does not know.
+    let wrong_user = good.replace(
+        &encode(&sshd.user_key().display().to_string()),
+        &encode(&other.display().to_string()),
+    );
+    assert_ne!(wrong_user, good);
+    let no_program = format!("{good}&remote-program=/nonexistent/nix-store");
+
+    for (url, needle) in [
+        (&wrong_host, "Host key verification failed"),
+        (&wrong_user, "Permission denied"),
+        (&no_program, "nonexistent"),
+    ] {
+        let start = Instant::now();
+        let out = copy(&["--to", url, &top]);
+        let took = start.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{url}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("retry"), "{url}: {}", stderr(&out));
+        assert!(took < Duration::from_secs(20), "{url}: {took:?}");
+    }
+    assert!(
+        !remote.join("nix/store").exists()
+            || fs::read_dir(remote.join("nix/store")).unwrap().count() == 0
+    );
+}
+
+/// The remote `nix-store` killed in the middle of a NAR: the copy retries,
+/// resumes from what the remote has, and ends with the whole closure.
+#[test]
+fn a_cut_connection_is_retried() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    // Large enough that the copy is still running when the server dies.
+    let expr = r#"derivation {
+        name = "nixferry-ssh-cut";
+        system = builtins.currentSystem;
+        builder = "/bin/sh";
+        args = [ "-c" "export PATH=/usr/bin:/bin; head -c 200000000 /dev/urandom > $out" ];
+    }"#;
+    let big = crate::common::run_text(nix("nix-build").args(["--no-out-link", "--expr", expr]));
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let url = sshd.store_url(&remote);
+
+    let child = nixferry()
+        .args(["copy", "--json", "--to", &url, &big])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server for this test's store: its command line names the store.
+    let pattern = format!("^nix-store --serve --write --store {}", remote.display());
+    let killed = kill_when_busy(&pattern, &remote);
+    let out = child.wait_with_output().unwrap();
+    assert_success(&out);
+    assert!(killed, "the server was never seen running");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"event\":\"retrying\""), "{stdout}");
+    assert_same_closure(&remote, &big);
+}
+
+/// Waits for the server process matching `pattern` to have received a
+/// good part of the NAR (the chroot store's temporary files grow), then
+/// kills it. Returns whether it did.
+fn kill_when_busy(pattern: &str, _remote: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let out = Command::new("pgrep")
+            .args(["-f", "--", pattern])
+            .output()
+            .unwrap();
+        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if let Some(pid) = pids.first() {
+            // Let some of the NAR through first.
+            std::thread::sleep(Duration::from_millis(300));
+            let status = Command::new("kill").args(["-9", pid]).status().unwrap();
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn base64_of(data: &[u8]) -> String {
+    nixferry::hash::to_base64(data)
+}

@@ -1,0 +1,652 @@
+//! [`ServeStore`]: a Nix store reached through `nix-store --serve --write`,
+//! over ssh or as a local child process, with a pool of connections.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connection::{NarReader, ServeConnection};
+use super::process::{
+    known_hosts_file, remote_command, ssh_args, wait_exit, Launcher, Process, SshOptions,
+    SshTarget, EXIT_WAIT,
+};
+use super::ServeError;
+use crate::store::url::Scheme;
+use crate::store::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl, UrlError};
+use crate::store_path::{StoreDir, StorePath};
+
+/// Most connections a store may keep open (`max-connections`).
+const MAX_CONNECTIONS: usize = 1024;
+
+/// A Nix store on another machine (`ssh://[user@]host[:port]`), or one
+/// reached by a local `nix-store --serve --write` process, spoken to with
+/// the serve protocol (SPEC §5).
+///
+/// Connections are opened when first needed, up to `max-connections`
+/// (default 1) at a time, and kept for reuse; each is one `ssh` (or local)
+/// process, killed when its connection is dropped. Questions about many
+/// paths are one command each; NARs are streamed both ways.
+///
+/// Paths are added with AddToStoreNar (ImportPaths for servers older than
+/// protocol 2.5). The server checks each NAR's hash but not signatures
+/// (SPEC §5.1, trust note), so write access over ssh amounts to write
+/// access to the remote store; signatures are kept as given.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), nixferry::store::StoreError> {
+/// use nixferry::store::{serve::ServeStore, Store, StoreUrl};
+/// let store = ServeStore::open(&StoreUrl::parse("ssh://builder.example?max-connections=4")?)?;
+/// let path = store.store_dir().parse("/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")?;
+/// let valid = store.query_valid_paths(&[path]).await?;
+/// # Ok(()) }
+/// ```
+pub struct ServeStore {
+    url: String,
+    store_dir: StoreDir,
+    launcher: Launcher,
+    substitute: bool,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for ServeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeStore")
+            .field("url", &self.url)
+            .field("store_dir", &self.store_dir)
+            .field("command", &self.launcher.argv())
+            .field("substitute", &self.substitute)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Idle connections, and permits for as many as may be open.
+struct Pool {
+    idle: Mutex<Vec<Remote>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Pool {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(max)),
+        })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Remote>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One connection and the process it runs over.
+struct Remote {
+    conn: ServeConnection<ChildStdout, ChildStdin>,
+    process: Process,
+}
+
+/// A connection taken from the pool. Dropped, it goes back to the pool if
+/// it is idle (every reply read, nothing interrupted), and is killed
+/// otherwise.
+struct Pooled {
+    /// Present until the guard is dropped or fails.
+    remote: Option<Remote>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pooled {
+    fn remote(&self) -> &Remote {
+        self.remote
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+    }
+
+    fn remote_mut(&mut self) -> &mut Remote {
+        self.remote
+            .as_mut()
+            .expect("a pooled connection is present until dropped")
+    }
+
+    /// The error for `error`, with the server's own account of it when the
+    /// connection broke; the connection is not reused.
+    async fn fail(mut self, store: &str, error: ServeError) -> StoreError {
+        match self.remote.take() {
+            Some(mut remote) => remote.process.explain(store, error).await,
+            None => error.into_store_error(store),
+        }
+    }
+}
+
+impl Deref for Pooled {
+    type Target = ServeConnection<ChildStdout, ChildStdin>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.remote().conn
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.remote_mut().conn
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(remote) = self.remote.take() {
+            if remote.conn.is_idle() {
+                self.pool.idle().push(remote);
+            }
+        }
+    }
+}
+
+impl ServeStore {
+    /// Opens the store an `ssh://[user@]host[:port]` URL names. Nothing is
+    /// started until the first operation.
+    ///
+    /// The system `ssh` runs `<remote-program> --serve --write [--store
+    /// <remote-store>]` on the host, with `-x -a -oBatchMode=yes` (no
+    /// forwarding, never a prompt), the options in `NIX_SSHOPTS` (split on
+    /// whitespace), and the URL's parameters, as in Nix:
+    /// - `ssh-key`: an identity file (`-i`);
+    /// - `compress=true`: ssh compression (`-C`);
+    /// - `remote-program`: instead of `nix-store` (taken as written, so it
+    ///   may carry arguments);
+    /// - `remote-store`: the store the remote command opens;
+    /// - `max-connections`: how many ssh processes may run at once
+    ///   (default 1);
+    /// - `base64-ssh-public-host-key`: the host's key (base64 of a
+    ///   `known_hosts` key such as `ssh-ed25519 AAAA…`), which ssh must
+    ///   then see (`StrictHostKeyChecking=yes`, with a `known_hosts` file
+    ///   of its own).
+    ///
+    /// As in Nix, the host `localhost` (exactly that) runs the command
+    /// locally with `sh -c` instead of ssh. `trusted` is accepted and
+    /// ignored.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for a malformed host or a bad parameter value;
+    /// [`StoreError::Io`] when the `known_hosts` file cannot be written.
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        let malformed = |reason| UrlError::Malformed {
+            url: url.as_str().to_owned(),
+            reason,
+        };
+        if url.scheme() != Scheme::Ssh {
+            return Err(malformed("not an ssh:// URL").into());
+        }
+        let target = SshTarget::parse(url.location()).map_err(malformed)?;
+        let compress = url.bool_param("compress", false)?;
+        url.bool_param("trusted", false)?;
+        let program = url
+            .param("remote-program")
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or("nix-store");
+        let remote_store = url.param("remote-store").filter(|s| !s.is_empty());
+        let max = match url.int_param("max-connections")? {
+            None => 1,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| {
+                    url.bad_value(
+                        "max-connections",
+                        &n.to_string(),
+                        "expected a number from 1 to 1024",
+                    )
+                })?,
+        };
+        let command = remote_command(program, remote_store);
+        let launcher = if url.location() == "localhost" {
+            Launcher::new("sh".into(), vec!["-c".into(), command.into()], None)
+        } else {
+            let known_hosts = match url.param("base64-ssh-public-host-key") {
+                Some(key) if !key.is_empty() => {
+                    let line = crate::hash::from_base64(key)
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .filter(|l| !l.trim().is_empty() && !l.trim().contains(['\n', '\r']))
+                        .ok_or_else(|| {
+                            url.bad_value(
+                                "base64-ssh-public-host-key",
+                                key,
+                                "expected the base64 of a host key line such as \
+                                 'ssh-ed25519 AAAA…'",
+                            )
+                        })?;
+                    let written =
+                        known_hosts_file(&target, &line).map_err(|source| StoreError::Io {
+                            what: "writing a known_hosts file in",
+                            path: std::env::temp_dir().display().to_string(),
+                            source,
+                        })?;
+                    Some(written)
+                }
+                _ => None,
+            };
+            let options = SshOptions {
+                key: url
+                    .param("ssh-key")
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
+                compress,
+                extra: std::env::var("NIX_SSHOPTS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            let file = known_hosts.as_ref().map(|(_, file)| file.as_path());
+            let args = ssh_args(&target, &options, file, &command);
+            Launcher::new("ssh".into(), args, known_hosts.map(|(dir, _)| dir))
+        };
+        Ok(Self {
+            url: url.as_str().to_owned(),
+            store_dir: StoreDir::default(),
+            launcher,
+            substitute: false,
+            pool: Pool::new(max),
+        })
+    }
+
+    /// A store reached by running `program` with `args` locally, which
+    /// must speak the serve protocol on its stdin and stdout: typically
+    /// `nix-store --serve --write [--store <store>]`. `store_dir` is the
+    /// server's store directory; `url` names the store in messages.
+    pub fn local_command<I, A>(
+        program: impl Into<OsString>,
+        args: I,
+        store_dir: StoreDir,
+        url: impl Into<String>,
+    ) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        Self {
+            url: url.into(),
+            store_dir,
+            launcher: Launcher::new(
+                program.into(),
+                args.into_iter().map(Into::into).collect(),
+                None,
+            ),
+            substitute: false,
+            pool: Pool::new(1),
+        }
+    }
+
+    /// Whether [`Store::query_valid_paths`] lets the server substitute
+    /// missing paths first (QueryValidPaths' `substitute` flag, as
+    /// `nix-copy-closure --use-substitutes`). Off by default.
+    pub fn set_substitute(&mut self, substitute: bool) {
+        self.substitute = substitute;
+    }
+
+    /// How many connections may be open at once (at least 1). Connections
+    /// already open are closed.
+    pub fn set_max_connections(&mut self, max: usize) {
+        self.pool = Pool::new(max.clamp(1, MAX_CONNECTIONS));
+    }
+
+    /// Sets an environment variable for the processes this store starts.
+    pub fn set_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.launcher.env(key.into(), value.into());
+    }
+
+    /// The command a connection runs: the program and its arguments.
+    pub fn command(&self) -> Vec<OsString> {
+        self.launcher.argv()
+    }
+
+    /// The protocol version the server announces, connecting if needed.
+    ///
+    /// # Errors
+    /// As connecting: see [`Store`]'s methods.
+    pub async fn remote_version(&self) -> Result<u64, StoreError> {
+        Ok(self.connection().await?.remote_version())
+    }
+
+    /// Ends the idle connections cleanly: closes their input, which makes
+    /// the server exit, and waits (briefly) for the processes. Connections
+    /// in use are not affected; dropping the store kills whatever is left.
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.pool.idle());
+        for remote in idle {
+            let Remote { conn, mut process } = remote;
+            drop(conn.into_inner());
+            wait_exit(&mut process.child, EXIT_WAIT).await;
+        }
+    }
+
+    /// A connection from the pool, or a new one.
+    async fn connection(&self) -> Result<Pooled, StoreError> {
+        let permit = Arc::clone(&self.pool.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Connection {
+                store: self.url.clone(),
+                message: "the connection pool is closed".to_owned(),
+            })?;
+        let reused = loop {
+            let Some(mut remote) = self.pool.idle().pop() else {
+                break None;
+            };
+            // A server that went away meanwhile is dropped, not reused.
+            if matches!(remote.process.child.try_wait(), Ok(None)) {
+                break Some(remote);
+            }
+        };
+        let remote = match reused {
+            Some(remote) => remote,
+            None => self.connect().await?,
+        };
+        Ok(Pooled {
+            remote: Some(remote),
+            pool: Arc::clone(&self.pool),
+            _permit: permit,
+        })
+    }
+
+    /// Starts a server and shakes hands.
+    async fn connect(&self) -> Result<Remote, StoreError> {
+        let (mut process, stdout, stdin) =
+            self.launcher.spawn().map_err(|source| StoreError::Io {
+                what: "running",
+                path: self.launcher.program(),
+                source,
+            })?;
+        match ServeConnection::handshake(stdout, stdin, self.store_dir.clone()).await {
+            Ok(conn) => Ok(Remote { conn, process }),
+            Err(e) => Err(process.explain(&self.url, e).await),
+        }
+    }
+
+    /// `error` as [`StoreError::NotFound`] when the server said that one of
+    /// `paths` is not valid.
+    fn not_found(&self, error: StoreError, paths: &[StorePath]) -> StoreError {
+        if let StoreError::Remote { message, .. } = &error {
+            for path in paths {
+                let full = self.store_dir.full(path);
+                if message.contains(&format!("path '{full}' is not valid")) {
+                    return StoreError::NotFound {
+                        store: self.url.clone(),
+                        path: full,
+                    };
+                }
+            }
+        }
+        error
+    }
+}
+
+/// Sorted and without duplicates, as Nix sends path sets.
+fn path_set(paths: &[StorePath]) -> Vec<StorePath> {
+    paths
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Store for ServeStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            needs_references_first: true,
+            keeps_signatures: true,
+            writes_compression: None,
+            signs: false,
+            trusted_source: false,
+            // AddToStoreNar: the server checks the hash, and nothing is
+            // registered on a mismatch; ImportPaths: checked while sending.
+            // The size is checked while sending, either way.
+            verifies_nar: true,
+        }
+    }
+
+    async fn query_path_infos(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        let paths = path_set(paths);
+        if paths.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut conn = self.connection().await?;
+        match conn.query_path_infos(&paths).await {
+            Ok(infos) => Ok(infos),
+            Err(e) => Err(conn.fail(&self.url, e).await),
+        }
+    }
+
+    async fn query_valid_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let paths = path_set(paths);
+        if paths.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut conn = self.connection().await?;
+        match conn.query_valid_paths(false, self.substitute, &paths).await {
+            Ok(valid) => Ok(valid),
+            Err(e) => Err(conn.fail(&self.url, e).await),
+        }
+    }
+
+    /// QueryValidPaths with the `substitute` flag set: the server fetches
+    /// what it can from its substituters first.
+    async fn substitute_paths(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let paths = path_set(paths);
+        if paths.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut conn = self.connection().await?;
+        match conn.query_valid_paths(false, true, &paths).await {
+            Ok(valid) => Ok(valid),
+            Err(e) => Err(conn.fail(&self.url, e).await),
+        }
+    }
+
+    /// QueryClosure, then QueryPathInfos for the whole closure: two round
+    /// trips whatever its size. A root the server does not have is
+    /// [`StoreError::NotFound`].
+    async fn query_closure(
+        &self,
+        roots: &[StorePath],
+    ) -> Result<Option<BTreeMap<StorePath, PathInfo>>, StoreError> {
+        let roots = path_set(roots);
+        if roots.is_empty() {
+            return Ok(Some(BTreeMap::new()));
+        }
+        let mut conn = self.connection().await?;
+        let closure = match conn.query_closure(false, &roots).await {
+            Ok(closure) => closure.into_iter().collect::<Vec<_>>(),
+            Err(e) => return Err(self.not_found(conn.fail(&self.url, e).await, &roots)),
+        };
+        let infos = match conn.query_path_infos(&closure).await {
+            Ok(infos) => infos,
+            Err(e) => return Err(conn.fail(&self.url, e).await),
+        };
+        drop(conn);
+        // A path deleted between the two questions.
+        if let Some(missing) = closure.iter().find(|p| !infos.contains_key(*p)) {
+            return Err(StoreError::NotFound {
+                store: self.url.clone(),
+                path: self.store_dir.full(missing),
+            });
+        }
+        Ok(Some(infos))
+    }
+
+    /// DumpStorePath on a pooled connection. The connection goes back to
+    /// the pool when the stream has been read to the NAR's end; a stream
+    /// dropped earlier takes its connection (and process) with it.
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
+        let mut conn = self.connection().await?;
+        if let Err(e) = conn.send_dump_store_path(&info.path).await {
+            return Err(conn.fail(&self.url, e).await);
+        }
+        match NarReader::recv(conn).await {
+            Ok(reader) => Ok(Box::pin(PooledNar {
+                state: NarState::Reading(Box::new(reader)),
+                url: self.url.clone(),
+                path: self.store_dir.full(&info.path),
+            })),
+            Err((e, conn)) => {
+                let e = conn.fail(&self.url, e).await;
+                Err(self.not_found(e, std::slice::from_ref(&info.path)))
+            }
+        }
+    }
+
+    /// AddToStoreNar, or ImportPaths for servers older than protocol 2.5
+    /// (which then compute the hash themselves and drop signatures and CA).
+    /// `ultimate` is sent as false: the path was not built there. The
+    /// NAR's last bytes are sent only once the stream has ended without an
+    /// error, so a stream failing its hash check leaves nothing behind.
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+        let info = PathInfo {
+            ultimate: false,
+            ..info.clone()
+        };
+        let mut conn = self.connection().await?;
+        let result = if conn.version() & 0xff >= 5 {
+            conn.add_to_store_nar(&info, nar).await
+        } else {
+            conn.import_paths([(&info, nar)]).await
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => match conn.fail(&self.url, e).await {
+                // Nix: "hash mismatch importing path '…'; specified: …".
+                StoreError::Remote { message, .. } if message.contains("hash mismatch") => {
+                    Err(StoreError::NarMismatch {
+                        path: self.store_dir.full(&info.path),
+                        message,
+                    })
+                }
+                e => Err(e),
+            },
+        }
+    }
+}
+
+/// The NAR stream of [`ServeStore::nar`]: reads the NAR off a pooled
+/// connection; on a failure, asks the process why before failing.
+struct PooledNar {
+    state: NarState,
+    url: String,
+    /// The full store path, for messages.
+    path: String,
+}
+
+enum NarState {
+    Reading(Box<NarReader<Pooled>>),
+    /// Finding out why the connection failed.
+    Failing(Pin<Box<dyn Future<Output = io::Error> + Send>>),
+    /// Failed: every further read fails too.
+    Failed,
+    /// The NAR has ended and the connection is back in the pool.
+    Done,
+}
+
+impl AsyncRead for PooledNar {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                NarState::Reading(reader) => {
+                    match ready!(Pin::new(&mut *reader).poll_read(cx, buf)) {
+                        Ok(()) => {
+                            if reader.is_done() {
+                                // Back to the pool now, not when the stream is dropped.
+                                this.state = NarState::Done;
+                            }
+                            return Poll::Ready(Ok(()));
+                        }
+                        Err(e) => {
+                            let NarState::Reading(reader) =
+                                std::mem::replace(&mut this.state, NarState::Failed)
+                            else {
+                                return Poll::Ready(Err(e));
+                            };
+                            let conn = (*reader).into_inner();
+                            let kind = e.kind();
+                            let error = serve_error(e);
+                            let url = this.url.clone();
+                            let path = this.path.clone();
+                            this.state = NarState::Failing(Box::pin(async move {
+                                let e = match conn.fail(&url, error).await {
+                                    StoreError::Remote { message, .. }
+                                        if message
+                                            .contains(&format!("path '{path}' is not valid")) =>
+                                    {
+                                        StoreError::NotFound { store: url, path }
+                                    }
+                                    e => e,
+                                };
+                                io::Error::new(kind, e)
+                            }));
+                        }
+                    }
+                }
+                NarState::Failing(explain) => {
+                    let e = ready!(explain.as_mut().poll(cx));
+                    this.state = NarState::Failed;
+                    return Poll::Ready(Err(e));
+                }
+                NarState::Failed => {
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "the NAR stream of '{}' failed earlier",
+                        this.path
+                    ))))
+                }
+                NarState::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// The [`ServeError`] inside a [`NarReader`]'s error.
+fn serve_error(e: io::Error) -> ServeError {
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<ServeError>()) {
+        Some(Ok(e)) => *e,
+        Some(Err(other)) => ServeError::Read {
+            what: "the NAR",
+            source: io::Error::new(kind, other),
+        },
+        None => ServeError::Read {
+            what: "the NAR",
+            source: kind.into(),
+        },
+    }
+}

@@ -1,0 +1,435 @@
+//! Tests: the copy engine (`copy`) over in-memory stores with injected
+//! faults: fan-out reads each NAR once, a failing destination does not stop
+//! the others, transient failures are retried, lasting ones are not, and
+//! stores that need references first get them first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nixferry::copy::{self, CancellationToken, CopyError, CopyOptions, Event, Summary};
+use nixferry::hash::{sha256, NixHash};
+use nixferry::store::{Capabilities, NarStream, PathInfo, Store, StoreError};
+use nixferry::store_path::{StoreDir, StorePath};
+use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
+
+/// A store path named `name`.
+fn p(name: &str) -> StorePath {
+    let digest: [u8; 20] = sha256(name.as_bytes())[..20].try_into().unwrap();
+    StorePath::from_digest(&digest, name).unwrap()
+}
+
+/// The "NAR" of a path in these tests: any bytes do, the engine only
+/// checks their hash and size. Large enough to take several chunks.
+fn nar_of(name: &str) -> Vec<u8> {
+    name.bytes().cycle().take(700_000 + name.len()).collect()
+}
+
+fn info(name: &str, refs: &[&str]) -> PathInfo {
+    let nar = nar_of(name);
+    let mut i = PathInfo::new(p(name), NixHash::sha256(sha256(&nar)), nar.len() as u64);
+    i.references = refs.iter().map(|r| p(r)).collect();
+    i.references.sort();
+    i
+}
+
+fn dir() -> &'static StoreDir {
+    static DIR: std::sync::OnceLock<StoreDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(StoreDir::default)
+}
+
+fn connection_error(url: &str) -> StoreError {
+    StoreError::Connection {
+        store: url.to_owned(),
+        message: "connection reset by peer".to_owned(),
+    }
+}
+
+/// An in-memory store with faults to order.
+#[derive(Debug, Default)]
+struct Mem {
+    url: String,
+    ordered: bool,
+    paths: Mutex<BTreeMap<StorePath, (PathInfo, Vec<u8>)>>,
+    /// The order paths were added in.
+    added: Mutex<Vec<String>>,
+    /// NARs handed out.
+    nar_reads: AtomicUsize,
+    /// This many adds fail (retryably) after reading part of the NAR.
+    flaky_adds: AtomicUsize,
+    /// This many NAR reads fail (retryably) half-way.
+    flaky_reads: AtomicUsize,
+    /// Every add fails, retryably: a host that went away.
+    down: bool,
+    /// Questions fail, retryably: a host that cannot be reached.
+    unreachable: bool,
+    /// Serve this NAR instead of the real one: a tampered source.
+    tampered: Option<Vec<u8>>,
+}
+
+impl Mem {
+    fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// A source holding `graph` (name, references).
+    fn with(url: &str, graph: &[(&str, &[&str])]) -> Self {
+        let store = Self::new(url);
+        for (name, refs) in graph {
+            store
+                .paths
+                .lock()
+                .unwrap()
+                .insert(p(name), (info(name, refs), nar_of(name)));
+        }
+        store
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.paths
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
+
+    fn check_contents(&self) {
+        for (path, (info, nar)) in self.paths.lock().unwrap().iter() {
+            assert_eq!(nar, &nar_of(path.name()), "{}", self.url);
+            assert_eq!(info.nar_size, nar.len() as u64);
+        }
+    }
+}
+
+/// A stream that fails with a connection error after `good` bytes.
+struct Broken {
+    data: io::Cursor<Vec<u8>>,
+    good: u64,
+}
+
+impl AsyncRead for Broken {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.data.position() >= self.good {
+            let e = connection_error("mem://source");
+            return std::task::Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, e)));
+        }
+        std::pin::Pin::new(&mut self.data).poll_read(cx, buf)
+    }
+}
+
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+#[async_trait::async_trait]
+impl Store for Mem {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn store_dir(&self) -> &StoreDir {
+        dir()
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            needs_references_first: self.ordered,
+            trusted_source: true,
+            ..Capabilities::default()
+        }
+    }
+    async fn query_path_infos(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        if self.unreachable {
+            return Err(connection_error(&self.url));
+        }
+        let have = self.paths.lock().unwrap();
+        Ok(paths
+            .iter()
+            .filter_map(|p| have.get(p).map(|(i, _)| (p.clone(), i.clone())))
+            .collect())
+    }
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
+        self.nar_reads.fetch_add(1, Ordering::SeqCst);
+        let nar = match &self.tampered {
+            Some(t) => t.clone(),
+            None => self.paths.lock().unwrap()[&info.path].1.clone(),
+        };
+        if take_one(&self.flaky_reads) {
+            let good = nar.len() as u64 / 2;
+            return Ok(Box::pin(Broken {
+                data: io::Cursor::new(nar),
+                good,
+            }));
+        }
+        Ok(Box::pin(io::Cursor::new(nar)))
+    }
+    async fn add_path(&self, info: &PathInfo, mut nar: NarStream) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        if self.down || take_one(&self.flaky_adds) {
+            let _ = nar.read(&mut [0; 1000]).await;
+            return Err(connection_error(&self.url));
+        }
+        nar.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StoreError::from_stream(e, "reading", &self.url))?;
+        if self.ordered {
+            let have = self.paths.lock().unwrap();
+            for r in &info.references {
+                assert!(
+                    *r == info.path || have.contains_key(r),
+                    "{}: {} before its reference {}",
+                    self.url,
+                    info.path,
+                    r
+                );
+            }
+        }
+        self.added.lock().unwrap().push(info.path.name().to_owned());
+        self.paths
+            .lock()
+            .unwrap()
+            .insert(info.path.clone(), (info.clone(), bytes));
+        Ok(())
+    }
+}
+
+/// A chain with a diamond: top -> {left, right} -> base; left -> left.
+const GRAPH: &[(&str, &[&str])] = &[
+    ("base", &[]),
+    ("left", &["base", "left"]),
+    ("right", &["base"]),
+    ("top", &["left", "right"]),
+];
+
+fn all_names() -> BTreeSet<String> {
+    GRAPH.iter().map(|(n, _)| (*n).to_owned()).collect()
+}
+
+fn fast_retries() -> CopyOptions {
+    CopyOptions {
+        retries: 3,
+        retry_delay: Duration::from_millis(1),
+        ..CopyOptions::default()
+    }
+}
+
+/// Copies `top`'s closure from `src` to `dsts`, returning the summaries
+/// and the events.
+async fn run(src: &Arc<Mem>, dsts: &[Arc<Mem>], opts: &CopyOptions) -> (Vec<Summary>, Vec<Event>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let summaries = copy::copy_to_many(
+        Arc::clone(src) as Arc<dyn Store>,
+        dsts.iter()
+            .map(|d| Arc::clone(d) as Arc<dyn Store>)
+            .collect(),
+        &[p("top")],
+        opts,
+        Arc::new(move |e| sink.lock().unwrap().push(e)),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let events = std::mem::take(&mut *events.lock().unwrap());
+    (summaries, events)
+}
+
+#[tokio::test]
+async fn fan_out_reads_each_nar_once() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let dsts: Vec<Arc<Mem>> = (0..3)
+        .map(|i| {
+            let mut d = Mem::new(&format!("mem://d{i}"));
+            d.ordered = i != 1;
+            Arc::new(d)
+        })
+        .collect();
+    // One destination has a path already.
+    dsts[2]
+        .paths
+        .lock()
+        .unwrap()
+        .insert(p("base"), (info("base", &[]), nar_of("base")));
+    let (summaries, events) = run(&src, &dsts, &CopyOptions::default()).await;
+    for (d, s) in dsts.iter().zip(&summaries) {
+        assert!(s.is_complete(), "{}: {s:?}", d.url);
+        assert_eq!(s.url, d.url);
+        assert_eq!(d.names(), all_names());
+        d.check_contents();
+    }
+    assert_eq!(
+        summaries
+            .iter()
+            .map(|s| (s.copied, s.skipped))
+            .collect::<Vec<_>>(),
+        [(4, 0), (4, 0), (3, 1)]
+    );
+    assert_eq!(src.nar_reads.load(Ordering::SeqCst), 4);
+    assert!(events.contains(&Event::Planned {
+        closure: 4,
+        missing: 4,
+        nar_bytes: GRAPH.iter().map(|(n, _)| nar_of(n).len() as u64).sum(),
+    }));
+    let copied = events
+        .iter()
+        .filter(|e| matches!(e, Event::Copied { .. }))
+        .count();
+    assert_eq!(copied, 11);
+}
+
+#[tokio::test]
+async fn a_failing_destination_does_not_stop_the_others() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let good = Arc::new(Mem::new("mem://good"));
+    let mut down = Mem::new("mem://down");
+    down.ordered = true;
+    down.down = true;
+    let down = Arc::new(down);
+    let mut unreachable = Mem::new("mem://unreachable");
+    unreachable.unreachable = true;
+    let unreachable = Arc::new(unreachable);
+    let dsts = [
+        Arc::clone(&good),
+        Arc::clone(&down),
+        Arc::clone(&unreachable),
+    ];
+    let (summaries, events) = run(&src, &dsts, &fast_retries()).await;
+
+    assert!(summaries[0].is_complete());
+    assert_eq!(good.names(), all_names());
+
+    // The host that went away: its only path without references is
+    // retried and fails; the paths above it are not attempted.
+    let s = &summaries[1];
+    assert_eq!((s.copied, s.failed.len()), (0, 4), "{s:?}");
+    assert!(down.names().is_empty());
+    let reasons: BTreeMap<String, String> = s
+        .failed
+        .iter()
+        .map(|(p, e)| (p.name().to_owned(), e.to_string()))
+        .collect();
+    assert!(reasons["base"].contains("connection reset"), "{reasons:?}");
+    assert!(
+        reasons["top"].contains("because its reference"),
+        "{reasons:?}"
+    );
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e, Event::Retrying { dest: 1, .. }))
+        .count();
+    assert_eq!(retries, 3, "{events:?}");
+
+    // The host that cannot be asked: retried, then given up on as a whole.
+    let s = &summaries[2];
+    assert!(s.error.as_ref().unwrap().is_retryable());
+    assert_eq!((s.copied, s.failed.len()), (0, 0));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::DestinationFailed { dest: 2, .. })));
+
+    // Through `copy_closure`, a destination that cannot be asked is an
+    // error of the whole copy.
+    let e = copy::copy_closure(
+        Arc::clone(&src) as Arc<dyn Store>,
+        unreachable as Arc<dyn Store>,
+        &[p("top")],
+        &fast_retries(),
+        Arc::new(|_| {}),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("mem://unreachable"), "{e}");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried() {
+    let src = Mem::with("mem://src", GRAPH);
+    src.flaky_reads.store(2, Ordering::SeqCst);
+    let src = Arc::new(src);
+    let a = Mem::new("mem://a");
+    a.flaky_adds.store(2, Ordering::SeqCst);
+    let mut b = Mem::new("mem://b");
+    b.ordered = true;
+    b.flaky_adds.store(1, Ordering::SeqCst);
+    let dsts = [Arc::new(a), Arc::new(b)];
+    let (summaries, events) = run(&src, &dsts, &fast_retries()).await;
+    for (d, s) in dsts.iter().zip(&summaries) {
+        assert!(s.is_complete(), "{s:?}");
+        assert_eq!(d.names(), all_names());
+        d.check_contents();
+    }
+    assert!(events.iter().any(|e| matches!(e, Event::Retrying { .. })));
+
+    // Without retries, the same faults fail paths.
+    let src = Mem::with("mem://src", GRAPH);
+    src.flaky_reads.store(1, Ordering::SeqCst);
+    let dst = Arc::new(Mem::new("mem://c"));
+    let opts = CopyOptions {
+        retries: 0,
+        ..fast_retries()
+    };
+    let (summaries, _) = run(&Arc::new(src), &[dst], &opts).await;
+    assert_eq!(summaries[0].failed.len(), 1);
+}
+
+#[tokio::test]
+async fn a_tampered_nar_fails_everywhere_without_retries() {
+    let mut src = Mem::with("mem://src", &[("top", &[])]);
+    src.tampered = Some(b"not the NAR the path info describes".to_vec());
+    let src = Arc::new(src);
+    let dsts = [Arc::new(Mem::new("mem://a")), Arc::new(Mem::new("mem://b"))];
+    let (summaries, events) = run(&src, &dsts, &fast_retries()).await;
+    for (d, s) in dsts.iter().zip(&summaries) {
+        assert_eq!(s.failed.len(), 1);
+        let e = &s.failed[0].1;
+        assert!(
+            matches!(e, CopyError::Store(_)) && e.to_string().contains("mismatch"),
+            "{e}"
+        );
+        assert!(d.names().is_empty());
+    }
+    assert_eq!(src.nar_reads.load(Ordering::SeqCst), 1);
+    assert!(!events.iter().any(|e| matches!(e, Event::Retrying { .. })));
+}
+
+#[tokio::test]
+async fn cancelling_stops_the_copy() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let mut dst = Mem::new("mem://a");
+    dst.down = true;
+    let dst = Arc::new(dst);
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let opts = CopyOptions {
+        retries: 100,
+        retry_delay: Duration::from_secs(10),
+        ..CopyOptions::default()
+    };
+    let on_event = Arc::new(move |e| {
+        if matches!(e, Event::Retrying { .. }) {
+            stop.cancel();
+        }
+    });
+    let summary = tokio::time::timeout(
+        Duration::from_secs(10),
+        copy::copy_closure(src, dst, &[p("top")], &opts, on_event, cancel),
+    )
+    .await
+    .expect("cancellation is prompt")
+    .unwrap();
+    assert!(summary.cancelled);
+}
