@@ -19,18 +19,7 @@ nf=$PWD/target/release/nixferry
 work=${NIXFERRY_BENCH_DIR:-$PWD/target/bench-copy}
 mkdir -p "$work"
 
-cat > "$work/closure.nix" <<'NIX'
-let
-  mk = name: script: derivation {
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" ("export PATH=/usr/bin:/bin; " + script) ];
-  };
-  big = i: mk "bench-big-${toString i}" "mkdir $out; cat /usr/lib/x86_64-linux-gnu/*.so* /usr/bin/* 2>/dev/null | tail -c +${toString (i * 7000000 + 1)} | head -c 89128960 > $out/lib.so";
-  small = i: prev: mk "bench-small-${toString i}" "mkdir -p $out/share; echo ${prev} > $out/prev; n=0; while [ $n -lt 150 ]; do seq $n $((n + 40 + ${toString i})) > $out/share/file-$n.txt; n=$((n+1)); done";
-  smalls = builtins.foldl' (acc: i: acc ++ [ (small i (if acc == [] then "none" else builtins.elemAt acc (builtins.length acc - 1))) ]) [] (builtins.genList (x: x) 100);
-  bigs = builtins.genList big 12;
-in mk "bench-top" "mkdir $out; echo ${toString (bigs ++ smalls)} > $out/all"
-NIX
-top=$(nix-build --no-out-link "$work/closure.nix")
+top=$(nix-build --no-out-link benches/closure.nix)
 paths=$(nix-store -qR "$top" | wc -l)
 size=$(nix path-info -S "$top" | awk '{print $2}')
 echo "closure: $top ($paths paths, $((size / 1048576)) MiB)"

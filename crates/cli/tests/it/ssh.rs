@@ -292,3 +292,46 @@ fn kill_when_busy(pattern: &str, _remote: &Path) -> bool {
 fn base64_of(data: &[u8]) -> String {
     nixferry::hash::to_base64(data)
 }
+
+/// `-s`: the remote fetches what its own substituters have (here a signed
+/// `file://` cache it trusts), and nothing is sent to it.
+#[test]
+fn substitute_on_destination() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let top = build_closure("ssh-substitute");
+    let tmp = tempfile::tempdir().unwrap();
+    let (sk, pk) = crate::common::generate_key(tmp.path(), "subst-test-1");
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    let out = copy(&[
+        "--to",
+        &cache,
+        "--secret-key-file",
+        sk.to_str().unwrap(),
+        &top,
+    ]);
+    assert_success(&out);
+    // The remote's Nix configuration, as the harness gives it to sessions.
+    let conf = sshd.dir().join("nix.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "substituters = {cache}\ntrusted-public-keys = {}\n",
+        pk.trim()
+    ));
+    fs::write(&conf, text).unwrap();
+
+    let remote = tmp.path().join("remote");
+    let url = sshd.store_url(&remote);
+    let out = copy(&["--json", "-s", "--to", &url, &top]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("\"event\":\"copied\""), "{stdout}");
+    assert_eq!(
+        stdout.matches("\"event\":\"skipped\"").count(),
+        3,
+        "{stdout}"
+    );
+    assert_same_closure(&remote, &top);
+}

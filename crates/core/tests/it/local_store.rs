@@ -441,7 +441,10 @@ async fn adding_paths_goes_through_nix() {
         .add_path(&info, Box::pin(std::io::Cursor::new(nar.clone())))
         .await
         .unwrap();
-    let got = store.query_path_infos(std::slice::from_ref(&p)).await.unwrap();
+    let got = store
+        .query_path_infos(std::slice::from_ref(&p))
+        .await
+        .unwrap();
     let got = &got[&p];
     assert_eq!((got.nar_hash, got.nar_size), (info.nar_hash, info.nar_size));
     assert_eq!(got.ca, info.ca);
