@@ -13,9 +13,10 @@
 #   benches/ssh-vs-nix.sh --netem    each host behind an emulated link:
 #                                    20 ms round trip, 200 Mbit/s
 #
-# With --netem the script re-runs itself in a new network namespace (its
-# own loopback, so nothing else is slowed), where tc shapes each server's
-# port separately. Needs root, sshd (openssh-server), tc and unshare.
+# The emulated links are benches/linkemu.py, a proxy per host on 127.0.0.1
+# that delays every byte by 10 ms each way and shares 200 Mbit/s per
+# direction among the host's connections (this machine's kernel has no
+# `tc netem`). Needs root and sshd (openssh-server).
 #
 # NIXFERRY_SSH_CONNECTIONS sets nixferry's max-connections (default 4); Nix
 # runs with its default of 1, which is all `nix copy --to ssh://` can use
@@ -23,14 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ ${1:-} == --netem && -z ${NIXFERRY_IN_NETNS:-} ]]; then
-    exec unshare --net env NIXFERRY_IN_NETNS=1 "$0" "$@"
-fi
 netem=false
 [[ ${1:-} == --netem ]] && netem=true
-if $netem; then
-    ip link set lo up
-fi
 
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='
 cargo build --release --locked -q -p nixferry-cli
@@ -90,18 +85,18 @@ for port in "${ports[@]}"; do
 done
 
 if $netem; then
-    # Per server port: its own 200 Mbit/s class with 10 ms of delay each
-    # way (traffic to the port and back from it).
-    tc qdisc add dev lo root handle 1: htb default 99
-    tc class add dev lo parent 1: classid 1:99 htb rate 10gbit
+    # The hosts are reached through their links from here on.
     for i in 1 2 3; do
-        port=${ports[$((i - 1))]}
-        tc class add dev lo parent 1: classid "1:$i" htb rate 200mbit
-        tc qdisc add dev lo parent "1:$i" handle "${i}0:" netem delay 10ms limit 100000
-        tc filter add dev lo protocol ip parent 1: prio 1 u32 match ip dport "$port" 0xffff flowid "1:$i"
-        tc filter add dev lo protocol ip parent 1: prio 1 u32 match ip sport "$port" 0xffff flowid "1:$i"
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        python3 benches/linkemu.py "$port" "${ports[$((i - 1))]}" --delay-ms 10 --rate-mbit 200 > "$work/link_$i.ready" &
+        pids+=($!)
+        ports[$((i - 1))]=$port
+        echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$work/host_key.pub")" >> "$work/known_hosts"
     done
-    echo "links: 20 ms round trip, 200 Mbit/s per host ($(ping -c 3 -q 127.0.0.1 | tail -1))"
+    for i in 1 2 3; do
+        for _ in $(seq 100); do grep -q ready "$work/link_$i.ready" 2>/dev/null && break; sleep 0.1; done
+    done
+    echo "links: 20 ms round trip, 200 Mbit/s per host (emulated)"
 fi
 
 connections=${NIXFERRY_SSH_CONNECTIONS:-4}
@@ -118,7 +113,7 @@ fresh() { rm -rf "$work"/store-*; sync; }
 run_nf() { # hosts...
     local args=()
     for i in "$@"; do args+=(--to "$(nf_url "${ports[$((i - 1))]}" "$work/store-nf-$i")"); done
-    "$nf" copy "${args[@]}" "$top" >/dev/null 2>"$work/nf.log" || { cat "$work/nf.log"; exit 1; }
+    "$nf" copy "${args[@]}" "$top" >/dev/null 2>"$work/nf.log" || { echo "nixferry failed:"; tail -20 "$work/nf.log"; exit 1; }
 }
 run_nix() { # hosts...
     for i in "$@"; do
@@ -138,9 +133,10 @@ for case in push-1 fanout-3; do
     hosts=(1); [[ $case == fanout-3 ]] && hosts=(1 2 3)
     fresh
     t0=$(now); run_nf "${hosts[@]}"; t1=$(now)
+    for i in "${hosts[@]}"; do check "$work/store-nf-$i"; done
     fresh
     t2=$(now); run_nix "${hosts[@]}"; t3=$(now)
-    for i in "${hosts[@]}"; do check "$work/store-nf-$i"; check "$work/store-nix-$i"; done
+    for i in "${hosts[@]}"; do check "$work/store-nix-$i"; done
     ours=$(secs "$t0" "$t1"); theirs=$(secs "$t2" "$t3")
     printf '%-10s %10s %10s %8.2fx\n' "$case" "$ours" "$theirs" "$(awk "BEGIN{print $theirs / $ours}")"
     NF[$case]=$ours; NIX[$case]=$theirs

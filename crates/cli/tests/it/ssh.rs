@@ -335,3 +335,57 @@ fn substitute_on_destination() {
     );
     assert_same_closure(&remote, &top);
 }
+
+/// `copy-closure --include-outputs` on a derivation also copies the
+/// outputs built from the derivations in its closure.
+#[test]
+fn copy_closure_includes_outputs() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let expr = r#"derivation {
+        name = "nixferry-ssh-outputs";
+        system = builtins.currentSystem;
+        builder = "/bin/sh";
+        args = [ "-c" "echo an output > $out" ];
+    }"#;
+    let drv = crate::common::run_text(nix("nix-instantiate").args(["--expr", expr]));
+    let out_path = crate::common::run_text(nix("nix-store").args(["--realise", &drv]));
+    let tmp = tempfile::tempdir().unwrap();
+    let host = |dir: &Path| format!("{}?remote-store={}", sshd.destination(), dir.display());
+    let has = |dir: &Path, p: &str| {
+        nix("nix-store")
+            .arg("--store")
+            .arg(dir)
+            .args(["--check-validity", p])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    let without = tmp.path().join("without");
+    let out = nixferry()
+        .args(["copy-closure", "--to", &host(&without), &drv])
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(has(&without, &drv) && !has(&without, &out_path));
+
+    let with = tmp.path().join("with");
+    let out = nixferry()
+        .args([
+            "copy-closure",
+            "--include-outputs",
+            "--to",
+            &host(&with),
+            &drv,
+        ])
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(has(&with, &drv) && has(&with, &out_path));
+}
