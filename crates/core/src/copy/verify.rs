@@ -138,8 +138,15 @@ mod tests {
 
     use super::*;
 
-    async fn read_all(data: &'static [u8], hash: NixHash, size: u64) -> io::Result<Vec<u8>> {
-        let mut v = Verified::new(
+    type Make = fn(NarStream, String, NixHash, u64, Arc<dyn Fn(u64) + Send + Sync>) -> Verified;
+
+    async fn read_with(
+        make: Make,
+        data: &'static [u8],
+        hash: NixHash,
+        size: u64,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = make(
             Box::pin(data),
             "/nix/store/x".into(),
             hash,
@@ -149,6 +156,10 @@ mod tests {
         let mut out = Vec::new();
         v.read_to_end(&mut out).await?;
         Ok(out)
+    }
+
+    async fn read_all(data: &'static [u8], hash: NixHash, size: u64) -> io::Result<Vec<u8>> {
+        read_with(Verified::new, data, hash, size).await
     }
 
     #[tokio::test]
@@ -168,18 +179,8 @@ mod tests {
     #[tokio::test]
     async fn size_only_leaves_the_hash_alone() {
         let data: &'static [u8] = b"some nar bytes";
-        let read = |size| async move {
-            let bad = NixHash::sha256([0; 32]);
-            let mut v = Verified::size_only(
-                Box::pin(data),
-                "/nix/store/x".into(),
-                bad,
-                size,
-                Arc::new(|_| {}),
-            );
-            let mut out = Vec::new();
-            v.read_to_end(&mut out).await.map(|_| out)
-        };
+        let bad = NixHash::sha256([0; 32]);
+        let read = |size| read_with(Verified::size_only, data, bad, size);
         assert_eq!(read(14).await.unwrap(), data);
         assert!(read(13).await.is_err());
         assert!(read(15).await.is_err());

@@ -317,6 +317,23 @@ impl ServeStore {
         Ok(self.connection().await?.remote_version())
     }
 
+    /// QueryValidPaths, letting the server substitute first if asked.
+    async fn valid_paths(
+        &self,
+        paths: &[StorePath],
+        substitute: bool,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let paths = path_set(paths);
+        if paths.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut conn = self.connection().await?;
+        match conn.query_valid_paths(false, substitute, &paths).await {
+            Ok(valid) => Ok(valid),
+            Err(e) => Err(conn.fail(&self.url, e).await),
+        }
+    }
+
     /// Ends the idle connections cleanly: closes their input, which makes
     /// the server exit, and waits (briefly) for the processes. Connections
     /// in use are not affected; dropping the store kills whatever is left.
@@ -443,15 +460,7 @@ impl Store for ServeStore {
         &self,
         paths: &[StorePath],
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        let paths = path_set(paths);
-        if paths.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        let mut conn = self.connection().await?;
-        match conn.query_valid_paths(false, self.substitute, &paths).await {
-            Ok(valid) => Ok(valid),
-            Err(e) => Err(conn.fail(&self.url, e).await),
-        }
+        self.valid_paths(paths, self.substitute).await
     }
 
     /// QueryValidPaths with the `substitute` flag set: the server fetches
@@ -460,15 +469,7 @@ impl Store for ServeStore {
         &self,
         paths: &[StorePath],
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        let paths = path_set(paths);
-        if paths.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        let mut conn = self.connection().await?;
-        match conn.query_valid_paths(false, true, &paths).await {
-            Ok(valid) => Ok(valid),
-            Err(e) => Err(conn.fail(&self.url, e).await),
-        }
+        self.valid_paths(paths, true).await
     }
 
     /// QueryClosure, then QueryPathInfos for the whole closure: two round
