@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs its dependencies (Nix 2.8 from Debian),
-# then every Rust test, including the differential tests against real Nix
-# and the replay of all committed fuzz inputs.
+# then every Rust test, including the differential tests against real Nix,
+# the replay of all committed fuzz inputs, and the Python package's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +15,11 @@ export NIXFERRY_REQUIRE_NIX=1
 # Benches and fuzz-free targets must at least build.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
+
+# The Python package: built and installed into a virtualenv under target/,
+# then its tests (which use Nix too) and the check of its type stubs.
+python3 -m venv target/py-venv
+target/py-venv/bin/pip install --quiet --upgrade maturin pytest mypy
+target/py-venv/bin/pip install --quiet ./crates/py
+(cd crates/py && ../../target/py-venv/bin/python -m pytest -q tests)
+target/py-venv/bin/python -m mypy.stubtest nixferry

@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod copy;
 mod differential;
+mod http;
 mod ssh;
 mod sshd;

@@ -116,6 +116,19 @@ struct Inner {
     root: PathBuf,
     store_dir: StoreDir,
     cache_info: CacheInfo,
+    /// Whether files are flushed to disk before they are renamed into
+    /// place (`fsync`, on by default).
+    fsync: bool,
+    writer: NarWriter,
+}
+
+/// How a binary cache writes NAR files, from the URL's writing parameters
+/// (`compression`, `compression-level`, `parallel-compression`,
+/// `write-nar-listing`, `secret-key`): shared by the `file://` and HTTP
+/// stores, so that both write the same files.
+#[derive(Debug)]
+pub(crate) struct NarWriter {
+    store_dir: StoreDir,
     compression: Compression,
     level: Option<i32>,
     /// Threads for one NAR's compression with `parallel-compression`: the
@@ -123,13 +136,23 @@ struct Inner {
     threads: u32,
     /// NARs being written now.
     writing: AtomicUsize,
-    /// Whether files are flushed to disk before they are renamed into
-    /// place (`fsync`, on by default).
+    /// Whether NAR files are flushed to disk before they are complete.
     fsync: bool,
     write_listing: bool,
     secret_key: Option<SecretKey>,
     /// Whether large NARs are decoded and compressed on two threads.
     pipeline: bool,
+}
+
+/// A NAR file written to a temporary file by [`NarWriter`], not yet in
+/// place, with its facts and (if asked) its listing.
+pub(crate) struct StagedNar {
+    /// The complete file, removed when dropped.
+    pub(crate) tmp: TempFile,
+    /// Its name, compression, hash and size.
+    pub(crate) file: NarFile,
+    /// The NAR's listing, with `write-nar-listing`.
+    pub(crate) listing: Option<nar::Listing>,
 }
 
 impl FileStore {
@@ -155,6 +178,66 @@ impl FileStore {
             .into());
         }
         let store_dir = StoreDir::default();
+        let fsync = url.bool_param("fsync", true)?;
+        let writer = NarWriter::from_url(url, store_dir.clone(), fsync)?;
+        let want_mass_query = url
+            .param("want-mass-query")
+            .map(|_| url.bool_param("want-mass-query", false))
+            .transpose()?;
+        let priority = url.int_param("priority")?;
+
+        let root = PathBuf::from(url.location());
+        create_dirs(&root)?;
+        let cache_info =
+            read_or_create_cache_info(url.as_str(), &root, &store_dir, want_mass_query, priority)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.as_str().to_owned(),
+                root,
+                store_dir,
+                cache_info,
+                fsync,
+                writer,
+            }),
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The compression NAR files are written with.
+    pub fn compression(&self) -> &Compression {
+        &self.inner.writer.compression
+    }
+
+    /// The cache's `nix-cache-info`, with `want-mass-query` and `priority`
+    /// from the URL taking precedence, as in Nix.
+    pub fn cache_info(&self) -> &CacheInfo {
+        &self.inner.cache_info
+    }
+
+    /// Reads the narinfo of `path`: `None` if the cache does not have it
+    /// (or has a narinfo for another name with the same hash part). This
+    /// blocks (one small file read).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if reading fails, [`StoreError::Corrupt`] if the
+    /// narinfo does not parse.
+    pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
+        self.inner.read_narinfo(path)
+    }
+}
+
+impl NarWriter {
+    /// The writing parameters of a binary cache URL. NAR files are
+    /// flushed to disk when complete if `fsync`.
+    pub(crate) fn from_url(
+        url: &StoreUrl,
+        store_dir: StoreDir,
+        fsync: bool,
+    ) -> Result<Self, StoreError> {
         let compression = match url.param("compression") {
             None => Compression::Xz,
             Some(name) => {
@@ -191,67 +274,44 @@ impl FileStore {
             1
         };
         let write_listing = url.bool_param("write-nar-listing", false)?;
-        let fsync = url.bool_param("fsync", true)?;
         if url.bool_param("index-debug-info", false)? {
             return Err(url
                 .bad_value("index-debug-info", "true", "not supported by nixferry")
                 .into());
         }
         url.bool_param("trusted", false)?;
-        let want_mass_query = url
-            .param("want-mass-query")
-            .map(|_| url.bool_param("want-mass-query", false))
-            .transpose()?;
-        let priority = url.int_param("priority")?;
         let secret_key = url.param("secret-key").map(load_secret_key).transpose()?;
-
-        let root = PathBuf::from(url.location());
-        create_dirs(&root)?;
-        let cache_info =
-            read_or_create_cache_info(url.as_str(), &root, &store_dir, want_mass_query, priority)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                url: url.as_str().to_owned(),
-                root,
-                store_dir,
-                cache_info,
-                compression,
-                level,
-                threads,
-                writing: AtomicUsize::new(0),
-                fsync,
-                write_listing,
-                secret_key,
-                pipeline: cpus > 1,
-            }),
+            store_dir,
+            compression,
+            level,
+            threads,
+            writing: AtomicUsize::new(0),
+            fsync,
+            write_listing,
+            secret_key,
+            pipeline: cpus > 1,
         })
     }
 
-    /// The cache directory.
-    pub fn root(&self) -> &Path {
-        &self.inner.root
-    }
-
     /// The compression NAR files are written with.
-    pub fn compression(&self) -> &Compression {
-        &self.inner.compression
+    pub(crate) fn compression(&self) -> &Compression {
+        &self.compression
     }
 
-    /// The cache's `nix-cache-info`, with `want-mass-query` and `priority`
-    /// from the URL taking precedence, as in Nix.
-    pub fn cache_info(&self) -> &CacheInfo {
-        &self.inner.cache_info
+    /// Whether narinfos are signed.
+    pub(crate) fn signs(&self) -> bool {
+        self.secret_key.is_some()
     }
 
-    /// Reads the narinfo of `path`: `None` if the cache does not have it
-    /// (or has a narinfo for another name with the same hash part). This
-    /// blocks (one small file read).
-    ///
-    /// # Errors
-    /// [`StoreError::Io`] if reading fails, [`StoreError::Corrupt`] if the
-    /// narinfo does not parse.
-    pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
-        self.inner.read_narinfo(path)
+    /// The narinfo of `info` stored as `file`, signed if the store has a
+    /// secret key.
+    pub(crate) fn narinfo(&self, info: &PathInfo, file: NarFile) -> Result<NarInfo, StoreError> {
+        let mut narinfo = NarInfo::new(info.narinfo_fields(&self.store_dir, file))?;
+        if let Some(key) = &self.secret_key {
+            narinfo.sign(key);
+        }
+        Ok(narinfo)
     }
 }
 
@@ -391,12 +451,77 @@ impl Inner {
         Ok(self.root.join(rel))
     }
 
+    /// The base name of temporary NAR files for `path`.
+    fn nar_tmp_base(&self, path: &StorePath) -> PathBuf {
+        self.root.join("nar").join(path.hash_part())
+    }
+
     /// Adds a path from its NAR, read from `src`. See the module docs.
     fn add_nar(&self, info: &PathInfo, src: impl Read) -> Result<(), StoreError> {
         if self.narinfo_path(&info.path).exists() {
             return Ok(());
         }
-        let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
+        let staged = self
+            .writer
+            .encode(info, src, &self.nar_tmp_base(&info.path))?;
+        self.commit(info, staged)
+    }
+
+    /// Adds a path from its NAR file, compressed as this store writes them,
+    /// read from `src`.
+    fn add_nar_file(
+        &self,
+        info: &PathInfo,
+        nar: FileFacts,
+        src: impl Read,
+    ) -> Result<(), StoreError> {
+        if self.narinfo_path(&info.path).exists() {
+            return Ok(());
+        }
+        let staged = self
+            .writer
+            .encode_file(info, nar, src, &self.nar_tmp_base(&info.path))?;
+        self.commit(info, staged)
+    }
+
+    /// Moves a complete NAR file into place, then writes the listing and,
+    /// last, the narinfo.
+    fn commit(&self, info: &PathInfo, staged: StagedNar) -> Result<(), StoreError> {
+        let StagedNar { tmp, file, listing } = staged;
+        let nar_path = self.root.join(&file.url);
+        if nar_path.exists() {
+            // Content-addressed: the same bytes are there already.
+            drop(tmp);
+        } else {
+            tmp.persist(&nar_path)?;
+            if self.fsync {
+                sync_dir(&self.root.join("nar"))?;
+            }
+        }
+        if let Some(listing) = listing {
+            let ls = self.root.join(format!("{}.ls", info.path.hash_part()));
+            write_file(&ls, listing.to_json().as_bytes(), self.fsync)?;
+        }
+        let narinfo = self.writer.narinfo(info, file)?;
+        write_file(
+            &self.narinfo_path(&info.path),
+            narinfo.as_str().as_bytes(),
+            self.fsync,
+        )
+    }
+}
+
+impl NarWriter {
+    /// Reads the NAR in `src` strictly, checks it against `info`, and
+    /// writes it compressed to a temporary file `<tmp_base>.tmp.<pid>.<n>`.
+    /// Nothing is left behind on failure.
+    pub(crate) fn encode(
+        &self,
+        info: &PathInfo,
+        src: impl Read,
+        tmp_base: &Path,
+    ) -> Result<StagedNar, StoreError> {
+        let tmp = TempFile::create(tmp_base)?;
         let sink = FileSink::new(&tmp, self.compression == Compression::None, self.fsync)?;
         let writing = Writing::start(&self.writing);
         let threads = self.compression_threads(info.nar_size, writing.count);
@@ -429,7 +554,7 @@ impl Inner {
             file_hash: Some(file_hash),
             file_size: Some(file_size),
         };
-        self.commit(info, tmp, file, listing)
+        Ok(StagedNar { tmp, file, listing })
     }
 
     /// Reads the NAR in `src` strictly and to its end (so that the
@@ -481,18 +606,17 @@ impl Inner {
         })
     }
 
-    /// Adds a path from its NAR file, compressed as this store writes them,
-    /// read from `src`.
-    fn add_nar_file(
+    /// Copies a NAR file compressed as this store writes them from `src`
+    /// to a temporary file `<tmp_base>.tmp.<pid>.<n>`, checking it against
+    /// what the caller says of it (and, for a listing, against `info`).
+    pub(crate) fn encode_file(
         &self,
         info: &PathInfo,
         nar: FileFacts,
         src: impl Read,
-    ) -> Result<(), StoreError> {
-        if self.narinfo_path(&info.path).exists() {
-            return Ok(());
-        }
-        let tmp = TempFile::create(&self.root.join("nar").join(info.path.hash_part()))?;
+        tmp_base: &Path,
+    ) -> Result<StagedNar, StoreError> {
+        let tmp = TempFile::create(tmp_base)?;
         // Hashed even for `none`: the bytes are checked, not assumed.
         let mut sink = FileSink::new(&tmp, false, self.fsync)?;
         copy(src, &mut sink, &tmp.path, &info.path)?;
@@ -531,41 +655,7 @@ impl Inner {
             file_hash: Some(file_hash),
             file_size: Some(file_size),
         };
-        self.commit(info, tmp, file, listing)
-    }
-
-    /// Moves a complete NAR file into place, then writes the listing and,
-    /// last, the narinfo.
-    fn commit(
-        &self,
-        info: &PathInfo,
-        tmp: TempFile,
-        file: NarFile,
-        listing: Option<nar::Listing>,
-    ) -> Result<(), StoreError> {
-        let nar_path = self.root.join(&file.url);
-        if nar_path.exists() {
-            // Content-addressed: the same bytes are there already.
-            drop(tmp);
-        } else {
-            tmp.persist(&nar_path)?;
-            if self.fsync {
-                sync_dir(&self.root.join("nar"))?;
-            }
-        }
-        if let Some(listing) = listing {
-            let ls = self.root.join(format!("{}.ls", info.path.hash_part()));
-            write_file(&ls, listing.to_json().as_bytes(), self.fsync)?;
-        }
-        let mut narinfo = NarInfo::new(info.narinfo_fields(&self.store_dir, file))?;
-        if let Some(key) = &self.secret_key {
-            narinfo.sign(key);
-        }
-        write_file(
-            &self.narinfo_path(&info.path),
-            narinfo.as_str().as_bytes(),
-            self.fsync,
-        )
+        Ok(StagedNar { tmp, file, listing })
     }
 
     /// How many threads compress a NAR of `nar_size` bytes while `writing`
@@ -607,9 +697,11 @@ impl Drop for Writing<'_> {
 }
 
 /// What the caller of [`Store::add_compressed`] says about the file.
-struct FileFacts {
-    file_hash: Option<NixHash>,
-    file_size: Option<u64>,
+pub(crate) struct FileFacts {
+    /// The file's hash, if known.
+    pub(crate) file_hash: Option<NixHash>,
+    /// The file's size, if known.
+    pub(crate) file_size: Option<u64>,
 }
 
 /// Checks a NAR's hash and size against the path info.
@@ -832,13 +924,18 @@ impl Write for FileSink {
 }
 
 /// A temporary file, removed when dropped unless persisted.
-struct TempFile {
+pub(crate) struct TempFile {
     path: PathBuf,
     file: File,
     keep: bool,
 }
 
 impl TempFile {
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Creates `<base>.tmp.<pid>.<n>`.
     fn create(base: &Path) -> Result<Self, StoreError> {
         let path = temp_name(base);
@@ -885,8 +982,8 @@ impl Store for FileStore {
         Capabilities {
             needs_references_first: false,
             keeps_signatures: true,
-            writes_compression: Some(self.inner.compression.clone()),
-            signs: self.inner.secret_key.is_some(),
+            writes_compression: Some(self.inner.writer.compression.clone()),
+            signs: self.inner.writer.signs(),
             verifies_nar: true,
             ..Capabilities::default()
         }
@@ -982,7 +1079,7 @@ impl Store for FileStore {
     }
 
     async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
-        if nar.compression != self.inner.compression {
+        if nar.compression != self.inner.writer.compression {
             return Err(StoreError::Unsupported {
                 store: self.inner.url.clone(),
                 what: "adding NAR files compressed other than the store's compression",

@@ -10,6 +10,7 @@
 //! | URL | backend |
 //! |---|---|
 //! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (SPEC §3) |
+//! | `http://host/path`, `https://…` | [`mod@http`]: a binary cache served over HTTP(S) (SPEC §3) |
 //! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (SPEC §6) |
 //! | `ssh://[user@]host[:port]?…` | [`serve`]: a Nix store behind `nix-store --serve` over ssh (SPEC §5) |
 //!
@@ -41,6 +42,7 @@ use crate::store_path::{ContentAddress, StoreDir, StorePath};
 mod add;
 pub(crate) mod chunks;
 pub mod file;
+pub mod http;
 pub mod local;
 pub mod serve;
 mod url;
@@ -495,6 +497,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         url::Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
+        url::Scheme::Http | url::Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
         url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
         url::Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
         other => Err(UrlError::NotYetSupported {

@@ -6,6 +6,7 @@ mod copy;
 mod file_store;
 mod fuzz_corpus;
 mod hashes;
+mod http_store;
 mod local_store;
 mod nar;
 mod narinfo;

@@ -1,0 +1,900 @@
+//! A binary cache served over HTTP or HTTPS (`http://host/path`,
+//! `https://host/path`), in exactly the layout of a `file://` cache
+//! (SPEC §3.1), as Nix's `HttpBinaryCacheStore` reads and writes it.
+//!
+//! # URL parameters
+//!
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `compression`, `compression-level`, `parallel-compression`, `write-nar-listing`, `secret-key`, `index-debug-info`, `trusted` | as for `file://` | how NAR files are written ([`super::file`]) |
+//! | `want-mass-query`, `priority` | from `nix-cache-info` | override what the cache says |
+//! | `netrc-file` | `$NETRC`, else `~/.netrc` | credentials for basic authentication, as Nix uses them |
+//! | `connect-timeout` | `30` | seconds to wait for a connection |
+//! | `timeout` | `300` | seconds a request may go without receiving anything |
+//! | `retries` | `5` | attempts after the first for a request that failed transiently |
+//!
+//! If the environment variable `NIXFERRY_HTTP_TOKEN` ([`TOKEN_ENV`]) is
+//! set and not empty, requests to the cache's host carry it as
+//! `Authorization: Bearer <token>`, in place of netrc credentials.
+//! Server certificates are checked against the Mozilla roots built in,
+//! plus those of the PEM file `NIX_SSL_CERT_FILE` or `SSL_CERT_FILE`
+//! names, if set.
+//!
+//! # Reading
+//!
+//! `nix-cache-info` is fetched on first use; its `StoreDir` must be this
+//! store's. A cache without one is read as one for `/nix/store`.
+//! Narinfos are fetched with `GET <base>/<hashPart>.narinfo`, up to
+//! [`PARALLEL_REQUESTS`] at once over pooled keep-alive connections
+//! (HTTP/2 where TLS negotiates it). A 404 or a 403 means the cache does
+//! not have the path (403: what S3 buckets that cannot be listed answer,
+//! SPEC §3.1), and so does a narinfo whose `StorePath` names another path.
+//! NAR files are streamed and decompressed as `file://` does it (the
+//! declared `none` and `br`, anything else by its magic bytes), on a
+//! blocking thread with a bounded buffer. A narinfo `URL` is relative to
+//! the cache, or an absolute `http://` or `https://` URL.
+//!
+//! # Writing
+//!
+//! As Nix does, with `PUT`: the NAR is first read through the strict NAR
+//! decoder, checked against the path info, compressed and hashed into a
+//! temporary file (in the system's temporary directory) by the same code as
+//! `file://` uses, which gives the file's name `nar/<fileHash>.nar<ext>`;
+//! that file is then uploaded unless the cache has it already (a `HEAD`
+//! request), then the `.ls` listing if asked, and the narinfo last, so a
+//! reader never sees a narinfo whose NAR is missing. Content types are
+//! Nix's: `application/x-nix-nar`, `application/json`,
+//! `text/x-nix-narinfo`, `text/x-nix-cache-info`. A path whose narinfo
+//! exists is skipped. A cache without `nix-cache-info` gets one before
+//! the first upload, as Nix writes it.
+//!
+//! # Errors and retries
+//!
+//! Failed connections, timeouts, 5xx answers and 429 are tried again,
+//! `retries` times, after an exponential backoff with jitter (or after the
+//! seconds of a `Retry-After` header). Other 4xx answers are not. What
+//! still fails becomes [`StoreError::Connection`] (so that the copy engine
+//! may retry the whole path), except 401 and 403 answers
+//! ([`StoreError::Login`]) and other unexpected answers
+//! ([`StoreError::Remote`]); every message names the method, the URL and
+//! the HTTP status.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::OnceCell;
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+
+use super::chunks::{blocking_stream, CHUNK_SIZE};
+use super::file::{FileFacts, NarWriter, StagedNar};
+use super::{
+    url::Scheme, Capabilities, CompressedNar, NarStream, PathInfo, Store, StoreError, StoreUrl,
+    UrlError,
+};
+use crate::compression::{self, Compression};
+use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
+use crate::store_path::{StoreDir, StorePath};
+
+mod netrc;
+
+/// The environment variable holding a bearer token for the cache's host.
+pub const TOKEN_ENV: &str = "NIXFERRY_HTTP_TOKEN";
+
+/// Requests of one batched question that run at once.
+pub const PARALLEL_REQUESTS: usize = 32;
+
+/// Default of `connect-timeout`, in seconds.
+const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
+
+/// Default of `timeout`, in seconds: as Nix's `stalled-download-timeout`.
+const DEFAULT_TIMEOUT: u64 = 300;
+
+/// Default of `retries`.
+const DEFAULT_RETRIES: u32 = 5;
+
+/// The first backoff; each retry doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts, also for `Retry-After`.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A binary cache over HTTP(S). See the [module docs](self).
+///
+/// Cloning is cheap and gives a handle to the same store.
+#[derive(Debug, Clone)]
+pub struct HttpStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    /// `scheme://host/path`, without a trailing slash.
+    base: String,
+    host: String,
+    store_dir: StoreDir,
+    client: reqwest::Client,
+    retries: u32,
+    auth: Auth,
+    writer: NarWriter,
+    want_mass_query: Option<bool>,
+    priority: Option<i64>,
+    cache_info: OnceCell<CacheInfo>,
+    /// Set once the cache is known to have a `nix-cache-info`.
+    cache_info_exists: OnceCell<()>,
+}
+
+/// How requests authenticate.
+#[derive(Default)]
+struct Auth {
+    token: Option<String>,
+    netrc: netrc::Netrc,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Auth")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request body that can be sent again on a retry.
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    /// A file of this size, streamed from disk.
+    File(PathBuf, u64),
+}
+
+impl HttpStore {
+    /// Opens the cache an `http://` or `https://` URL names. Nothing is
+    /// fetched yet: `nix-cache-info` is read on first use.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for a malformed URL or a parameter that is
+    /// unknown or has a bad value, [`StoreError::Io`] if the secret key,
+    /// the netrc file the URL names, or the certificate file cannot be
+    /// read.
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        let https = match url.scheme() {
+            Scheme::Http => false,
+            Scheme::Https => true,
+            _ => {
+                return Err(UrlError::Malformed {
+                    url: url.as_str().to_owned(),
+                    reason: "not an http:// or https:// URL",
+                }
+                .into())
+            }
+        };
+        let base = format!(
+            "{}://{}",
+            if https { "https" } else { "http" },
+            url.location().trim_end_matches('/')
+        );
+        let malformed = |reason| UrlError::Malformed {
+            url: url.as_str().to_owned(),
+            reason,
+        };
+        let parsed = reqwest::Url::parse(&base).map_err(|_| malformed("not a valid HTTP URL"))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| malformed("no host"))?
+            .to_owned();
+        let store_dir = StoreDir::default();
+        // Binary cache files are not flushed to disk before upload: they
+        // only live until then.
+        let writer = NarWriter::from_url(url, store_dir.clone(), false)?;
+        let want_mass_query = url
+            .param("want-mass-query")
+            .map(|_| url.bool_param("want-mass-query", false))
+            .transpose()?;
+        let priority = url.int_param("priority")?;
+        let seconds = |name: &str, default: u64| -> Result<Duration, UrlError> {
+            match url.int_param(name)? {
+                None => Ok(Duration::from_secs(default)),
+                Some(s) if s > 0 => Ok(Duration::from_secs(s.unsigned_abs())),
+                Some(s) => Err(url.bad_value(name, &s.to_string(), "expected seconds above 0")),
+            }
+        };
+        let connect_timeout = seconds("connect-timeout", DEFAULT_CONNECT_TIMEOUT)?;
+        let timeout = seconds("timeout", DEFAULT_TIMEOUT)?;
+        let retries = match url.int_param("retries")? {
+            None => DEFAULT_RETRIES,
+            Some(r) => u32::try_from(r)
+                .ok()
+                .filter(|r| *r <= 100)
+                .ok_or_else(|| url.bad_value("retries", &r.to_string(), "expected 0 to 100"))?,
+        };
+        let auth = Auth {
+            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            netrc: load_netrc(url.param("netrc-file"))?,
+        };
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("nixferry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(connect_timeout)
+            .read_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true);
+        for var in ["NIX_SSL_CERT_FILE", "SSL_CERT_FILE"] {
+            if let Some(file) = std::env::var_os(var).filter(|f| !f.is_empty()) {
+                let file = PathBuf::from(file);
+                let io_err = |source| StoreError::Io {
+                    what: "reading certificates",
+                    path: file.display().to_string(),
+                    source,
+                };
+                let pem = std::fs::read(&file).map_err(io_err)?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+                break;
+            }
+        }
+        let client = builder.build().map_err(|e| StoreError::Connection {
+            store: url.as_str().to_owned(),
+            message: format!("cannot set up the HTTP client: {e}"),
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.as_str().to_owned(),
+                base,
+                host,
+                store_dir,
+                client,
+                retries,
+                auth,
+                writer,
+                want_mass_query,
+                priority,
+                cache_info: OnceCell::new(),
+                cache_info_exists: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The cache's root URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The compression NAR files are written with.
+    pub fn compression(&self) -> &Compression {
+        self.inner.writer.compression()
+    }
+
+    /// The cache's `nix-cache-info` (fetched on first use), with
+    /// `want-mass-query` and `priority` from the URL taking precedence.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if it does not parse or is for another
+    /// store directory; request errors as described in the module docs.
+    pub async fn cache_info(&self) -> Result<&CacheInfo, StoreError> {
+        self.inner.cache_info().await
+    }
+
+    /// Fetches the narinfo of `path`: `None` if the cache does not have it
+    /// (or has a narinfo for another name with the same hash part).
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if the narinfo does not parse; request
+    /// errors as described in the module docs.
+    pub async fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
+        self.inner.cache_info().await?;
+        self.inner.fetch_narinfo(path).await
+    }
+}
+
+/// Reads the netrc file: `explicit` (the `netrc-file` parameter), which
+/// must be readable, else `$NETRC` or `~/.netrc` if they exist.
+fn load_netrc(explicit: Option<&str>) -> Result<netrc::Netrc, StoreError> {
+    let file = match explicit {
+        Some(f) => PathBuf::from(f),
+        None => match std::env::var_os("NETRC").filter(|f| !f.is_empty()) {
+            Some(f) => PathBuf::from(f),
+            None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+                Some(home) => PathBuf::from(home).join(".netrc"),
+                None => return Ok(netrc::Netrc::default()),
+            },
+        },
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok(netrc::Netrc::parse(&text)),
+        Err(e) if explicit.is_none() && e.kind() == io::ErrorKind::NotFound => {
+            Ok(netrc::Netrc::default())
+        }
+        Err(source) => Err(StoreError::Io {
+            what: "reading netrc file",
+            path: file.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Whether an answer with this status is worth trying again.
+fn retryable_status(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The seconds of a `Retry-After: <seconds>` header (the date form is not
+/// honoured), capped at [`MAX_BACKOFF`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
+}
+
+/// The wait before retry number `attempt` (0-based): exponential, with
+/// the upper half of it random, so that clients do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let full = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    let mut seed = [0u8; 4];
+    let fraction = match getrandom::getrandom(&mut seed) {
+        Ok(()) => f64::from(u32::from_le_bytes(seed)) / f64::from(u32::MAX),
+        Err(_) => 0.5,
+    };
+    full.mul_f64(0.5 + fraction / 2.0)
+}
+
+impl Inner {
+    fn url_of(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
+
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.url.clone(),
+            message,
+        }
+    }
+
+    fn connection(&self, message: String) -> StoreError {
+        StoreError::Connection {
+            store: self.url.clone(),
+            message,
+        }
+    }
+
+    /// The error for an answer the caller did not expect.
+    fn status_error(&self, method: &Method, url: &str, status: StatusCode) -> StoreError {
+        let message = format!("{method} {url}: HTTP {status}");
+        if retryable_status(status) {
+            self.connection(message)
+        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            StoreError::Login {
+                store: self.url.clone(),
+                message,
+            }
+        } else {
+            StoreError::Remote {
+                store: self.url.clone(),
+                message,
+            }
+        }
+    }
+
+    /// Sends a request, trying again on connection errors, timeouts, 5xx
+    /// and 429 (see the module docs). Returns the first answer that is not
+    /// to be retried, whatever its status.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&'static str>,
+        body: &Body,
+    ) -> Result<reqwest::Response, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let mut req = self.client.request(method.clone(), url);
+            req = self.authenticate(req, url);
+            if let Some(ct) = content_type {
+                req = req.header(CONTENT_TYPE, ct);
+            }
+            req = match body {
+                Body::Empty => req,
+                Body::Bytes(b) => req.body(b.clone()),
+                Body::File(path, size) => {
+                    let f = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|source| StoreError::Io {
+                            what: "opening",
+                            path: path.display().to_string(),
+                            source,
+                        })?;
+                    // The length is set, so that the upload is not chunked
+                    // (which simple servers do not take).
+                    req.header(CONTENT_LENGTH, *size)
+                        .body(reqwest::Body::wrap_stream(ReaderStream::with_capacity(
+                            f, CHUNK_SIZE,
+                        )))
+                }
+            };
+            let (wait, failure) = match req.send().await {
+                Ok(resp) if retryable_status(resp.status()) => {
+                    let wait = retry_after(resp.headers());
+                    (wait, self.status_error(&method, url, resp.status()))
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_builder() => {
+                    return Err(self.corrupt(format!("invalid request URL '{url}': {e}")))
+                }
+                Err(e) => (
+                    None,
+                    self.connection(format!("{method} {url}: {}", error_chain(&e))),
+                ),
+            };
+            if attempt >= self.retries {
+                return Err(failure);
+            }
+            tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt))).await;
+            attempt += 1;
+        }
+    }
+
+    /// Adds credentials: the bearer token for the cache's own host, else
+    /// netrc credentials for the request's host.
+    fn authenticate(&self, req: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        let Some(host) = host else { return req };
+        match &self.auth.token {
+            Some(token) if host == self.host => req.bearer_auth(token),
+            _ => match self.auth.netrc.lookup(&host) {
+                Some(c) => req.basic_auth(c.login, Some(c.password)),
+                None => req,
+            },
+        }
+    }
+
+    /// A `GET` of a small file: `None` on 404 or 403, the text otherwise,
+    /// which must be UTF-8 and at most `limit` bytes.
+    async fn get_small(&self, rel: &str, limit: usize) -> Result<Option<String>, StoreError> {
+        let url = self.url_of(rel);
+        let mut resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
+            s if s.is_success() => {}
+            s => return Err(self.status_error(&Method::GET, &url, s)),
+        }
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > limit {
+                        return Err(self.corrupt(format!("'{url}' is longer than {limit} bytes")));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(self.connection(format!("GET {url}: {}", error_chain(&e))));
+                }
+            }
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| self.corrupt(format!("'{url}' is not UTF-8")))
+    }
+
+    /// Whether `rel` exists (`HEAD` answering 2xx).
+    async fn exists(&self, rel: &str) -> Result<bool, StoreError> {
+        let url = self.url_of(rel);
+        let resp = self.send(Method::HEAD, &url, None, &Body::Empty).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(false),
+            s if s.is_success() => Ok(true),
+            s => Err(self.status_error(&Method::HEAD, &url, s)),
+        }
+    }
+
+    /// A `PUT` of `rel`, which must answer 2xx.
+    async fn put(
+        &self,
+        rel: &str,
+        content_type: &'static str,
+        body: Body,
+    ) -> Result<(), StoreError> {
+        let url = self.url_of(rel);
+        let resp = self
+            .send(Method::PUT, &url, Some(content_type), &body)
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error(&Method::PUT, &url, resp.status()))
+        }
+    }
+
+    /// `nix-cache-info`, fetched once.
+    async fn cache_info(&self) -> Result<&CacheInfo, StoreError> {
+        self.cache_info
+            .get_or_try_init(|| async {
+                let text = self.get_small("nix-cache-info", MAX_NARINFO_LEN).await?;
+                let mut info = match text {
+                    Some(text) => {
+                        let url = self.url_of("nix-cache-info");
+                        let corrupt =
+                            |e: &dyn std::fmt::Display| self.corrupt(format!("'{url}': {e}"));
+                        let info = CacheInfo::parse(&text).map_err(|e| corrupt(&e))?;
+                        info.check_store_dir(&self.store_dir)
+                            .map_err(|e| corrupt(&e))?;
+                        // Known to exist: no need to write it.
+                        let _ = self.cache_info_exists.set(());
+                        info
+                    }
+                    None => CacheInfo::new(self.store_dir.clone()),
+                };
+                if let Some(w) = self.want_mass_query {
+                    info.want_mass_query = w;
+                }
+                if self.priority.is_some() {
+                    info.priority = self.priority;
+                }
+                Ok(info)
+            })
+            .await
+    }
+
+    /// Uploads `nix-cache-info` before the first write to a cache that
+    /// has none, as Nix does.
+    async fn ensure_cache_info(&self) -> Result<(), StoreError> {
+        self.cache_info().await?;
+        self.cache_info_exists
+            .get_or_try_init(|| async {
+                let mut info = CacheInfo::new(self.store_dir.clone());
+                info.want_mass_query = self.want_mass_query.unwrap_or(false);
+                info.priority = self.priority;
+                let body = Body::Bytes(info.render().into_bytes());
+                self.put("nix-cache-info", "text/x-nix-cache-info", body)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The narinfo of `path`, if the cache has it under that full name.
+    async fn fetch_narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
+        let rel = format!("{}.narinfo", path.hash_part());
+        let Some(text) = self.get_small(&rel, MAX_NARINFO_LEN).await? else {
+            return Ok(None);
+        };
+        let info = NarInfo::parse_in(&text, &self.store_dir)
+            .map_err(|e| self.corrupt(format!("'{}': {e}", self.url_of(&rel))))?;
+        // Nix requires the hash part and the name to match (SPEC §3.1).
+        Ok((info.store_path() == path).then_some(info))
+    }
+
+    /// The narinfo `URL` and `Compression` of a path: from `info` if it
+    /// came from a binary cache, else from the path's narinfo.
+    async fn nar_location(&self, info: &PathInfo) -> Result<(String, Compression), StoreError> {
+        if let Some(file) = &info.file {
+            return Ok((self.nar_url(&file.url)?, file.compression.clone()));
+        }
+        self.cache_info().await?;
+        let narinfo =
+            self.fetch_narinfo(&info.path)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    store: self.url.clone(),
+                    path: self.store_dir.display(&info.path).to_string(),
+                })?;
+        Ok((self.nar_url(narinfo.url())?, narinfo.compression().clone()))
+    }
+
+    /// The full URL of a narinfo `URL`: relative to the cache, or an
+    /// absolute HTTP(S) URL (SPEC §3.1).
+    fn nar_url(&self, url: &str) -> Result<String, StoreError> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(url.to_owned());
+        }
+        if url.contains("://") || url.starts_with('/') || url.split('/').any(|c| c == "..") {
+            return Err(self.corrupt(format!(
+                "NAR URL '{url}' is neither relative to the cache nor an HTTP URL"
+            )));
+        }
+        Ok(self.url_of(url))
+    }
+
+    /// Starts the download of a NAR file: the response, checked to be 2xx.
+    async fn get_nar_file(
+        &self,
+        info: &PathInfo,
+    ) -> Result<(String, Compression, reqwest::Response), StoreError> {
+        let (url, compression) = self.nar_location(info).await?;
+        let resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
+        match resp.status() {
+            s if s.is_success() => Ok((url, compression, resp)),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(self.corrupt(format!(
+                "the NAR file of '{}' is missing: GET {url}: HTTP {}",
+                self.store_dir.display(&info.path),
+                resp.status()
+            ))),
+            s => Err(self.status_error(&Method::GET, &url, s)),
+        }
+    }
+
+    /// Uploads a staged NAR file, its listing and, last, the narinfo.
+    async fn upload(&self, info: &PathInfo, staged: StagedNar) -> Result<(), StoreError> {
+        let StagedNar { tmp, file, listing } = staged;
+        if !self.exists(&file.url).await? {
+            let size = file.file_size.unwrap_or_default();
+            let body = Body::File(tmp.path().to_owned(), size);
+            self.put(&file.url, "application/x-nix-nar", body).await?;
+        }
+        drop(tmp);
+        if let Some(listing) = listing {
+            let rel = format!("{}.ls", info.path.hash_part());
+            let body = Body::Bytes(listing.to_json().into_bytes());
+            self.put(&rel, "application/json", body).await?;
+        }
+        let narinfo = self.writer.narinfo(info, file)?;
+        let rel = format!("{}.narinfo", info.path.hash_part());
+        let body = Body::Bytes(narinfo.as_str().as_bytes().to_vec());
+        self.put(&rel, "text/x-nix-narinfo", body).await
+    }
+
+    /// Whether the cache has the narinfo of `path` already, after making
+    /// sure it can be written to.
+    async fn prepare_write(&self, path: &StorePath) -> Result<bool, StoreError> {
+        self.ensure_cache_info().await?;
+        self.exists(&format!("{}.narinfo", path.hash_part())).await
+    }
+
+    /// The base name of temporary NAR files for `path`.
+    fn tmp_base(path: &StorePath) -> PathBuf {
+        std::env::temp_dir().join(format!("nixferry-http-{}", path.hash_part()))
+    }
+}
+
+/// An error with its causes, `: `-separated (reqwest's own message is
+/// terse: the cause says what failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// A blocking task that panicked or was cancelled.
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        what: "running a blocking task for",
+        path: "an HTTP store".to_owned(),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// The body of `resp` as an async reader whose errors carry a retryable
+/// [`StoreError::Connection`] naming `url`.
+fn body_reader(
+    resp: reqwest::Response,
+    store: String,
+    url: String,
+) -> StreamReader<impl futures_util::Stream<Item = io::Result<bytes::Bytes>>, bytes::Bytes> {
+    StreamReader::new(resp.bytes_stream().map_err(move |e| {
+        io::Error::other(StoreError::Connection {
+            store: store.clone(),
+            message: format!("GET {url}: {}", error_chain(&e)),
+        })
+    }))
+}
+
+#[async_trait::async_trait]
+impl Store for HttpStore {
+    fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.inner.store_dir
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            needs_references_first: false,
+            keeps_signatures: true,
+            writes_compression: Some(self.inner.writer.compression().clone()),
+            signs: self.inner.writer.signs(),
+            verifies_nar: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn query_path_infos(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        self.inner.cache_info().await?;
+        let mut found = BTreeMap::new();
+        let mut answers = futures_util::stream::iter(paths.iter().cloned())
+            .map(|path| {
+                let inner = self.inner.clone();
+                async move { inner.fetch_narinfo(&path).await }
+            })
+            .buffer_unordered(PARALLEL_REQUESTS);
+        while let Some(answer) = answers.next().await {
+            if let Some(narinfo) = answer? {
+                let info = PathInfo::from_narinfo(&narinfo);
+                found.insert(info.path.clone(), info);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
+        let (url, compression, resp) = self.inner.get_nar_file(info).await?;
+        let body = SyncIoBridge::new(body_reader(resp, self.inner.url.clone(), url));
+        Ok(blocking_stream(move |out| {
+            let input = io::BufReader::with_capacity(CHUNK_SIZE, body);
+            let mut dec = compression::lenient_decoder(&compression, input)?;
+            out.fill_from(&mut dec)
+        }))
+    }
+
+    async fn compressed_nar(&self, info: &PathInfo) -> Result<Option<CompressedNar>, StoreError> {
+        let (url, declared, resp) = self.inner.get_nar_file(info).await?;
+        let length = resp.content_length();
+        let mut body = body_reader(resp, self.inner.url.clone(), url.clone());
+        // Report what the file really is where Nix would sniff it, so that
+        // a passthrough copy labels it right.
+        let compression = match declared {
+            Compression::None | Compression::Br => declared,
+            _ => {
+                let mut head = Vec::with_capacity(compression::SNIFF_LEN);
+                (&mut body)
+                    .take(compression::SNIFF_LEN as u64)
+                    .read_to_end(&mut head)
+                    .await
+                    .map_err(|e| StoreError::from_stream(e, "reading", &url))?;
+                let sniffed = compression::sniff(&head).unwrap_or(declared);
+                let stream: NarStream =
+                    Box::pin(tokio::io::AsyncReadExt::chain(io::Cursor::new(head), body));
+                let file = info.file.as_ref();
+                return Ok(Some(CompressedNar {
+                    compression: sniffed,
+                    file_hash: file.and_then(|f| f.file_hash),
+                    file_size: file.and_then(|f| f.file_size).or(length),
+                    stream,
+                }));
+            }
+        };
+        let file = info.file.as_ref();
+        Ok(Some(CompressedNar {
+            compression,
+            file_hash: file.and_then(|f| f.file_hash),
+            file_size: file.and_then(|f| f.file_size).or(length),
+            stream: Box::pin(body),
+        }))
+    }
+
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+        if self.inner.prepare_write(&info.path).await? {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let owned = info.clone();
+        let src = SyncIoBridge::new(nar);
+        let staged = tokio::task::spawn_blocking(move || {
+            inner
+                .writer
+                .encode(&owned, src, &Inner::tmp_base(&owned.path))
+        })
+        .await
+        .map_err(join_error)??;
+        self.inner.upload(info, staged).await
+    }
+
+    async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
+        if &nar.compression != self.inner.writer.compression() {
+            return Err(StoreError::Unsupported {
+                store: self.inner.url.clone(),
+                what: "adding NAR files compressed other than the store's compression",
+            });
+        }
+        if self.inner.prepare_write(&info.path).await? {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let owned = info.clone();
+        let facts = FileFacts {
+            file_hash: nar.file_hash,
+            file_size: nar.file_size,
+        };
+        let src = SyncIoBridge::new(nar.stream);
+        let staged = tokio::task::spawn_blocking(move || {
+            inner
+                .writer
+                .encode_file(&owned, facts, src, &Inner::tmp_base(&owned.path))
+        })
+        .await
+        .map_err(join_error)??;
+        self.inner.upload(info, staged).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            let full = FIRST_BACKOFF
+                .saturating_mul(1 << attempt.min(16))
+                .min(MAX_BACKOFF);
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(RETRY_AFTER, "99999".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_BACKOFF));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn params() {
+        let open = |u: &str| HttpStore::open(&StoreUrl::parse(u).unwrap());
+        let s = open("http://127.0.0.1:1/cache/?compression=zstd").unwrap();
+        assert_eq!(s.base_url(), "http://127.0.0.1:1/cache");
+        assert_eq!(s.compression(), &Compression::Zstd);
+        assert_eq!(s.capabilities().writes_compression, Some(Compression::Zstd));
+        for bad in [
+            "http://h?timeout=0",
+            "http://h?connect-timeout=x",
+            "http://h?retries=-1",
+            "http://h?compression=lz4",
+            "http://h?netrc-file=/nonexistent/netrc",
+        ] {
+            assert!(open(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nar_urls() {
+        let s = HttpStore::open(&StoreUrl::parse("https://c.example/x").unwrap()).unwrap();
+        let i = &s.inner;
+        assert_eq!(
+            i.nar_url("nar/a.nar.xz").unwrap(),
+            "https://c.example/x/nar/a.nar.xz"
+        );
+        assert_eq!(i.nar_url("http://o/n.nar").unwrap(), "http://o/n.nar");
+        for bad in ["file:///etc/passwd", "/abs", "nar/../../x"] {
+            assert!(i.nar_url(bad).is_err(), "{bad}");
+        }
+    }
+}

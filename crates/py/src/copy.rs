@@ -1,0 +1,404 @@
+//! `copy`: the copy engine, with progress events and Ctrl-C.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+
+use nixferry::closure::ClosureError;
+use nixferry::copy::{copy_closure, CancellationToken, CopyOptions, Event, Summary};
+use nixferry::signing::PublicKey;
+use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
+
+use crate::blocking::SIGNAL_POLL;
+use crate::errors;
+use crate::signing::{self, PySigningKey};
+use crate::store::store_arg;
+use crate::store_path as sp;
+
+/// The key Nix trusts by default (`trusted-public-keys`).
+const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// The plan: paths in the closure, paths some destination lacks, and
+/// their total NAR size.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct CopyPlanned {
+    /// Paths in the closure.
+    closure: usize,
+    /// Paths to copy.
+    missing: usize,
+    /// NAR bytes to copy.
+    nar_bytes: u64,
+}
+
+/// A path the destination already has.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct PathSkipped {
+    /// The full path.
+    path: String,
+}
+
+/// A path started copying.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct PathStarted {
+    /// The full path.
+    path: String,
+    /// Its NAR size.
+    nar_size: u64,
+}
+
+/// More NAR bytes were read from the source (all paths together).
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct BytesCopied {
+    /// How many, since the previous event of this kind.
+    bytes: u64,
+}
+
+/// A path is in the destination.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct PathCopied {
+    /// The full path.
+    path: String,
+    /// Its NAR size.
+    nar_size: u64,
+    /// Whether the compressed NAR file was moved as it is.
+    passthrough: bool,
+}
+
+/// A try failed in a way that may pass; another follows after `delay`
+/// seconds.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct CopyRetrying {
+    /// The full path (empty while asking the destination what it has).
+    path: String,
+    /// The try that comes next: 1 for the first retry.
+    attempt: u32,
+    /// Seconds until then.
+    delay: f64,
+    /// What failed.
+    error: String,
+}
+
+/// A path could not be copied.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct PathFailed {
+    /// The full path.
+    path: String,
+    /// Why.
+    error: String,
+}
+
+/// The destination could not be asked what it has; nothing is copied.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct DestinationFailed {
+    /// Why.
+    error: String,
+}
+
+macro_rules! event_repr {
+    ($($ty:ident),*) => {$(
+        #[pymethods]
+        impl $ty {
+            fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+                let py = slf.py();
+                let names: Vec<String> = slf.getattr("__match_args__")?.extract()?;
+                let mut parts = Vec::new();
+                for n in names {
+                    parts.push(format!("{n}={}", slf.getattr(n.as_str())?.repr()?));
+                }
+                let _ = py;
+                Ok(format!("{}({})", stringify!($ty), parts.join(", ")))
+            }
+        }
+    )*};
+}
+
+event_repr!(
+    CopyPlanned,
+    PathSkipped,
+    PathStarted,
+    BytesCopied,
+    PathCopied,
+    CopyRetrying,
+    PathFailed,
+    DestinationFailed
+);
+
+/// The field names of each event class, for `__match_args__`.
+const MATCH_ARGS: &[(&str, &[&str])] = &[
+    ("CopyPlanned", &["closure", "missing", "nar_bytes"]),
+    ("PathSkipped", &["path"]),
+    ("PathStarted", &["path", "nar_size"]),
+    ("BytesCopied", &["bytes"]),
+    ("PathCopied", &["path", "nar_size", "passthrough"]),
+    ("CopyRetrying", &["path", "attempt", "delay", "error"]),
+    ("PathFailed", &["path", "error"]),
+    ("DestinationFailed", &["error"]),
+];
+
+/// The Python object for a core event; `None` for kinds this version does
+/// not know.
+fn event(py: Python<'_>, e: Event) -> PyResult<Option<PyObject>> {
+    Ok(Some(match e {
+        Event::Planned {
+            closure,
+            missing,
+            nar_bytes,
+        } => CopyPlanned {
+            closure,
+            missing,
+            nar_bytes,
+        }
+        .into_py_any(py)?,
+        Event::Skipped { path, .. } => PathSkipped { path }.into_py_any(py)?,
+        Event::Started { path, nar_size } => PathStarted { path, nar_size }.into_py_any(py)?,
+        Event::Bytes { bytes } => BytesCopied { bytes }.into_py_any(py)?,
+        Event::Copied {
+            path,
+            nar_size,
+            passthrough,
+            ..
+        } => PathCopied {
+            path,
+            nar_size,
+            passthrough,
+        }
+        .into_py_any(py)?,
+        Event::Retrying {
+            path,
+            attempt,
+            delay,
+            error,
+            ..
+        } => CopyRetrying {
+            path,
+            attempt,
+            delay: delay.as_secs_f64(),
+            error,
+        }
+        .into_py_any(py)?,
+        Event::Failed { path, error, .. } => PathFailed { path, error }.into_py_any(py)?,
+        Event::DestinationFailed { error, .. } => DestinationFailed { error }.into_py_any(py)?,
+        _ => return Ok(None),
+    }))
+}
+
+/// What a copy did.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct CopySummary {
+    /// The destination's URL.
+    url: String,
+    /// Paths copied.
+    copied: usize,
+    /// Paths the destination already had.
+    skipped: usize,
+    /// NAR bytes copied.
+    nar_bytes: u64,
+    /// Paths that failed, as `(full path, reason)`.
+    failed: Vec<(String, String)>,
+    /// Seconds the copy took.
+    elapsed: f64,
+}
+
+#[pymethods]
+impl CopySummary {
+    /// Whether every path is in the destination.
+    #[getter]
+    fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CopySummary(url='{}', copied={}, skipped={}, failed={}, nar_bytes={})",
+            self.url,
+            self.copied,
+            self.skipped,
+            self.failed.len(),
+            self.nar_bytes
+        )
+    }
+}
+
+/// What the copy sends to the waiting caller.
+enum Msg {
+    Event(Event),
+    Done(Result<Summary, ClosureError>),
+}
+
+/// Copies the closure of `paths` from `src` to `dst` (each a `Store` or a
+/// URL), as `nixferry copy` does, and returns a `CopySummary`.
+///
+/// Paths from a store other than the local one need a valid signature by
+/// one of `trusted_keys` (default: cache.nixos.org's key, plus the public
+/// halves of `secret_keys`) unless `check_sigs=False`. Copied paths are
+/// signed with `secret_keys`. `jobs` paths are copied at once.
+///
+/// `progress`, if given, is called in the calling thread with one event
+/// object per step (`CopyPlanned`, `PathStarted`, `BytesCopied`,
+/// `PathCopied`, `PathSkipped`, `CopyRetrying`, `PathFailed`,
+/// `DestinationFailed`). If it raises, the copy is cancelled and the
+/// exception propagates. Ctrl-C cancels the copy, leaving the destination
+/// consistent, and raises `KeyboardInterrupt`.
+///
+/// Paths that fail are listed in the summary; raises `CopyError` only when
+/// `raise_on_failure=True`. Raises `PathNotFoundError` or `ClosureError`
+/// when the source lacks a path of the closure.
+///
+/// >>> summary = copy("local", "file:///tmp/cache", ["/nix/store/...-hello"],
+/// ...                progress=print, check_sigs=False)  # doctest: +SKIP
+#[pyfunction]
+#[pyo3(signature = (
+    src, dst, paths, *, jobs = None, progress = None, check_sigs = true,
+    trusted_keys = None, secret_keys = Vec::new(), retries = 5, raise_on_failure = false
+))]
+#[allow(clippy::too_many_arguments)]
+fn copy(
+    py: Python<'_>,
+    src: &Bound<'_, PyAny>,
+    dst: &Bound<'_, PyAny>,
+    paths: &Bound<'_, PyAny>,
+    jobs: Option<usize>,
+    progress: Option<Bound<'_, PyAny>>,
+    check_sigs: bool,
+    trusted_keys: Option<Bound<'_, PyAny>>,
+    secret_keys: Vec<PySigningKey>,
+    retries: u32,
+    raise_on_failure: bool,
+) -> PyResult<CopySummary> {
+    let src = store_arg(py, src)?;
+    let dst = store_arg(py, dst)?;
+    let dir = src.store_dir().clone();
+    let roots = if paths.is_instance_of::<pyo3::types::PyString>()
+        || paths.downcast::<sp::PyStorePath>().is_ok()
+    {
+        vec![sp::extract(paths, &dir)?]
+    } else {
+        paths
+            .try_iter()?
+            .map(|p| sp::extract(&p?, &dir))
+            .collect::<PyResult<Vec<_>>>()?
+    };
+    let mut trusted = match &trusted_keys {
+        Some(k) => signing::trusted_keys(k)?,
+        None => nixferry::signing::TrustedKeys::from_keys([
+            PublicKey::parse(CACHE_NIXOS_ORG).map_err(|e| errors::signing(&e))?
+        ]),
+    };
+    // As in Nix, the public halves of our own signing keys are trusted.
+    for k in &secret_keys {
+        trusted.add(k.0.public());
+    }
+    let mut opts = CopyOptions {
+        check_sigs,
+        trusted_keys: trusted,
+        secret_keys: secret_keys.into_iter().map(|k| k.0).collect(),
+        retries,
+        ..CopyOptions::default()
+    };
+    if let Some(j) = jobs {
+        opts.jobs = j.max(1);
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Msg>();
+    let cancel = CancellationToken::new();
+    let on_event: Arc<dyn Fn(Event) + Send + Sync> = {
+        let tx = tx.clone();
+        let want = progress.is_some();
+        Arc::new(move |e| {
+            if want {
+                let _ = tx.send(Msg::Event(e));
+            }
+        })
+    };
+    let token = cancel.clone();
+    crate::runtime().spawn(async move {
+        let result = copy_closure(src, dst, &roots, &opts, on_event, token).await;
+        let _ = tx.send(Msg::Done(result));
+    });
+
+    // Wait, delivering events in this thread; a failing callback or a
+    // signal cancels the copy, which is then waited for.
+    let mut raised: Option<PyErr> = None;
+    let result = loop {
+        let (back, got) = py.allow_threads(move || {
+            let got = rx.recv_timeout(SIGNAL_POLL);
+            (rx, got)
+        });
+        rx = back;
+        match got {
+            Ok(Msg::Event(e)) => {
+                if raised.is_some() {
+                    continue;
+                }
+                if let (Some(cb), Some(obj)) = (&progress, event(py, e)?) {
+                    if let Err(err) = cb.call1((obj,)) {
+                        cancel.cancel();
+                        raised = Some(err);
+                    }
+                }
+            }
+            Ok(Msg::Done(r)) => break r,
+            Err(RecvTimeoutError::Timeout) => {
+                if raised.is_none() {
+                    if let Err(err) = py.check_signals() {
+                        cancel.cancel();
+                        raised = Some(err);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "the copy task ended without a result",
+                ))
+            }
+        }
+    };
+    if let Some(err) = raised {
+        return Err(err);
+    }
+    let summary = result.map_err(|e| errors::closure(&e))?;
+    let failed: Vec<(String, String)> = summary
+        .failed
+        .iter()
+        .map(|(p, e)| (dir.full(p), e.to_string()))
+        .collect();
+    if raise_on_failure && !failed.is_empty() {
+        let list = failed
+            .iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(errors::new(
+            "CopyError",
+            format!("{} paths failed: {list}", failed.len()),
+            vec![("failed", errors::obj(py, failed.clone()))],
+        ));
+    }
+    Ok(CopySummary {
+        url: summary.url,
+        copied: summary.copied,
+        skipped: summary.skipped,
+        nar_bytes: summary.nar_bytes,
+        failed,
+        elapsed: summary.elapsed.as_secs_f64(),
+    })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CopyPlanned>()?;
+    m.add_class::<PathSkipped>()?;
+    m.add_class::<PathStarted>()?;
+    m.add_class::<BytesCopied>()?;
+    m.add_class::<PathCopied>()?;
+    m.add_class::<CopyRetrying>()?;
+    m.add_class::<PathFailed>()?;
+    m.add_class::<DestinationFailed>()?;
+    m.add_class::<CopySummary>()?;
+    for (name, fields) in MATCH_ARGS {
+        let cls = m.getattr(*name)?;
+        let tuple = pyo3::types::PyTuple::new(m.py(), fields.iter())?;
+        cls.setattr("__match_args__", tuple)?;
+    }
+    m.add_function(wrap_pyfunction!(copy, m)?)?;
+    Ok(())
+}
