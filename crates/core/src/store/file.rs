@@ -299,6 +299,18 @@ impl NarWriter {
         &self.compression
     }
 
+    /// What a binary cache writing through this writer can do.
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            needs_references_first: false,
+            keeps_signatures: true,
+            writes_compression: Some(self.compression.clone()),
+            signs: self.signs(),
+            verifies_nar: true,
+            ..Capabilities::default()
+        }
+    }
+
     /// Whether narinfos are signed.
     pub(crate) fn signs(&self) -> bool {
         self.secret_key.is_some()
@@ -979,14 +991,7 @@ impl Store for FileStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            needs_references_first: false,
-            keeps_signatures: true,
-            writes_compression: Some(self.inner.writer.compression.clone()),
-            signs: self.inner.writer.signs(),
-            verifies_nar: true,
-            ..Capabilities::default()
-        }
+        self.inner.writer.capabilities()
     }
 
     async fn query_path_infos(

@@ -714,14 +714,7 @@ impl Store for HttpStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            needs_references_first: false,
-            keeps_signatures: true,
-            writes_compression: Some(self.inner.writer.compression().clone()),
-            signs: self.inner.writer.signs(),
-            verifies_nar: true,
-            ..Capabilities::default()
-        }
+        self.inner.writer.capabilities()
     }
 
     async fn query_path_infos(
