@@ -53,7 +53,8 @@ use verify::Verified;
 /// How to copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
-    /// How many paths to copy at once.
+    /// How many paths to copy at once (fewer if a destination asks for
+    /// fewer: [`crate::store::Capabilities::max_parallel_adds`]).
     pub jobs: usize,
     /// Refuse paths from an untrusted source that carry no valid signature
     /// by one of [`CopyOptions::trusted_keys`] (Nix's `require-sigs`).
@@ -418,8 +419,12 @@ impl Plan {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let source_untrusted = !src.capabilities().trusted_source;
+        let jobs = dsts
+            .iter()
+            .filter_map(|d| d.capabilities().max_parallel_adds)
+            .fold(opts.jobs, usize::min);
         Arc::new(Self {
-            slots: Semaphore::new(opts.jobs.max(1)),
+            slots: Semaphore::new(jobs.max(1)),
             src,
             dsts,
             opts: opts.clone(),

@@ -307,8 +307,18 @@ impl NarWriter {
             writes_compression: Some(self.compression.clone()),
             signs: self.signs(),
             verifies_nar: true,
+            max_parallel_adds: self.heavy_compression().then(cpus),
             ..Capabilities::default()
         }
+    }
+
+    /// Whether compressing takes the CPUs and much memory per NAR (xz,
+    /// bzip2, brotli), so that more NARs at once than CPUs gain nothing.
+    fn heavy_compression(&self) -> bool {
+        matches!(
+            self.compression,
+            Compression::Xz | Compression::Bzip2 | Compression::Br
+        )
     }
 
     /// Whether narinfos are signed.
@@ -683,6 +693,11 @@ impl NarWriter {
         let writing = u32::try_from(writing.max(1)).unwrap_or(u32::MAX);
         (self.threads / writing).max(1)
     }
+}
+
+/// The CPUs this process may use.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// NARs smaller than this are compressed on one thread.

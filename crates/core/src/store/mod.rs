@@ -234,6 +234,11 @@ pub struct Capabilities {
     /// and writes nothing on a mismatch; the copy engine then need not
     /// hash the stream a second time.
     pub verifies_nar: bool,
+    /// How many paths the store should be given at once at most: more
+    /// would only cost memory (a binary cache compressing with xz holds
+    /// ~94 MB per encoder, and the CPUs are busy with fewer). The copy
+    /// engine runs no more paths at once than its destinations allow.
+    pub max_parallel_adds: Option<usize>,
 }
 
 /// Errors from stores.

@@ -67,6 +67,11 @@ struct Mem {
     unreachable: bool,
     /// Serve this NAR instead of the real one: a tampered source.
     tampered: Option<Vec<u8>>,
+    /// The store's `max_parallel_adds`.
+    max_parallel: Option<usize>,
+    /// Adds running now, and the most that ever ran at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl Mem {
@@ -145,6 +150,7 @@ impl Store for Mem {
         Capabilities {
             needs_references_first: self.ordered,
             trusted_source: true,
+            max_parallel_adds: self.max_parallel,
             ..Capabilities::default()
         }
     }
@@ -176,7 +182,19 @@ impl Store for Mem {
         }
         Ok(Box::pin(io::Cursor::new(nar)))
     }
-    async fn add_path(&self, info: &PathInfo, mut nar: NarStream) -> Result<(), StoreError> {
+    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        // Long enough for other adds to overlap, if the engine allows them.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let result = self.add(info, nar).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Mem {
+    async fn add(&self, info: &PathInfo, mut nar: NarStream) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         if self.down || take_one(&self.flaky_adds) {
             let _ = nar.read(&mut [0; 1000]).await;
@@ -432,4 +450,29 @@ async fn cancelling_stops_the_copy() {
     .expect("cancellation is prompt")
     .unwrap();
     assert!(summary.cancelled);
+}
+
+#[tokio::test]
+async fn destinations_can_limit_paths_at_once() {
+    let graph: Vec<(String, Vec<&str>)> = (0..12).map(|i| (format!("leaf{i}"), vec![])).collect();
+    let mut all: Vec<(&str, &[&str])> = graph
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.as_slice()))
+        .collect();
+    let leaves: Vec<&str> = graph.iter().map(|(n, _)| n.as_str()).collect();
+    all.push(("top", &leaves));
+    let src = Arc::new(Mem::with("mem://src", &all));
+    for (limit, want) in [(None, 8), (Some(2), 2)] {
+        let mut dst = Mem::new("mem://dst");
+        dst.max_parallel = limit;
+        let dst = Arc::new(dst);
+        let opts = CopyOptions {
+            jobs: 8,
+            ..CopyOptions::default()
+        };
+        let (summaries, _) = run(&src, std::slice::from_ref(&dst), &opts).await;
+        assert!(summaries[0].is_complete());
+        let peak = dst.peak.load(Ordering::SeqCst);
+        assert!(peak <= want && peak >= 2, "{limit:?}: {peak} at once");
+    }
 }

@@ -385,6 +385,10 @@ fn open_creates_the_cache_and_checks_parameters() {
     let caps = store.capabilities();
     assert!(!caps.needs_references_first && caps.keeps_signatures && !caps.signs);
     assert!(caps.verifies_nar);
+    // xz takes the CPUs and ~94 MB per encoder: no more NARs at once than
+    // CPUs.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(caps.max_parallel_adds, Some(cpus));
     assert_eq!(caps.writes_compression, Some(Compression::Xz));
 
     let dir2 = tmp.path().join("c2");
@@ -405,6 +409,7 @@ fn open_creates_the_cache_and_checks_parameters() {
         store.capabilities().writes_compression,
         Some(Compression::Zstd)
     );
+    assert_eq!(store.capabilities().max_parallel_adds, None);
     // The URL overrides the file, which is left alone.
     let store = open(&url_of(&dir2, "priority=10"));
     assert_eq!(store.cache_info().priority, Some(10));

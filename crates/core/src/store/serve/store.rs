@@ -438,6 +438,7 @@ impl Store for ServeStore {
             // registered on a mismatch; ImportPaths: checked while sending.
             // The size is checked while sending, either way.
             verifies_nar: true,
+            max_parallel_adds: None,
         }
     }
 
