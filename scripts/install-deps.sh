@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine that has only
 # Rust and Python: Nix 2.8 (Debian's nix-bin) as the reference implementation,
-# and OpenSSH (server and client) for the tests that start their own sshd on
-# 127.0.0.1. No system-wide sshd is started: the tests run their own.
+# OpenSSH (server and client) for the tests that start their own sshd on
+# 127.0.0.1, and what Python needs to make the virtualenv the Python
+# package's tests run in. No system-wide sshd is started: the tests run their own.
 set -euo pipefail
 
 need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 { command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
+# Debian's own python3 makes virtualenvs only with python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
