@@ -40,6 +40,8 @@ pub(crate) enum Command {
     /// Add a file or directory to a binary cache as the content-addressed
     /// store path `nix-store --add` would make, with a signed narinfo.
     Add(AddArgs),
+    /// Serve a store as a binary cache over HTTP.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +302,48 @@ pub(crate) struct AddArgs {
     /// Sign the narinfo with this key; repeatable.
     #[arg(long = "secret-key-file")]
     pub(crate) secret_key_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The store to serve: `local` (or `local?root=DIR`) or `file:///DIR`.
+    #[arg(long)]
+    pub(crate) store: String,
+    /// The address to listen on; port 0 picks a free port (the address
+    /// is printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Sign narinfos of a served Nix store with this key; repeatable.
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// The `Priority` to announce in nix-cache-info.
+    #[arg(long)]
+    pub(crate) priority: Option<i64>,
+    /// The `WantMassQuery` to announce in nix-cache-info.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub(crate) want_mass_query: Option<bool>,
+    /// Accept uploads (`PUT`) into a file:// store; needs --token-file.
+    #[arg(long, requires = "token_file")]
+    pub(crate) write: bool,
+    /// A file holding the token uploads must present (`Authorization:
+    /// Bearer TOKEN`, or basic credentials with TOKEN as the password).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// How NARs of a served Nix store are compressed on the fly.
+    #[arg(long, value_enum, default_value_t = ServeCompression::None)]
+    pub(crate) compression: ServeCompression,
+    /// Log one line per request on stderr.
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
+}
+
+/// How `serve` compresses NARs it makes on the fly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServeCompression {
+    /// Plain NARs.
+    None,
+    /// zstd.
+    Zstd,
 }
 
 #[cfg(test)]

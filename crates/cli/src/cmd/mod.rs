@@ -6,6 +6,7 @@ mod key;
 mod nar;
 mod narinfo;
 mod paths;
+mod serve;
 mod store_path;
 
 use std::fs::File;
@@ -29,6 +30,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Closure(a) => paths::closure(a),
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

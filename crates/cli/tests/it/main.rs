@@ -6,5 +6,6 @@ mod common;
 mod copy;
 mod differential;
 mod http;
+mod serve;
 mod ssh;
 mod sshd;

@@ -1,0 +1,584 @@
+//! Answering requests: routing, the two backends, responses.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use nixferry::narinfo::{CacheInfo, Compression, NarInfo};
+use nixferry::signing::SecretKey;
+use nixferry::store::{NarFile, NarStream, PathInfo, Store};
+use nixferry::store_path::{StoreDir, StorePath};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
+
+use super::metrics::Metrics;
+use super::route::{self, Kind, Route};
+
+/// A response body.
+pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+pub(super) const CT_CACHE_INFO: &str = "text/x-nix-cache-info";
+pub(super) const CT_NARINFO: &str = "text/x-nix-narinfo";
+pub(super) const CT_NAR: &str = "application/x-nix-nar";
+pub(super) const CT_JSON: &str = "application/json";
+pub(super) const CT_TEXT: &str = "text/plain; charset=utf-8";
+const CT_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// NAR files are named by their hash: they never change.
+const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// narinfos, listings and logs of a path do not change either, but may be
+/// re-signed.
+const CACHE_DAY: &str = "public, max-age=86400";
+const CACHE_SHORT: &str = "public, max-age=300";
+const CACHE_NONE: &str = "no-cache";
+
+/// How many NAR names the store backend remembers (from the narinfos it
+/// served) before it starts over.
+const MAX_REMEMBERED_NARS: usize = 100_000;
+
+/// The server's state, shared by all connections.
+#[derive(Debug)]
+pub(super) struct Server {
+    pub(super) backend: Backend,
+    pub(super) store_dir: StoreDir,
+    pub(super) want_mass_query: Option<bool>,
+    pub(super) priority: Option<i64>,
+    pub(super) token: Option<String>,
+    pub(super) write: bool,
+    pub(super) verbose: bool,
+    pub(super) metrics: Metrics,
+}
+
+/// Where the served files come from.
+#[derive(Debug)]
+pub(super) enum Backend {
+    /// A `file://` cache directory (canonical path), served as it is.
+    Files { root: PathBuf },
+    /// A Nix store: narinfos and NARs made on the fly.
+    Store(Box<StoreBackend>),
+}
+
+/// A Nix store served as a binary cache.
+#[derive(Debug)]
+pub(super) struct StoreBackend {
+    store: Arc<dyn Store>,
+    /// The real directory of the store's paths (differs from the logical
+    /// store directory for chroot stores).
+    real_dir: PathBuf,
+    keys: Vec<SecretKey>,
+    compression: Compression,
+    /// NAR hash (nix32) to the path info, filled as narinfos are served:
+    /// the NAR URLs name the NAR hash, not the path.
+    nars: Mutex<HashMap<String, PathInfo>>,
+    /// The store directory's entries, by hash part.
+    listing: tokio::sync::Mutex<Option<DirListing>>,
+}
+
+impl StoreBackend {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        real_dir: PathBuf,
+        keys: Vec<SecretKey>,
+        compression: Compression,
+    ) -> Self {
+        Self {
+            store,
+            real_dir,
+            keys,
+            compression,
+            nars: Mutex::new(HashMap::new()),
+            listing: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The path info of the valid path with hash part `hash`.
+    async fn lookup(&self, hash: &str) -> anyhow::Result<Option<PathInfo>> {
+        let candidates = self.candidates(hash).await?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let infos = self.store.query_path_infos(&candidates).await?;
+        Ok(infos.into_values().next())
+    }
+
+    /// The entries of the store directory with hash part `hash`, from a
+    /// listing of the directory that is refreshed when it is older than
+    /// [`LISTING_MAX_AGE`], or on a miss when older than
+    /// [`LISTING_MISS_AGE`] (a path may have been added since): clients
+    /// ask for many narinfos at once, and listing a big store takes a
+    /// while.
+    async fn candidates(&self, hash: &str) -> anyhow::Result<Vec<StorePath>> {
+        let mut listing = self.listing.lock().await;
+        let fresh = |l: &Option<DirListing>, max: Duration| {
+            l.as_ref().is_some_and(|l| l.made.elapsed() < max)
+        };
+        if fresh(&listing, LISTING_MAX_AGE) {
+            if let Some(found) = listing.as_ref().and_then(|l| l.by_hash.get(hash)) {
+                return Ok(found.clone());
+            }
+            if fresh(&listing, LISTING_MISS_AGE) {
+                return Ok(Vec::new());
+            }
+        }
+        let dir = self.real_dir.clone();
+        let made = Instant::now();
+        let by_hash = tokio::task::spawn_blocking(move || list_store_dir(&dir)).await??;
+        let found = by_hash.get(hash).cloned().unwrap_or_default();
+        *listing = Some(DirListing { made, by_hash });
+        Ok(found)
+    }
+
+    /// The narinfo of `info`, signed with the server's keys.
+    fn narinfo(&self, store_dir: &StoreDir, info: &PathInfo) -> anyhow::Result<String> {
+        let none = self.compression == Compression::None;
+        let file = NarFile {
+            url: format!(
+                "nar/{}{}",
+                info.nar_hash.to_nix32(),
+                self.compression.extension()
+            ),
+            compression: self.compression.clone(),
+            // Known only without compression (SPEC §3.3: then FileHash
+            // equals NarHash); compressing on the fly cannot know them.
+            file_hash: none.then_some(info.nar_hash),
+            file_size: none.then_some(info.nar_size),
+        };
+        let mut narinfo = NarInfo::new(info.narinfo_fields(store_dir, file))?;
+        for key in &self.keys {
+            narinfo.sign(key);
+        }
+        if let Ok(mut nars) = self.nars.lock() {
+            if nars.len() >= MAX_REMEMBERED_NARS {
+                nars.clear();
+            }
+            nars.insert(info.nar_hash.to_nix32(), info.clone());
+        }
+        Ok(narinfo.render())
+    }
+
+    fn remembered(&self, nar_hash: &str) -> Option<PathInfo> {
+        self.nars.lock().ok()?.get(nar_hash).cloned()
+    }
+}
+
+/// The store paths in a store directory, by hash part.
+#[derive(Debug)]
+struct DirListing {
+    made: Instant,
+    by_hash: HashMap<String, Vec<StorePath>>,
+}
+
+/// How long a listing of the store directory is used for hits.
+const LISTING_MAX_AGE: Duration = Duration::from_secs(10);
+/// How long a listing is trusted to say a path is absent.
+const LISTING_MISS_AGE: Duration = Duration::from_secs(1);
+
+/// Lists the store paths in `dir` (lock files and other entries left out).
+fn list_store_dir(dir: &Path) -> io::Result<HashMap<String, Vec<StorePath>>> {
+    let mut by_hash: HashMap<String, Vec<StorePath>> = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".lock") {
+            continue;
+        }
+        if let Ok(p) = StorePath::from_base_name(name) {
+            by_hash.entry(p.hash_part().to_owned()).or_default().push(p);
+        }
+    }
+    Ok(by_hash)
+}
+
+impl Server {
+    /// Answers one request. Never fails: errors become responses.
+    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let route = route::parse(&path);
+        let kind = route.as_ref().map_or(Kind::Other, Route::kind);
+        let head = method == Method::HEAD;
+        let response = match (route, &method) {
+            (None, _) => not_found(),
+            (Some(r), &Method::GET | &Method::HEAD) => match self.get(&r, &req, head).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if self.verbose {
+                        eprintln!("{method} {path}: {e:#}");
+                    }
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                }
+            },
+            (Some(r), &Method::PUT) => super::upload::put(&self, &r, req).await,
+            (Some(_), _) => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+                r
+            }
+        };
+        let status = response.status().as_u16();
+        self.metrics.request(kind, status, start.elapsed());
+        if self.verbose {
+            eprintln!(
+                "{method} {path} {status} {:.1}ms",
+                start.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        let (parts, body) = response.into_parts();
+        if head {
+            return Response::from_parts(parts, empty());
+        }
+        let server = Arc::clone(&self);
+        let body = body
+            .map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    server.metrics.sent(d.len());
+                }
+                f
+            })
+            .boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+
+    /// The `nix-cache-info` to serve: the cache's own (for a `file://`
+    /// cache) with the command line's settings on top.
+    async fn cache_info(&self) -> String {
+        let mut info = CacheInfo::new(self.store_dir.clone());
+        if let Backend::Files { root } = &self.backend {
+            if let Ok(Some(bytes)) = read_small(root, "nix-cache-info").await {
+                if let Ok(parsed) = CacheInfo::parse(&String::from_utf8_lossy(&bytes)) {
+                    info = parsed;
+                }
+            }
+        }
+        if let Some(w) = self.want_mass_query {
+            info.want_mass_query = w;
+        }
+        if let Some(p) = self.priority {
+            info.priority = Some(p);
+        }
+        info.render()
+    }
+
+    async fn get(
+        &self,
+        route: &Route,
+        req: &Request<Incoming>,
+        head: bool,
+    ) -> anyhow::Result<Response<Body>> {
+        match route {
+            Route::CacheInfo => Ok(full(
+                CT_CACHE_INFO,
+                CACHE_SHORT,
+                self.cache_info().await.into(),
+            )),
+            Route::Metrics => Ok(full(CT_METRICS, "no-store", self.metrics.render().into())),
+            _ => match &self.backend {
+                Backend::Files { root } => self.get_file(root, route, req).await,
+                Backend::Store(s) => self.get_from_store(s, route, head).await,
+            },
+        }
+    }
+
+    async fn get_file(
+        &self,
+        root: &Path,
+        route: &Route,
+        req: &Request<Incoming>,
+    ) -> anyhow::Result<Response<Body>> {
+        let Some(rel) = route.relative() else {
+            return Ok(not_found());
+        };
+        let opened = open_in(root, &rel).await?;
+        if let Route::NarInfo(_) = route {
+            self.metrics.narinfo(opened.is_some());
+        }
+        let Some((mut file, len)) = opened else {
+            return Ok(not_found());
+        };
+        let (ctype, cache) = match route {
+            Route::NarInfo(_) => (CT_NARINFO, CACHE_DAY),
+            Route::Nar { .. } => (CT_NAR, CACHE_IMMUTABLE),
+            Route::Listing(_) => (CT_JSON, CACHE_DAY),
+            _ => (CT_TEXT, CACHE_DAY),
+        };
+        let range = match req.headers().get(header::RANGE) {
+            Some(h) if matches!(route, Route::Nar { .. }) => {
+                h.to_str().ok().and_then(|h| parse_range(h, len))
+            }
+            _ => None,
+        };
+        let mut builder = Response::builder()
+            .header(header::CONTENT_TYPE, ctype)
+            .header(header::CACHE_CONTROL, cache);
+        if matches!(route, Route::Nar { .. }) {
+            builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        }
+        let response = match range {
+            None => builder
+                .header(header::CONTENT_LENGTH, len)
+                .body(stream_body(Box::pin(file))),
+            Some(Err(())) => builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .header(header::CONTENT_LENGTH, 0)
+                .body(empty()),
+            Some(Ok((start, end))) => {
+                file.seek(io::SeekFrom::Start(start)).await?;
+                let n = end - start + 1;
+                builder
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
+                    .header(header::CONTENT_LENGTH, n)
+                    .body(stream_body(Box::pin(file.take(n))))
+            }
+        };
+        Ok(response?)
+    }
+
+    async fn get_from_store(
+        &self,
+        s: &StoreBackend,
+        route: &Route,
+        head: bool,
+    ) -> anyhow::Result<Response<Body>> {
+        match route {
+            Route::NarInfo(hash) => {
+                let info = s.lookup(hash).await?;
+                self.metrics.narinfo(info.is_some());
+                let Some(info) = info else {
+                    return Ok(not_found());
+                };
+                let text = s.narinfo(&self.store_dir, &info)?;
+                Ok(full(CT_NARINFO, CACHE_DAY, text.into()))
+            }
+            Route::Nar { hash, ext } => {
+                let Some(info) = s.remembered(hash) else {
+                    return Ok(not_found());
+                };
+                let builder = Response::builder()
+                    .header(header::CONTENT_TYPE, CT_NAR)
+                    .header(header::CACHE_CONTROL, CACHE_IMMUTABLE);
+                match ext.as_str() {
+                    "" => {
+                        let builder = builder.header(header::CONTENT_LENGTH, info.nar_size);
+                        if head {
+                            return Ok(builder.body(empty())?);
+                        }
+                        let nar = s.store.nar(&info).await?;
+                        Ok(builder.body(stream_body(nar))?)
+                    }
+                    ".zst" => {
+                        if head {
+                            return Ok(builder.body(empty())?);
+                        }
+                        let nar = s.store.nar(&info).await?;
+                        Ok(builder.body(zstd_body(nar))?)
+                    }
+                    _ => Ok(not_found()),
+                }
+            }
+            Route::Listing(hash) => {
+                let Some(info) = s.lookup(hash).await? else {
+                    return Ok(not_found());
+                };
+                let nar = s.store.nar(&info).await?;
+                let bridge = tokio_util::io::SyncIoBridge::new(nar);
+                let json = tokio::task::spawn_blocking(move || {
+                    nixferry::nar::list(bridge).map(|l| l.to_json())
+                })
+                .await??;
+                Ok(full(CT_JSON, CACHE_DAY, json.into()))
+            }
+            _ => Ok(not_found()),
+        }
+    }
+}
+
+/// Opens `rel` under `root` for reading if it is a regular file that,
+/// with every symlink resolved, lies inside `root`. `None` if not.
+///
+/// # Errors
+/// I/O errors other than the file's absence.
+pub(super) async fn open_in(root: &Path, rel: &str) -> io::Result<Option<(tokio::fs::File, u64)>> {
+    let real = match tokio::fs::canonicalize(root.join(rel)).await {
+        Ok(p) => p,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !real.starts_with(root) {
+        return Ok(None);
+    }
+    let file = match tokio::fs::File::open(&real).await {
+        Ok(f) => f,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    Ok(Some((file, meta.len())))
+}
+
+/// Reads a small file under `root` (at most 1 MiB), as [`open_in`].
+pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
+    let Some((file, _)) = open_in(root, rel).await? else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    file.take(1 << 20).read_to_end(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+/// Whether an error means "there is no such file" (including a path
+/// through something that is not a directory, or a symlink loop).
+fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::InvalidInput
+    ) || e.raw_os_error() == Some(40) // ELOOP
+        || e.raw_os_error() == Some(36) // ENAMETOOLONG
+}
+
+/// A single byte range of a `Range` header: `None` to ignore the header
+/// (malformed, or several ranges: the whole file is sent), `Err` for a
+/// range outside the file (416).
+pub(super) fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || len == 0 {
+            return Some(Err(()));
+        }
+        return Some(Ok((len.saturating_sub(n), len - 1)));
+    }
+    let start: u64 = a.parse().ok()?;
+    let end = if b.is_empty() {
+        None
+    } else {
+        Some(b.parse::<u64>().ok()?)
+    };
+    if end.is_some_and(|e| e < start) {
+        return None;
+    }
+    if start >= len {
+        return Some(Err(()));
+    }
+    let end = end.map_or(len - 1, |e| e.min(len - 1));
+    Some(Ok((start, end)))
+}
+
+/// A body streaming what `reader` gives. Its length is in the response's
+/// `Content-Length`, so a reader that fails or ends early shows as a
+/// truncated transfer.
+fn stream_body(reader: NarStream) -> Body {
+    let stream = ReaderStream::with_capacity(reader, 64 * 1024).map_ok(Frame::data);
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// A body with the zstd-compressed bytes of `nar`, compressed on a
+/// blocking thread and handed over through a small channel.
+fn zstd_body(nar: NarStream) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let mut reader = tokio_util::io::SyncIoBridge::new(nar);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter { tx: tx.clone() };
+        let result = (|| -> io::Result<()> {
+            let mut enc = nixferry::compression::encoder(&Compression::Zstd, None, 1, writer)?;
+            io::copy(&mut reader, &mut enc)?;
+            enc.finish()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item.map(Frame::data), rx))
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// Sends what is written to it as chunks over a channel; fails once the
+/// receiver (the response body) is gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(super) fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A 200 response with a body in memory.
+pub(super) fn full(ctype: &'static str, cache: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.clone())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+/// A plain-text response with `status`, not cached.
+pub(super) fn text(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut r = full(CT_TEXT, CACHE_NONE, Bytes::from_static(message.as_bytes()));
+    *r.status_mut() = status;
+    r
+}
+
+pub(super) fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=90-200", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-200", 100), Some(Ok((0, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=-0", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=5-1", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=x-1", 100), None);
+    }
+}

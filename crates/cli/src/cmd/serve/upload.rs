@@ -1,0 +1,295 @@
+//! `PUT`: uploads into a `file://` cache, for servers started with
+//! `--write`.
+//!
+//! Files are written crash-safely: to a temporary file beside the target,
+//! flushed to disk, renamed into place, and the directory flushed. A
+//! narinfo is refused while its NAR file is missing, so the cache never
+//! holds a narinfo without its NAR (Nix uploads the NAR first).
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use nixferry::narinfo::{CacheInfo, NarInfo};
+use tokio::io::AsyncWriteExt as _;
+
+use super::handler::{self, Backend, Body, Server};
+use super::route::{self, Route};
+
+/// The largest narinfo or `nix-cache-info` accepted.
+const MAX_SMALL: u64 = 64 * 1024;
+/// The largest listing or log accepted.
+const MAX_MEDIUM: u64 = 256 << 20;
+
+/// Numbers temporary files apart.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Answers a `PUT`.
+pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) -> Response<Body> {
+    if !server.write {
+        return handler::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this cache is read-only (the server was not started with --write)\n",
+        );
+    }
+    let Backend::Files { root } = &server.backend else {
+        return handler::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "uploads need a file:// store behind the server\n",
+        );
+    };
+    let authorized = match &server.token {
+        Some(token) => authorized(token, req.headers().get(header::AUTHORIZATION)),
+        None => false,
+    };
+    if !authorized {
+        let mut r = handler::text(StatusCode::UNAUTHORIZED, "a valid token is needed\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"nixferry\""),
+        );
+        return r;
+    }
+    let Some(rel) = route.relative() else {
+        return handler::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    };
+    let result = match route {
+        Route::NarInfo(hash) => put_narinfo(server, root, &rel, hash, req.into_body()).await,
+        Route::CacheInfo => match read_body(server, req.into_body(), MAX_SMALL).await {
+            Ok(body) => match std::str::from_utf8(&body).ok().map(CacheInfo::parse) {
+                Some(Ok(_)) => write_small(root, &rel, &body).await,
+                _ => Err(Refusal::Bad("invalid nix-cache-info\n")),
+            },
+            Err(e) => Err(e),
+        },
+        Route::Nar { .. } => write_streamed(server, root, &rel, req.into_body(), u64::MAX).await,
+        _ => write_streamed(server, root, &rel, req.into_body(), MAX_MEDIUM).await,
+    };
+    match result {
+        Ok(()) => handler::text(StatusCode::OK, ""),
+        Err(Refusal::Bad(message)) => handler::text(StatusCode::BAD_REQUEST, message),
+        Err(Refusal::TooLarge) => handler::text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
+        Err(Refusal::Io(e)) => {
+            if server.verbose {
+                eprintln!("PUT /{rel}: {e}");
+            }
+            handler::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not store the file\n",
+            )
+        }
+    }
+}
+
+/// Why an upload was not stored.
+#[derive(Debug)]
+enum Refusal {
+    Bad(&'static str),
+    TooLarge,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Refusal {
+    fn from(e: io::Error) -> Self {
+        Refusal::Io(e)
+    }
+}
+
+/// Whether an `Authorization` header carries the token: `Bearer <token>`,
+/// or `Basic` credentials whose password is the token (what Nix sends
+/// from a netrc file). Compared in constant time.
+fn authorized(token: &str, header: Option<&HeaderValue>) -> bool {
+    let Some(value) = header.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, rest)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return constant_time_eq(rest.as_bytes(), token.as_bytes());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return false;
+        };
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        return constant_time_eq(&decoded[colon + 1..], token.as_bytes());
+    }
+    false
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn read_body(server: &Server, mut body: Incoming, limit: u64) -> Result<Vec<u8>, Refusal> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::Io(io::Error::other(e)))?;
+        if let Some(d) = frame.data_ref() {
+            server.metrics.received(d.len());
+            if (out.len() + d.len()) as u64 > limit {
+                return Err(Refusal::TooLarge);
+            }
+            out.extend_from_slice(d);
+        }
+    }
+    Ok(out)
+}
+
+async fn put_narinfo(
+    server: &Server,
+    root: &Path,
+    rel: &str,
+    hash: &str,
+    body: Incoming,
+) -> Result<(), Refusal> {
+    let body = read_body(server, body, MAX_SMALL).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| Refusal::Bad("narinfo is not UTF-8\n"))?;
+    let info = NarInfo::parse_in(text, &server.store_dir)
+        .map_err(|_| Refusal::Bad("invalid narinfo\n"))?;
+    if info.store_path().hash_part() != hash {
+        return Err(Refusal::Bad("the narinfo is for another store path\n"));
+    }
+    // Only NAR files of this cache can be checked; a narinfo pointing
+    // elsewhere (an absolute URL) is taken as it is.
+    if !info.url().contains("://") {
+        let nar_rel = match route::parse(&format!("/{}", info.url())) {
+            Some(r @ Route::Nar { .. }) => r.relative(),
+            _ => None,
+        };
+        let Some(nar_rel) = nar_rel else {
+            return Err(Refusal::Bad("the narinfo's URL is not a NAR file name\n"));
+        };
+        if handler::open_in(root, &nar_rel).await?.is_none() {
+            return Err(Refusal::Bad(
+                "the narinfo's NAR file has not been uploaded\n",
+            ));
+        }
+    }
+    write_small(root, rel, &body).await
+}
+
+async fn write_small(root: &Path, rel: &str, data: &[u8]) -> Result<(), Refusal> {
+    let mut tmp = TempFile::create(root, rel).await?;
+    tmp.file.write_all(data).await?;
+    tmp.commit().await
+}
+
+async fn write_streamed(
+    server: &Server,
+    root: &Path,
+    rel: &str,
+    mut body: Incoming,
+    limit: u64,
+) -> Result<(), Refusal> {
+    let mut tmp = TempFile::create(root, rel).await?;
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::Io(io::Error::other(e)))?;
+        if let Ok(data) = frame.into_data() {
+            let data: Bytes = data;
+            server.metrics.received(data.len());
+            written = written.saturating_add(data.len() as u64);
+            if written > limit {
+                return Err(Refusal::TooLarge);
+            }
+            tmp.file.write_all(&data).await?;
+        }
+    }
+    tmp.commit().await
+}
+
+/// A temporary file beside its target, removed unless committed.
+struct TempFile {
+    file: tokio::fs::File,
+    tmp: std::path::PathBuf,
+    target: std::path::PathBuf,
+    committed: bool,
+}
+
+impl TempFile {
+    async fn create(root: &Path, rel: &str) -> Result<Self, Refusal> {
+        let target = root.join(rel);
+        let Some(dir) = target.parent() else {
+            return Err(Refusal::Bad("bad file name\n"));
+        };
+        tokio::fs::create_dir_all(dir).await?;
+        // `nar/` or `log/` may be a symlink out of the cache: refuse to
+        // write through it.
+        let real_dir = tokio::fs::canonicalize(dir).await?;
+        if !real_dir.starts_with(root) {
+            return Err(Refusal::Bad("bad file name\n"));
+        }
+        let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
+            return Err(Refusal::Bad("bad file name\n"));
+        };
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = real_dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await?;
+        Ok(Self {
+            file,
+            tmp,
+            target: real_dir.join(name),
+            committed: false,
+        })
+    }
+
+    async fn commit(mut self) -> Result<(), Refusal> {
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        tokio::fs::rename(&self.tmp, &self.target).await?;
+        self.committed = true;
+        if let Some(dir) = self.target.parent() {
+            tokio::fs::File::open(dir).await?.sync_all().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        assert!(authorized("sekrit", Some(&h("Bearer sekrit"))));
+        assert!(authorized("sekrit", Some(&h("bearer  sekrit "))));
+        assert!(!authorized("sekrit", Some(&h("Bearer sekrit2"))));
+        assert!(!authorized("sekrit", Some(&h("Bearer"))));
+        assert!(!authorized("sekrit", None));
+        // user:sekrit
+        assert!(authorized("sekrit", Some(&h("Basic dXNlcjpzZWtyaXQ="))));
+        // user:nope
+        assert!(!authorized("sekrit", Some(&h("Basic dXNlcjpub3Bl"))));
+        assert!(!authorized("sekrit", Some(&h("Basic !!!"))));
+    }
+}
