@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Benchmarks `nixferry serve` on 127.0.0.1, side by side in one run:
+#
+#   narinfo/s   `--store local` making and signing narinfos on the fly,
+#               `--store file://` serving them as files, and nginx serving
+#               the same files (wrk, 2 threads, 64 connections, 10 s each)
+#   NAR GB/s    downloading the closure's largest NAR uncompressed from
+#               `--store local` (dumped on the fly) and from nginx
+#   pull        copying the whole closure (benches/closure.nix) from
+#               `nixferry serve --store file://` into a fresh file:// cache:
+#               `nixferry copy --from http://…` against `nix copy --from http://…`
+#
+# Needs wrk and nginx (apt-get install wrk nginx-light); both ends share
+# this machine's CPUs, so the load generator takes a share too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='
+cargo build --release --locked -q -p nixferry-cli
+nf=$PWD/target/release/nixferry
+top=$(nix-build --no-out-link benches/closure.nix)
+work=$(mktemp -d /tmp/nixferry-serve-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$nf" key generate bench-1 --secret-file "$work/key.secret" --public-file "$work/key.public"
+pk=$(cat "$work/key.public")
+"$nf" copy --to "file://$work/cache?compression=none&fsync=false" --secret-key-file "$work/key.secret" "$top" 2>/dev/null
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+serve() { # log store args...
+    local log=$1; shift
+    "$nf" serve --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q "listening on" "$log" 2>/dev/null && break; sleep 0.1; done
+    grep -o 'http://[0-9.:]*' "$log" | head -1
+}
+local_url=$(serve "$work/local.log" --store local --secret-key-file "$work/key.secret")
+file_url=$(serve "$work/file.log" --store "file://$work/cache")
+nginx_port=$(port)
+cat > "$work/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        root $work/cache;
+        types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
+    }
+}
+EOF
+nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+sleep 1
+nginx_url=http://127.0.0.1:$nginx_port
+
+hash=$(basename "$top" | cut -c1-32)
+reqs() { wrk -t2 -c64 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
+l=$(reqs "$local_url/$hash.narinfo")
+f=$(reqs "$file_url/$hash.narinfo")
+n=$(reqs "$nginx_url/$hash.narinfo")
+printf 'narinfo/s   local+signing %8.0f   file %8.0f   nginx %8.0f   local/nginx %.2f   file/nginx %.2f\n' \
+    "$l" "$f" "$n" "$(awk "BEGIN{print $l / $n}")" "$(awk "BEGIN{print $f / $n}")"
+
+# The largest NAR, by its URL in each server's narinfo.
+big=$(nix path-info --json -r "$top" | python3 -c 'import json,sys; print(max(json.load(sys.stdin), key=lambda i: i["narSize"])["path"])')
+bighash=$(basename "$big" | cut -c1-32)
+gbps() { # url of a narinfo
+    local narurl
+    narurl=$(curl -s "$1" | awk '/^URL:/ {print $2}')
+    curl -s -o /dev/null -w '%{size_download} %{time_total}\n' "$(dirname "$1")/$narurl" |
+        awk '{printf "%.2f", $1 / $2 / 1e9}'
+}
+printf 'NAR GB/s    local (dumped on the fly) %s   nginx %s\n' \
+    "$(gbps "$local_url/$bighash.narinfo")" "$(gbps "$nginx_url/$bighash.narinfo")"
+
+now() { date +%s.%N; }
+sync
+t0=$(now)
+"$nf" copy --from "$file_url" --to "file://$work/pull-nf?compression=none" --trusted-key "$pk" "$top" 2>/dev/null
+t1=$(now)
+nix copy --from "$file_url" --to "file://$work/pull-nix?compression=none" \
+    --option trusted-public-keys "$pk" "$top" 2>/dev/null
+t2=$(now)
+awk "BEGIN{printf \"pull        nixferry %.2f s   nix %.2f s   speedup %.2fx\n\", $t1 - $t0, $t2 - $t1, ($t2 - $t1) / ($t1 - $t0)}"
