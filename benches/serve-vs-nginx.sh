@@ -44,6 +44,7 @@ file_url=$(serve "$work/file.log" --store "file://$work/cache")
 nginx_port=$(port)
 cat > "$work/nginx.conf" <<EOF
 daemon off;
+user $(id -un);
 worker_processes 2;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
@@ -64,7 +65,12 @@ sleep 1
 nginx_url=http://127.0.0.1:$nginx_port
 
 hash=$(basename "$top" | cut -c1-32)
-reqs() { wrk -t2 -c64 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
+reqs() { # url: requests per second, all of them answered 200
+    local out
+    out=$(wrk -t2 -c64 -d10s "$1")
+    if grep -q "Non-2xx" <<<"$out"; then echo "$1: not all answers were 200" >&2; exit 1; fi
+    awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
 l=$(reqs "$local_url/$hash.narinfo")
 f=$(reqs "$file_url/$hash.narinfo")
 n=$(reqs "$nginx_url/$hash.narinfo")
