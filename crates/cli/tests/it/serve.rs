@@ -433,16 +433,7 @@ fn survives_many_concurrent_and_hostile_clients() {
 fn accepts_uploads_with_a_token() {
     let tmp = tempfile::tempdir().unwrap();
     let (src_cache, pk, paths) = cache_with_paths(tmp.path());
-    let dest = tmp.path().join("dest");
-    let token_file = tmp.path().join("token");
-    fs::write(&token_file, "s3cret-token\n").unwrap();
-    let server = Server::start(&[
-        "--store",
-        &format!("file://{}", dest.display()),
-        "--write",
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let (server, dest) = writable_server(tmp.path(), "s3cret-token");
     let hash = hash_part(&paths[0]);
     let narinfo = fs::read(src_cache.join(format!("{hash}.narinfo"))).unwrap();
     let url = narinfo_field(std::str::from_utf8(&narinfo).unwrap(), "URL");
@@ -600,16 +591,7 @@ fn nix_copies_to_a_writable_server() {
     let (sk, pk) = generate_key(tmp.path(), "serve-up-1");
     let pk = pk.trim().to_owned();
     let top = build_closure("serve-up");
-    let dest = tmp.path().join("dest");
-    let token_file = tmp.path().join("token");
-    fs::write(&token_file, "upload-token\n").unwrap();
-    let server = Server::start(&[
-        "--store",
-        &format!("file://{}", dest.display()),
-        "--write",
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let (server, dest) = writable_server(tmp.path(), "upload-token");
     let to = server.url();
 
     // Without credentials Nix is refused.
@@ -699,4 +681,20 @@ fn sigterm_lets_requests_in_flight_finish() {
     let status = server.terminate();
     assert!(status.success(), "{status}");
     assert!(start.elapsed() < Duration::from_secs(8));
+}
+
+/// A `--write` server for a new `file://` cache `dir/dest`, taking
+/// `token`; returns it and the cache directory.
+fn writable_server(dir: &Path, token: &str) -> (Server, PathBuf) {
+    let dest = dir.join("dest");
+    let token_file = dir.join("token");
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    let server = Server::start(&[
+        "--store",
+        &format!("file://{}", dest.display()),
+        "--write",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    (server, dest)
 }
