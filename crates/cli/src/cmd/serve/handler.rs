@@ -411,7 +411,39 @@ impl Server {
 /// # Errors
 /// I/O errors other than the file's absence.
 pub(super) async fn open_in(root: &Path, rel: &str) -> io::Result<Option<(tokio::fs::File, u64)>> {
-    let real = match tokio::fs::canonicalize(root.join(rel)).await {
+    let (root, rel) = (root.to_owned(), rel.to_owned());
+    let found = blocking(move || open_in_blocking(&root, &rel)).await?;
+    Ok(found.map(|(file, len)| (tokio::fs::File::from_std(file), len)))
+}
+
+/// Reads a small file under `root` (at most 1 MiB), as [`open_in`].
+pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
+    let (root, rel) = (root.to_owned(), rel.to_owned());
+    blocking(move || {
+        let Some((file, _)) = open_in_blocking(&root, &rel)? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, 1 << 20), &mut buf)?;
+        Ok(Some(buf))
+    })
+    .await
+}
+
+/// Runs file-system work on one blocking thread: resolving, opening and
+/// reading a small file in one go costs one hand-over instead of one per
+/// step.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// [`open_in`] on the calling thread.
+fn open_in_blocking(root: &Path, rel: &str) -> io::Result<Option<(std::fs::File, u64)>> {
+    let real = match std::fs::canonicalize(root.join(rel)) {
         Ok(p) => p,
         Err(e) if absent(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -419,26 +451,16 @@ pub(super) async fn open_in(root: &Path, rel: &str) -> io::Result<Option<(tokio:
     if !real.starts_with(root) {
         return Ok(None);
     }
-    let file = match tokio::fs::File::open(&real).await {
+    let file = match std::fs::File::open(&real) {
         Ok(f) => f,
         Err(e) if absent(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let meta = file.metadata().await?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok(None);
     }
     Ok(Some((file, meta.len())))
-}
-
-/// Reads a small file under `root` (at most 1 MiB), as [`open_in`].
-pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
-    let Some((file, _)) = open_in(root, rel).await? else {
-        return Ok(None);
-    };
-    let mut buf = Vec::new();
-    file.take(1 << 20).read_to_end(&mut buf).await?;
-    Ok(Some(buf))
 }
 
 /// Whether an error means "there is no such file" (including a path
