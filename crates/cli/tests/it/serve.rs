@@ -7,6 +7,8 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
@@ -53,7 +55,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        // The shell's own kill: no process tools needed.
+        let pid = self.child.id();
+        run(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]));
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -697,4 +701,95 @@ fn writable_server(dir: &Path, token: &str) -> (Server, PathBuf) {
         token_file.to_str().unwrap(),
     ]);
     (server, dest)
+}
+
+/// A proxy on 127.0.0.1 in front of `target` that cuts every other
+/// connection after `cut_after` bytes of the server's answers, as a flaky
+/// network would; returns its port and the count of connections it cut.
+fn flaky_proxy(target: u16, cut_after: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&cut);
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let limit = if n % 2 == 0 { cut_after } else { usize::MAX };
+            let counter = Arc::clone(&counter);
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let mut sent = 0;
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(limit - sent),
+                    };
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent >= limit {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, cut)
+}
+
+/// Connections cut in the middle of answers (narinfos and NARs): the copy
+/// still completes, through retries, and every path verifies.
+#[test]
+fn copies_through_a_connection_cutting_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, pk, paths) = cache_with_paths(tmp.path());
+    let server = Server::start(&["--store", &format!("file://{}", cache.display())]);
+    let (port, cut) = flaky_proxy(server.port, 300);
+    let dest = tmp.path().join("dest");
+    let out = nixferry()
+        .args(["copy", "--from", &format!("http://127.0.0.1:{port}")])
+        .args(["--to", &format!("file://{}", dest.display())])
+        .args(["--trusted-key", &pk])
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cut.load(Ordering::SeqCst) > 0, "no connection was cut");
+    for p in &paths {
+        assert!(dest.join(format!("{}.narinfo", hash_part(p))).is_file());
+    }
+    // What arrived is exactly what the cache holds.
+    let out = nixferry()
+        .args(["copy", "--from", &format!("file://{}", dest.display())])
+        .args([
+            "--to",
+            &format!("file://{}", tmp.path().join("again").display()),
+        ])
+        .args(["--trusted-key", &pk])
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

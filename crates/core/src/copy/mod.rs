@@ -300,7 +300,9 @@ pub async fn copy_to_many(
     cancel: CancellationToken,
 ) -> Result<Vec<Summary>, ClosureError> {
     let start = Instant::now();
-    let infos = closure::compute(&*src, roots).await?.into_infos();
+    let infos = closure_with_retries(&*src, roots, opts, &cancel)
+        .await?
+        .into_infos();
     let all: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
     let plan = Plan::new(src, dsts, opts, on_event, cancel);
 
@@ -383,6 +385,29 @@ pub async fn copy_to_many(
         summary.elapsed = start.elapsed();
     }
     Ok(summaries)
+}
+
+/// The closure of `roots` in `src`, asked again after failures that may
+/// pass, as paths are.
+async fn closure_with_retries(
+    src: &dyn Store,
+    roots: &[StorePath],
+    opts: &CopyOptions,
+    cancel: &CancellationToken,
+) -> Result<closure::Closure, ClosureError> {
+    let mut tries = 0;
+    loop {
+        match closure::compute(src, roots).await {
+            Err(ClosureError::Store(e)) if e.is_retryable() && tries < opts.retries => {
+                tries += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(opts.retry_delay, tries)) => {}
+                    () = cancel.cancelled() => return Err(ClosureError::Store(e)),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The shared state of one copy.

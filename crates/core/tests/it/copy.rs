@@ -65,6 +65,8 @@ struct Mem {
     down: bool,
     /// Questions fail, retryably: a host that cannot be reached.
     unreachable: bool,
+    /// This many questions fail, retryably.
+    flaky_queries: AtomicUsize,
     /// Serve this NAR instead of the real one: a tampered source.
     tampered: Option<Vec<u8>>,
     /// The store's `max_parallel_adds`.
@@ -158,7 +160,7 @@ impl Store for Mem {
         &self,
         paths: &[StorePath],
     ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-        if self.unreachable {
+        if self.unreachable || take_one(&self.flaky_queries) {
             return Err(connection_error(&self.url));
         }
         let have = self.paths.lock().unwrap();
@@ -391,6 +393,14 @@ async fn transient_failures_are_retried() {
         d.check_contents();
     }
     assert!(events.iter().any(|e| matches!(e, Event::Retrying { .. })));
+
+    // A source that fails to answer at first.
+    let src = Mem::with("mem://src", GRAPH);
+    src.flaky_queries.store(2, Ordering::SeqCst);
+    let dst = Arc::new(Mem::new("mem://d"));
+    let (summaries, _) = run(&Arc::new(src), std::slice::from_ref(&dst), &fast_retries()).await;
+    assert!(summaries[0].is_complete());
+    assert_eq!(dst.names(), all_names());
 
     // Without retries, the same faults fail paths.
     let src = Mem::with("mem://src", GRAPH);

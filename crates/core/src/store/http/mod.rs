@@ -467,30 +467,45 @@ impl Inner {
     }
 
     /// A `GET` of a small file: `None` on 404 or 403, the text otherwise,
-    /// which must be UTF-8 and at most `limit` bytes.
+    /// which must be UTF-8 and at most `limit` bytes. A connection that
+    /// breaks while the body arrives is retried like one that breaks
+    /// before the answer.
     async fn get_small(&self, rel: &str, limit: usize) -> Result<Option<String>, StoreError> {
         let url = self.url_of(rel);
-        let mut resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
-            s if s.is_success() => {}
-            s => return Err(self.status_error(&Method::GET, &url, s)),
-        }
-        let mut bytes = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if bytes.len() + chunk.len() > limit {
-                        return Err(self.corrupt(format!("'{url}' is longer than {limit} bytes")));
+        let mut attempt = 0;
+        let bytes = loop {
+            let mut resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
+                s if s.is_success() => {}
+                s => return Err(self.status_error(&Method::GET, &url, s)),
+            }
+            let mut bytes = Vec::new();
+            let broken = loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if bytes.len() + chunk.len() > limit {
+                            return Err(
+                                self.corrupt(format!("'{url}' is longer than {limit} bytes"))
+                            );
+                        }
+                        bytes.extend_from_slice(&chunk);
                     }
-                    bytes.extend_from_slice(&chunk);
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
-                Ok(None) => break,
-                Err(e) => {
+            };
+            match broken {
+                None => break bytes,
+                Some(e) if attempt >= self.retries => {
                     return Err(self.connection(format!("GET {url}: {}", error_chain(&e))));
                 }
+                Some(_) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
             }
-        }
+        };
         String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| self.corrupt(format!("'{url}' is not UTF-8")))
