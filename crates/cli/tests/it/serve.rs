@@ -398,12 +398,12 @@ fn survives_many_concurrent_and_hostile_clients() {
         expected.push((format!("/{name}"), narinfo));
         expected.push((format!("/{url}"), fs::read(cache.join(&url)).unwrap()));
     }
-    let expected = std::sync::Arc::new(expected);
+    let expected = Arc::new(expected);
     let port = server.port;
     let start = Instant::now();
     let clients: Vec<_> = (0..200)
         .map(|i| {
-            let expected = std::sync::Arc::clone(&expected);
+            let expected = Arc::clone(&expected);
             std::thread::spawn(move || {
                 for j in 0..5 {
                     let n = i * 5 + j;
