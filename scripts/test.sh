@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs its dependencies (Nix 2.8 from Debian),
-# then every Rust test, including the differential tests against real Nix,
-# the replay of all committed fuzz inputs, and the Python package's tests.
+# Runs the whole test suite: installs its dependencies (Nix 2.8 and OpenSSH
+# from Debian), then every Rust test, including the differential tests
+# against real Nix, the SSH tests against an sshd they start, the replay of
+# all committed fuzz inputs, and the Python package's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
