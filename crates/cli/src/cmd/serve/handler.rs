@@ -81,7 +81,18 @@ pub(super) struct StoreBackend {
     nars: Mutex<HashMap<String, PathInfo>>,
     /// The store directory's entries, by hash part.
     listing: tokio::sync::Mutex<Option<DirListing>>,
+    /// Narinfos signed in the last [`RECENT_NARINFO_TTL`], by hash part:
+    /// many clients asking for the same paths at once (a fleet fetching
+    /// one closure) get them without a database read and a signature
+    /// each.
+    recent: Mutex<HashMap<String, (Instant, Bytes)>>,
 }
+
+/// How long a signed narinfo is served again as it is.
+const RECENT_NARINFO_TTL: Duration = Duration::from_secs(2);
+
+/// How many recent narinfos are kept at most.
+const MAX_RECENT_NARINFOS: usize = 10_000;
 
 impl StoreBackend {
     pub(super) fn new(
@@ -97,6 +108,7 @@ impl StoreBackend {
             compression,
             nars: Mutex::new(HashMap::new()),
             listing: tokio::sync::Mutex::new(None),
+            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,6 +175,26 @@ impl StoreBackend {
             nars.insert(info.nar_hash.to_nix32(), info.clone());
         }
         Ok(narinfo.render())
+    }
+
+    /// The narinfo of the path with hash part `hash` if it was signed
+    /// less than [`RECENT_NARINFO_TTL`] ago.
+    fn recent_narinfo(&self, hash: &str) -> Option<Bytes> {
+        let recent = self.recent.lock().ok()?;
+        let (made, text) = recent.get(hash)?;
+        (made.elapsed() < RECENT_NARINFO_TTL).then(|| text.clone())
+    }
+
+    fn remember_narinfo(&self, hash: &str, text: Bytes) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= MAX_RECENT_NARINFOS {
+                recent.retain(|_, (made, _)| made.elapsed() < RECENT_NARINFO_TTL);
+                if recent.len() >= MAX_RECENT_NARINFOS {
+                    recent.clear();
+                }
+            }
+            recent.insert(hash.to_owned(), (Instant::now(), text));
+        }
     }
 
     fn remembered(&self, nar_hash: &str) -> Option<PathInfo> {
@@ -354,13 +386,18 @@ impl Server {
     ) -> anyhow::Result<Response<Body>> {
         match route {
             Route::NarInfo(hash) => {
+                if let Some(text) = s.recent_narinfo(hash) {
+                    self.metrics.narinfo(true);
+                    return Ok(full(CT_NARINFO, CACHE_DAY, text));
+                }
                 let info = s.lookup(hash).await?;
                 self.metrics.narinfo(info.is_some());
                 let Some(info) = info else {
                     return Ok(not_found());
                 };
-                let text = s.narinfo(&self.store_dir, &info)?;
-                Ok(full(CT_NARINFO, CACHE_DAY, text.into()))
+                let text = Bytes::from(s.narinfo(&self.store_dir, &info)?);
+                s.remember_narinfo(hash, text.clone());
+                Ok(full(CT_NARINFO, CACHE_DAY, text))
             }
             Route::Nar { hash, ext } => {
                 let Some(info) = s.remembered(hash) else {
