@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks `nixferry serve` on 127.0.0.1, side by side in one run:
 #
-#   narinfo/s   `--store local` making and signing narinfos on the fly,
+#   narinfo/s   `--store local` making and signing narinfos on the fly
+#               (a narinfo signed in the last 2 s is served again as it is),
 #               `--store file://` serving them as files, and nginx serving
-#               the same files (wrk, 2 threads, 64 connections, 10 s each)
+#               the same files (wrk, 2 threads, 64 connections, 10 s each):
+#               one narinfo again and again, then all of the closure's in
+#               turn
 #   NAR GB/s    downloading the closure's largest NAR uncompressed from
 #               `--store local` (dumped on the fly) and from nginx
 #   pull        copying the whole closure (benches/closure.nix) from
@@ -76,6 +79,17 @@ f=$(reqs "$file_url/$hash.narinfo")
 n=$(reqs "$nginx_url/$hash.narinfo")
 printf 'narinfo/s   local+signing %8.0f   file %8.0f   nginx %8.0f   local/nginx %.2f   file/nginx %.2f\n' \
     "$l" "$f" "$n" "$(awk "BEGIN{print $l / $n}")" "$(awk "BEGIN{print $f / $n}")"
+
+# All the closure's narinfos in turn, as a client substituting it asks.
+{
+    printf 'paths = {'
+    for p in $(nix-store -qR "$top"); do printf '"/%s.narinfo",' "$(basename "$p" | cut -c1-32)"; done
+    printf '}\ni = 0\nrequest = function()\n  i = i + 1\n  return wrk.format("GET", paths[(i %% #paths) + 1])\nend\n'
+} > "$work/rotate.lua"
+rot() { wrk -t2 -c64 -d10s -s "$work/rotate.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+l=$(rot "$local_url"); f=$(rot "$file_url"); n=$(rot "$nginx_url")
+printf 'narinfo/s, all %s paths in turn: local+signing %8.0f   file %8.0f   nginx %8.0f   local/nginx %.2f   file/nginx %.2f\n' \
+    "$(nix-store -qR "$top" | wc -l)" "$l" "$f" "$n" "$(awk "BEGIN{print $l / $n}")" "$(awk "BEGIN{print $f / $n}")"
 
 # The largest NAR, by its URL in each server's narinfo.
 big=$(nix path-info --json -r "$top" | python3 -c 'import json,sys; print(max(json.load(sys.stdin), key=lambda i: i["narSize"])["path"])')

@@ -56,6 +56,7 @@ pub(super) struct Server {
     pub(super) write: bool,
     pub(super) verbose: bool,
     pub(super) metrics: Metrics,
+    pub(super) recent: RecentNarinfos,
 }
 
 /// Where the served files come from.
@@ -81,14 +82,40 @@ pub(super) struct StoreBackend {
     nars: Mutex<HashMap<String, PathInfo>>,
     /// The store directory's entries, by hash part.
     listing: tokio::sync::Mutex<Option<DirListing>>,
-    /// Narinfos signed in the last [`RECENT_NARINFO_TTL`], by hash part:
-    /// many clients asking for the same paths at once (a fleet fetching
-    /// one closure) get them without a database read and a signature
-    /// each.
-    recent: Mutex<HashMap<String, (Instant, Bytes)>>,
 }
 
-/// How long a signed narinfo is served again as it is.
+/// Narinfos served in the last [`RECENT_NARINFO_TTL`], by hash part: many
+/// clients asking for the same paths at once (a fleet fetching one
+/// closure) get them without a database read and a signature each, or a
+/// file read.
+#[derive(Debug, Default)]
+pub(super) struct RecentNarinfos {
+    map: Mutex<HashMap<String, (Instant, Bytes)>>,
+}
+
+impl RecentNarinfos {
+    /// The narinfo with hash part `hash` if it was served less than
+    /// [`RECENT_NARINFO_TTL`] ago.
+    fn get(&self, hash: &str) -> Option<Bytes> {
+        let map = self.map.lock().ok()?;
+        let (made, text) = map.get(hash)?;
+        (made.elapsed() < RECENT_NARINFO_TTL).then(|| text.clone())
+    }
+
+    fn put(&self, hash: &str, text: Bytes) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= MAX_RECENT_NARINFOS {
+                map.retain(|_, (made, _)| made.elapsed() < RECENT_NARINFO_TTL);
+                if map.len() >= MAX_RECENT_NARINFOS {
+                    map.clear();
+                }
+            }
+            map.insert(hash.to_owned(), (Instant::now(), text));
+        }
+    }
+}
+
+/// How long a narinfo is served again as it is.
 const RECENT_NARINFO_TTL: Duration = Duration::from_secs(2);
 
 /// How many recent narinfos are kept at most.
@@ -108,7 +135,6 @@ impl StoreBackend {
             compression,
             nars: Mutex::new(HashMap::new()),
             listing: tokio::sync::Mutex::new(None),
-            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -175,26 +201,6 @@ impl StoreBackend {
             nars.insert(info.nar_hash.to_nix32(), info.clone());
         }
         Ok(narinfo.render())
-    }
-
-    /// The narinfo of the path with hash part `hash` if it was signed
-    /// less than [`RECENT_NARINFO_TTL`] ago.
-    fn recent_narinfo(&self, hash: &str) -> Option<Bytes> {
-        let recent = self.recent.lock().ok()?;
-        let (made, text) = recent.get(hash)?;
-        (made.elapsed() < RECENT_NARINFO_TTL).then(|| text.clone())
-    }
-
-    fn remember_narinfo(&self, hash: &str, text: Bytes) {
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() >= MAX_RECENT_NARINFOS {
-                recent.retain(|_, (made, _)| made.elapsed() < RECENT_NARINFO_TTL);
-                if recent.len() >= MAX_RECENT_NARINFOS {
-                    recent.clear();
-                }
-            }
-            recent.insert(hash.to_owned(), (Instant::now(), text));
-        }
     }
 
     fn remembered(&self, nar_hash: &str) -> Option<PathInfo> {
@@ -331,6 +337,20 @@ impl Server {
         let Some(rel) = route.relative() else {
             return Ok(not_found());
         };
+        if let Route::NarInfo(hash) = route {
+            if let Some(text) = self.recent.get(hash) {
+                self.metrics.narinfo(true);
+                return Ok(full(CT_NARINFO, CACHE_DAY, text));
+            }
+            let text = read_small(root, &rel).await?;
+            self.metrics.narinfo(text.is_some());
+            let Some(text) = text else {
+                return Ok(not_found());
+            };
+            let text = Bytes::from(text);
+            self.recent.put(hash, text.clone());
+            return Ok(full(CT_NARINFO, CACHE_DAY, text));
+        }
         let opened = open_in(root, &rel).await?;
         if let Route::NarInfo(_) = route {
             self.metrics.narinfo(opened.is_some());
@@ -386,7 +406,7 @@ impl Server {
     ) -> anyhow::Result<Response<Body>> {
         match route {
             Route::NarInfo(hash) => {
-                if let Some(text) = s.recent_narinfo(hash) {
+                if let Some(text) = self.recent.get(hash) {
                     self.metrics.narinfo(true);
                     return Ok(full(CT_NARINFO, CACHE_DAY, text));
                 }
@@ -396,7 +416,7 @@ impl Server {
                     return Ok(not_found());
                 };
                 let text = Bytes::from(s.narinfo(&self.store_dir, &info)?);
-                s.remember_narinfo(hash, text.clone());
+                self.recent.put(hash, text.clone());
                 Ok(full(CT_NARINFO, CACHE_DAY, text))
             }
             Route::Nar { hash, ext } => {

@@ -107,6 +107,7 @@ fn setup(args: &ServeArgs) -> anyhow::Result<Server> {
         token,
         write: args.write,
         verbose: args.verbose,
+        recent: handler::RecentNarinfos::default(),
         metrics: metrics::Metrics::default(),
     })
 }
