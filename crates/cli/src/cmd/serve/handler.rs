@@ -644,7 +644,21 @@ pub(super) fn not_found() -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, Bytes, RecentNarinfos, MAX_RECENT_NARINFOS, RECENT_NARINFO_TTL};
+
+    #[test]
+    fn recent_narinfos_expire_and_stay_bounded() {
+        let recent = RecentNarinfos::default();
+        recent.put("a", Bytes::from_static(b"StorePath: a"));
+        assert_eq!(recent.get("a").as_deref(), Some(&b"StorePath: a"[..]));
+        assert_eq!(recent.get("b"), None);
+        for i in 0..MAX_RECENT_NARINFOS + 10 {
+            recent.put(&i.to_string(), Bytes::new());
+        }
+        assert!(recent.map.lock().unwrap().len() <= MAX_RECENT_NARINFOS);
+        std::thread::sleep(RECENT_NARINFO_TTL + std::time::Duration::from_millis(100));
+        assert_eq!(recent.get("1"), None);
+    }
 
     #[test]
     fn ranges() {
