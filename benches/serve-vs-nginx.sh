@@ -35,15 +35,20 @@ pk=$(cat "$work/key.public")
 "$nf" copy --to "file://$work/cache?compression=none&fsync=false" --secret-key-file "$work/key.secret" "$top" 2>/dev/null
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-serve() { # log store args...
+serve() { # log store args...: starts a server (in this shell, so that
+    # cleanup knows its pid)
     local log=$1; shift
     "$nf" serve --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do grep -q "listening on" "$log" 2>/dev/null && break; sleep 0.1; done
-    grep -o 'http://[0-9.:]*' "$log" | head -1
 }
-local_url=$(serve "$work/local.log" --store local --secret-key-file "$work/key.secret")
-file_url=$(serve "$work/file.log" --store "file://$work/cache")
+url_of() { # log
+    for _ in $(seq 100); do grep -q "listening on" "$1" 2>/dev/null && break; sleep 0.1; done
+    grep -o 'http://[0-9.:]*' "$1" | head -1
+}
+serve "$work/local.log" --store local --secret-key-file "$work/key.secret"
+serve "$work/file.log" --store "file://$work/cache"
+local_url=$(url_of "$work/local.log")
+file_url=$(url_of "$work/file.log")
 nginx_port=$(port)
 cat > "$work/nginx.conf" <<EOF
 daemon off;
