@@ -490,6 +490,13 @@ pub fn decoder<R: BufRead>(c: &Compression, input: R) -> Result<Decoder<R>, Comp
 /// The input of a [`lenient_decoder`]: the bytes it looked at, then the rest.
 pub type Peeked<R> = io::Chain<Cursor<Vec<u8>>, R>;
 
+/// Whether Nix 2.8 finds the format of a NAR file whose narinfo declares
+/// `declared` by [`sniff`]ing its first bytes: for everything but `none`
+/// and `br`, which are taken at their word.
+pub fn is_sniffed(declared: &Compression) -> bool {
+    !matches!(declared, Compression::None | Compression::Br)
+}
+
 /// Makes a decoder as Nix 2.8 does for a NAR file whose narinfo declares
 /// `declared`: `none` and `br` are taken at their word; for anything else
 /// (including the `bzip2` an absent field means) the format is found by
@@ -504,17 +511,16 @@ pub fn lenient_decoder<R: BufRead>(
     mut input: R,
 ) -> Result<Decoder<Peeked<R>>, CompressionError> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
-    if !matches!(declared, Compression::None | Compression::Br) {
+    let actual = if is_sniffed(declared) {
         (&mut input)
             .take(SNIFF_LEN as u64)
             .read_to_end(&mut head)
             .map_err(init_err("sniffing"))?;
-    }
-    let actual = match declared {
-        Compression::None | Compression::Br => declared.clone(),
-        _ => sniff(&head).ok_or_else(|| CompressionError::NotRecognized {
+        sniff(&head).ok_or_else(|| CompressionError::NotRecognized {
             declared: declared.name().to_owned(),
-        })?,
+        })?
+    } else {
+        declared.clone()
     };
     decoder(&actual, Cursor::new(head).chain(input))
 }

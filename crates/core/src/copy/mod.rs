@@ -887,16 +887,8 @@ async fn tee(mut nar: NarStream, mut outs: Vec<mpsc::Sender<SharedChunk>>, full:
 /// each retry before it, at most [`MAX_RETRY_DELAY`], plus up to half of
 /// it again, at random, so that many clients do not retry in step.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    let delay = base
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(MAX_RETRY_DELAY);
-    // Randomness enough for jitter, without a generator: the clock's
-    // nanoseconds.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
-    delay + jitter
+    let delay = crate::backoff::doubled(base, attempt.saturating_sub(1), MAX_RETRY_DELAY);
+    delay + delay.mul_f64(crate::backoff::random_fraction() / 2.0)
 }
 
 #[cfg(test)]

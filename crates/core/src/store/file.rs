@@ -321,6 +321,22 @@ impl NarWriter {
         )
     }
 
+    /// Refuses a NAR file compressed other than as this writer writes
+    /// them, for [`Store::add_compressed`] of the store `url`.
+    pub(crate) fn check_compressed(
+        &self,
+        url: &str,
+        compression: &Compression,
+    ) -> Result<(), StoreError> {
+        if *compression == self.compression {
+            return Ok(());
+        }
+        Err(StoreError::Unsupported {
+            store: url.to_owned(),
+            what: "adding NAR files compressed other than the store's compression",
+        })
+    }
+
     /// Whether narinfos are signed.
     pub(crate) fn signs(&self) -> bool {
         self.secret_key.is_some()
@@ -1057,17 +1073,16 @@ impl Store for FileStore {
             // Report what the file really is where Nix would sniff it, so
             // that a passthrough copy labels it right.
             let declared = narinfo.compression().clone();
-            let compression = match declared {
-                Compression::None | Compression::Br => declared,
-                _ => {
-                    let mut head = Vec::with_capacity(compression::SNIFF_LEN);
-                    (&mut file)
-                        .take(compression::SNIFF_LEN as u64)
-                        .read_to_end(&mut head)
-                        .map_err(err)?;
-                    file.rewind().map_err(err)?;
-                    compression::sniff(&head).unwrap_or(declared)
-                }
+            let compression = if compression::is_sniffed(&declared) {
+                let mut head = Vec::with_capacity(compression::SNIFF_LEN);
+                (&mut file)
+                    .take(compression::SNIFF_LEN as u64)
+                    .read_to_end(&mut head)
+                    .map_err(err)?;
+                file.rewind().map_err(err)?;
+                compression::sniff(&head).unwrap_or(declared)
+            } else {
+                declared
             };
             let file_size = match narinfo.file_size() {
                 Some(size) => size,
@@ -1099,12 +1114,9 @@ impl Store for FileStore {
     }
 
     async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
-        if nar.compression != self.inner.writer.compression {
-            return Err(StoreError::Unsupported {
-                store: self.inner.url.clone(),
-                what: "adding NAR files compressed other than the store's compression",
-            });
-        }
+        self.inner
+            .writer
+            .check_compressed(&self.inner.url, &nar.compression)?;
         let inner = self.inner.clone();
         let info = info.clone();
         let facts = FileFacts {

@@ -344,15 +344,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The wait before retry number `attempt` (0-based): exponential, with
 /// the upper half of it random, so that clients do not retry in step.
 fn backoff(attempt: u32) -> Duration {
-    let full = FIRST_BACKOFF
-        .saturating_mul(1 << attempt.min(16))
-        .min(MAX_BACKOFF);
-    let mut seed = [0u8; 4];
-    let fraction = match getrandom::getrandom(&mut seed) {
-        Ok(()) => f64::from(u32::from_le_bytes(seed)) / f64::from(u32::MAX),
-        Err(_) => 0.5,
-    };
-    full.mul_f64(0.5 + fraction / 2.0)
+    let full = crate::backoff::doubled(FIRST_BACKOFF, attempt, MAX_BACKOFF);
+    full.mul_f64(0.5 + crate::backoff::random_fraction() / 2.0)
 }
 
 impl Inner {
@@ -769,33 +762,26 @@ impl Store for HttpStore {
         let mut body = body_reader(resp, self.inner.url.clone(), url.clone());
         // Report what the file really is where Nix would sniff it, so that
         // a passthrough copy labels it right.
-        let compression = match declared {
-            Compression::None | Compression::Br => declared,
-            _ => {
-                let mut head = Vec::with_capacity(compression::SNIFF_LEN);
-                (&mut body)
-                    .take(compression::SNIFF_LEN as u64)
-                    .read_to_end(&mut head)
-                    .await
-                    .map_err(|e| StoreError::from_stream(e, "reading", &url))?;
-                let sniffed = compression::sniff(&head).unwrap_or(declared);
-                let stream: NarStream =
-                    Box::pin(tokio::io::AsyncReadExt::chain(io::Cursor::new(head), body));
-                let file = info.file.as_ref();
-                return Ok(Some(CompressedNar {
-                    compression: sniffed,
-                    file_hash: file.and_then(|f| f.file_hash),
-                    file_size: file.and_then(|f| f.file_size).or(length),
-                    stream,
-                }));
-            }
+        let (compression, stream): (Compression, NarStream) = if compression::is_sniffed(&declared)
+        {
+            let mut head = Vec::with_capacity(compression::SNIFF_LEN);
+            (&mut body)
+                .take(compression::SNIFF_LEN as u64)
+                .read_to_end(&mut head)
+                .await
+                .map_err(|e| StoreError::from_stream(e, "reading", &url))?;
+            let sniffed = compression::sniff(&head).unwrap_or(declared);
+            let stream = tokio::io::AsyncReadExt::chain(io::Cursor::new(head), body);
+            (sniffed, Box::pin(stream))
+        } else {
+            (declared, Box::pin(body))
         };
         let file = info.file.as_ref();
         Ok(Some(CompressedNar {
             compression,
             file_hash: file.and_then(|f| f.file_hash),
             file_size: file.and_then(|f| f.file_size).or(length),
-            stream: Box::pin(body),
+            stream,
         }))
     }
 
@@ -817,12 +803,9 @@ impl Store for HttpStore {
     }
 
     async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
-        if &nar.compression != self.inner.writer.compression() {
-            return Err(StoreError::Unsupported {
-                store: self.inner.url.clone(),
-                what: "adding NAR files compressed other than the store's compression",
-            });
-        }
+        self.inner
+            .writer
+            .check_compressed(&self.inner.url, &nar.compression)?;
         if self.inner.prepare_write(&info.path).await? {
             return Ok(());
         }
