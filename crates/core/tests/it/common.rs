@@ -61,3 +61,21 @@ pub(crate) fn nix_command(program: &str) -> std::process::Command {
     );
     c
 }
+
+/// A NAR stream of `bytes`.
+pub(crate) fn stream(bytes: Vec<u8>) -> nixferry::store::NarStream {
+    Box::pin(std::io::Cursor::new(bytes))
+}
+
+/// Everything a NAR stream gives.
+pub(crate) async fn read_all(mut s: nixferry::store::NarStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+/// The SHA-256 of `data` as a Nix hash.
+pub(crate) fn sha256(data: &[u8]) -> nixferry::hash::NixHash {
+    nixferry::hash::NixHash::sha256(nixferry::hash::sha256(data))
+}

@@ -21,7 +21,7 @@ use nixferry::store::{
 use nixferry::store_path::{ContentAddress, FileIngestion, StoreDir, StorePath};
 use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
 
-use crate::common::{have_nix, nix_command, vector};
+use crate::common::{have_nix, nix_command, read_all, sha256, stream, vector};
 
 // ---------------------------------------------------------------- helpers
 
@@ -32,20 +32,6 @@ fn open(url: &str) -> FileStore {
 fn url_of(dir: &Path, params: &str) -> String {
     let sep = if params.is_empty() { "" } else { "?" };
     format!("file://{}{sep}{params}", dir.display())
-}
-
-fn stream(bytes: Vec<u8>) -> NarStream {
-    Box::pin(io::Cursor::new(bytes))
-}
-
-async fn read_all(mut s: NarStream) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    Ok(out)
-}
-
-fn sha256(data: &[u8]) -> NixHash {
-    NixHash::sha256(nixferry::hash::sha256(data))
 }
 
 /// Copies a directory tree (the vector caches are read-only, and opening a

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,11 +19,10 @@ use nixferry::narinfo::NarInfo;
 use nixferry::signing::{SecretKey, TrustedKeys};
 use nixferry::store::file::FileStore;
 use nixferry::store::http::HttpStore;
-use nixferry::store::{NarStream, PathInfo, Store, StoreError, StoreUrl};
+use nixferry::store::{PathInfo, Store, StoreError, StoreUrl};
 use nixferry::store_path::{StoreDir, StorePath};
-use tokio::io::AsyncReadExt as _;
 
-use crate::common::{have_nix, nix_command, vector};
+use crate::common::{have_nix, nix_command, read_all, sha256, stream, vector};
 
 // ---------------------------------------------------------------- servers
 
@@ -122,20 +120,6 @@ fn open_file(dir: &Path, params: &str) -> FileStore {
     let sep = if params.is_empty() { "" } else { "?" };
     let url = format!("file://{}{sep}{params}", dir.display());
     FileStore::open(&StoreUrl::parse(&url).unwrap()).unwrap_or_else(|e| panic!("{url}: {e}"))
-}
-
-fn stream(bytes: Vec<u8>) -> NarStream {
-    Box::pin(io::Cursor::new(bytes))
-}
-
-async fn read_all(mut s: NarStream) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    Ok(out)
-}
-
-fn sha256(data: &[u8]) -> NixHash {
-    NixHash::sha256(nixferry::hash::sha256(data))
 }
 
 /// A NAR of a small tree (some text, an executable, a symlink) and an
