@@ -237,6 +237,19 @@ fn add_path(
     Ok(PyStorePath::new(&dir, p))
 }
 
+/// The store directory `store_dir` and `references` parsed in it.
+fn dir_and_references(
+    store_dir: &str,
+    references: &[Bound<'_, PyAny>],
+) -> PyResult<(StoreDir, Vec<StorePath>)> {
+    let dir = self::store_dir(store_dir)?;
+    let refs = references
+        .iter()
+        .map(|r| extract(r, &dir))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((dir, refs))
+}
+
 /// The store path of a fixed-output path: `hash` over the file contents
 /// (`recursive=False`, `nix-store --add-fixed`) or over its NAR
 /// (`recursive=True`).
@@ -249,11 +262,7 @@ fn fixed_output_path(
     references: Vec<Bound<'_, PyAny>>,
     store_dir: &str,
 ) -> PyResult<PyStorePath> {
-    let dir = self::store_dir(store_dir)?;
-    let refs = references
-        .iter()
-        .map(|r| extract(r, &dir))
-        .collect::<PyResult<Vec<_>>>()?;
+    let (dir, refs) = dir_and_references(store_dir, &references)?;
     let method = if recursive {
         FileIngestion::Recursive
     } else {
@@ -278,11 +287,7 @@ fn text_path(
     references: Vec<Bound<'_, PyAny>>,
     store_dir: &str,
 ) -> PyResult<PyStorePath> {
-    let dir = self::store_dir(store_dir)?;
-    let refs = references
-        .iter()
-        .map(|r| extract(r, &dir))
-        .collect::<PyResult<Vec<_>>>()?;
+    let (dir, refs) = dir_and_references(store_dir, &references)?;
     let hash = nixferry::hash::NixHash::sha256(nixferry::hash::sha256(contents));
     let p = dir
         .make_text_path(name, &hash, refs.iter())
