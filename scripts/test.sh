@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs its dependencies (Nix 2.8 and OpenSSH
-# from Debian), then every Rust test, including the differential tests
-# against real Nix, the SSH tests against an sshd they start, the replay of
-# all committed fuzz inputs, and the Python package's tests.
+# from Debian, an S3 server from PyPI), then every Rust test, including the
+# differential tests against real Nix, the SSH tests against an sshd they
+# start, the S3 tests against an S3 server they start, the replay of all
+# committed fuzz inputs, and the Python package's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +14,18 @@ export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-
 # Tests that need Nix fail rather than skip when it is missing.
 export NIXFERRY_REQUIRE_NIX=1
 
+# A virtualenv under target/ with the Python tools: the S3 server the S3
+# tests start (moto), and what builds and checks the Python package.
+python3 -m venv target/py-venv
+target/py-venv/bin/pip install --quiet --upgrade maturin pytest mypy 'moto[server]==5.2.5'
+export NIXFERRY_TEST_PYTHON="$PWD/target/py-venv/bin/python"
+
 # Benches and fuzz-free targets must at least build.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
 
-# The Python package: built and installed into a virtualenv under target/,
-# then its tests (which use Nix too) and the check of its type stubs.
-python3 -m venv target/py-venv
-target/py-venv/bin/pip install --quiet --upgrade maturin pytest mypy
+# The Python package: built and installed into the virtualenv, then its
+# tests (which use Nix too) and the check of its type stubs.
 target/py-venv/bin/pip install --quiet ./crates/py
 (cd crates/py && ../../target/py-venv/bin/python -m pytest -q tests)
 target/py-venv/bin/python -m mypy.stubtest nixferry

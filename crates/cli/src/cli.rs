@@ -306,14 +306,17 @@ pub(crate) struct AddArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The store to serve: `local` (or `local?root=DIR`) or `file:///DIR`.
+    /// The store to serve: `local` (or `local?root=DIR`), `file:///DIR`
+    /// (served as its files are), or a binary cache to serve again with
+    /// this server's signatures: `s3://BUCKET…`, `http(s)://…`.
     #[arg(long)]
     pub(crate) store: String,
     /// The address to listen on; port 0 picks a free port (the address
     /// is printed on stderr).
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub(crate) listen: std::net::SocketAddr,
-    /// Sign narinfos of a served Nix store with this key; repeatable.
+    /// Sign narinfos of a served Nix store (or s3://, http(s):// cache)
+    /// with this key; repeatable.
     #[arg(long = "secret-key-file")]
     pub(crate) secret_key_files: Vec<PathBuf>,
     /// The `Priority` to announce in nix-cache-info.
@@ -329,7 +332,8 @@ pub(crate) struct ServeArgs {
     /// Bearer TOKEN`, or basic credentials with TOKEN as the password).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
-    /// How NARs of a served Nix store are compressed on the fly.
+    /// How NARs of a served Nix store (or s3://, http(s):// cache) are
+    /// compressed on the fly.
     #[arg(long, value_enum, default_value_t = ServeCompression::None)]
     pub(crate) compression: ServeCompression,
     /// Log one line per request on stderr.

@@ -6,6 +6,7 @@ mod common;
 mod copy;
 mod differential;
 mod http;
+mod s3;
 mod serve;
 mod ssh;
 mod sshd;

@@ -369,6 +369,7 @@ pub async fn copy_to_many(
         nar_bytes: work.iter().map(|(i, _)| i.nar_size).sum(),
     });
 
+    let dsts = plan.dsts.clone();
     for (path, dest, result) in plan.run(work).await {
         let summary = &mut summaries[dest];
         match result {
@@ -380,6 +381,9 @@ pub async fn copy_to_many(
             Err(e) => summary.failed.push((path, e)),
         }
     }
+    // Whatever the destinations still have pending (aborts of cancelled
+    // uploads) finishes before the copy returns.
+    futures_util::future::join_all(dsts.iter().map(|d| d.close())).await;
     for summary in &mut summaries {
         summary.failed.sort_by(|a, b| a.0.cmp(&b.0));
         summary.elapsed = start.elapsed();
@@ -640,7 +644,15 @@ impl Plan {
         // whether the path got there after all.
         let mut retries = JoinSet::new();
         let mut results = Vec::new();
-        for (dest, r) in self.attempt(&info, &todo).await {
+        // Cancellation drops the attempt: stores leave nothing visible of a
+        // path they did not finish.
+        let first = tokio::select! {
+            r = self.attempt(&info, &todo) => r,
+            () = self.cancel.cancelled() => {
+                todo.iter().map(|&d| (d, Err(CopyError::Cancelled))).collect()
+            }
+        };
+        for (dest, r) in first {
             match r {
                 Err(e) if e.is_retryable() => {
                     let plan = Arc::clone(&self);

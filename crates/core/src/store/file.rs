@@ -294,6 +294,21 @@ impl NarWriter {
         })
     }
 
+    /// The writing parameters of a remote binary cache's URL, whose NAR
+    /// files are staged in temporary files (never flushed: they only live
+    /// until uploaded), with its `want-mass-query` and `priority`.
+    pub(crate) fn for_remote(
+        url: &StoreUrl,
+    ) -> Result<(Self, Option<bool>, Option<i64>), StoreError> {
+        let writer = Self::from_url(url, StoreDir::default(), false)?;
+        let want_mass_query = url
+            .param("want-mass-query")
+            .map(|_| url.bool_param("want-mass-query", false))
+            .transpose()?;
+        let priority = url.int_param("priority")?;
+        Ok((writer, want_mass_query, priority))
+    }
+
     /// The compression NAR files are written with.
     pub(crate) fn compression(&self) -> &Compression {
         &self.compression

@@ -44,6 +44,8 @@ pub(crate) mod chunks;
 pub mod file;
 pub mod http;
 pub mod local;
+pub(crate) mod remote;
+pub mod s3;
 pub mod serve;
 mod url;
 
@@ -491,6 +493,20 @@ pub trait Store: Send + Sync + fmt::Debug {
             what: "adding compressed NAR files",
         })
     }
+
+    /// The path whose hash part is `hash`, if the store has one (Nix's
+    /// `queryPathFromHashPart`), with its info.
+    async fn query_path_from_hash_part(&self, hash: &str) -> Result<Option<PathInfo>, StoreError> {
+        let _ = hash;
+        Err(StoreError::Unsupported {
+            store: self.url().to_owned(),
+            what: "looking paths up by hash part",
+        })
+    }
+
+    /// Finishes what the store still has pending once a copy is over, such
+    /// as cleaning up uploads that were cancelled. Stores stay usable.
+    async fn close(&self) {}
 }
 
 /// Opens the store a URL names.
@@ -505,10 +521,6 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         url::Scheme::Http | url::Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
         url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
         url::Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
-        other => Err(UrlError::NotYetSupported {
-            url: url.to_owned(),
-            scheme: other.name(),
-        }
-        .into()),
+        url::Scheme::S3 => Ok(Arc::new(s3::S3Store::open(&parsed)?)),
     }
 }

@@ -46,14 +46,6 @@ pub enum UrlError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A scheme nixferry knows but cannot open yet.
-    #[error("store URL '{url}': {scheme} stores are not supported yet")]
-    NotYetSupported {
-        /// The URL.
-        url: String,
-        /// The scheme.
-        scheme: &'static str,
-    },
 }
 
 /// The kinds of store a URL can name.
@@ -121,6 +113,7 @@ impl Scheme {
                 "profile",
                 "multipart-upload",
                 "buffer-size",
+                "retries",
             ],
             Self::Ssh => &[
                 "ssh-key",

@@ -73,8 +73,9 @@ pub(super) enum Backend {
 pub(super) struct StoreBackend {
     store: Arc<dyn Store>,
     /// The real directory of the store's paths (differs from the logical
-    /// store directory for chroot stores).
-    real_dir: PathBuf,
+    /// store directory for chroot stores), for a local store; other stores
+    /// look their paths up by hash part themselves.
+    real_dir: Option<PathBuf>,
     keys: Vec<SecretKey>,
     compression: Compression,
     /// NAR hash (nix32) to the path info, filled as narinfos are served:
@@ -124,7 +125,7 @@ const MAX_RECENT_NARINFOS: usize = 10_000;
 impl StoreBackend {
     pub(super) fn new(
         store: Arc<dyn Store>,
-        real_dir: PathBuf,
+        real_dir: Option<PathBuf>,
         keys: Vec<SecretKey>,
         compression: Compression,
     ) -> Self {
@@ -140,7 +141,10 @@ impl StoreBackend {
 
     /// The path info of the valid path with hash part `hash`.
     async fn lookup(&self, hash: &str) -> anyhow::Result<Option<PathInfo>> {
-        let candidates = self.candidates(hash).await?;
+        let Some(dir) = &self.real_dir else {
+            return Ok(self.store.query_path_from_hash_part(hash).await?);
+        };
+        let candidates = self.candidates(dir, hash).await?;
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -154,7 +158,7 @@ impl StoreBackend {
     /// [`LISTING_MISS_AGE`] (a path may have been added since): clients
     /// ask for many narinfos at once, and listing a big store takes a
     /// while.
-    async fn candidates(&self, hash: &str) -> anyhow::Result<Vec<StorePath>> {
+    async fn candidates(&self, dir: &Path, hash: &str) -> anyhow::Result<Vec<StorePath>> {
         let mut listing = self.listing.lock().await;
         let fresh = |l: &Option<DirListing>, max: Duration| {
             l.as_ref().is_some_and(|l| l.made.elapsed() < max)
@@ -167,7 +171,7 @@ impl StoreBackend {
                 return Ok(Vec::new());
             }
         }
-        let dir = self.real_dir.clone();
+        let dir = dir.to_path_buf();
         let made = Instant::now();
         let by_hash = tokio::task::spawn_blocking(move || list_store_dir(&dir)).await??;
         let found = by_hash.get(hash).cloned().unwrap_or_default();

@@ -3,7 +3,10 @@
 //! Two backends: a `file://` cache is served file by file as it lies on
 //! disk (and can take uploads with `--write`); the local Nix store gets
 //! narinfos made from its database, signed on the fly, and NARs dumped
-//! (and optionally zstd-compressed) on the fly.
+//! (and optionally zstd-compressed) on the fly. Other binary caches
+//! (`s3://`, `http(s)://`) are served like the local store: narinfos
+//! looked up by hash part and signed with the server's keys, NARs
+//! decompressed from the cache and sent as the server compresses them.
 //!
 //! The server speaks HTTP/1.1 (hyper). On SIGTERM or Ctrl-C it stops
 //! accepting connections and gives requests in flight a few seconds.
@@ -86,18 +89,28 @@ fn setup(args: &ServeArgs) -> anyhow::Result<Server> {
             }
             let local = LocalStore::open(&url)
                 .with_context(|| format!("opening store '{}'", args.store))?;
-            let compression = match args.compression {
-                ServeCompression::None => Compression::None,
-                ServeCompression::Zstd => Compression::Zstd,
-            };
+            let compression = serve_compression(args.compression);
             Backend::Store(Box::new(handler::StoreBackend::new(
                 store,
-                local.real_store_dir().to_path_buf(),
+                Some(local.real_store_dir().to_path_buf()),
                 keys,
                 compression,
             )))
         }
-        other => bail!("cannot serve a store of type '{other}': only 'local' and 'file://' stores"),
+        "s3" | "http" | "https" => {
+            if args.write {
+                bail!("--write needs a file:// store");
+            }
+            Backend::Store(Box::new(handler::StoreBackend::new(
+                store,
+                None,
+                keys,
+                serve_compression(args.compression),
+            )))
+        }
+        other => bail!(
+            "cannot serve a store of type '{other}': only local, file://, s3:// and http(s):// stores"
+        ),
     };
     Ok(Server {
         backend,
@@ -110,6 +123,14 @@ fn setup(args: &ServeArgs) -> anyhow::Result<Server> {
         recent: handler::RecentNarinfos::default(),
         metrics: metrics::Metrics::default(),
     })
+}
+
+/// How NARs of a served store are compressed on the fly.
+fn serve_compression(c: ServeCompression) -> Compression {
+    match c {
+        ServeCompression::None => Compression::None,
+        ServeCompression::Zstd => Compression::Zstd,
+    }
 }
 
 /// Accepts connections until a shutdown signal, then drains them.

@@ -26,7 +26,8 @@
 //! store's. A cache without one is read as one for `/nix/store`.
 //! Narinfos are fetched with `GET <base>/<hashPart>.narinfo`, up to
 //! [`PARALLEL_REQUESTS`] at once over pooled keep-alive connections
-//! (HTTP/2 where TLS negotiates it). A 404 or a 403 means the cache does
+//! (HTTP/2 where TLS negotiates it). The logic of the binary cache is
+//! shared with `s3://` ([`super::remote`]). A 404 or a 403 means the cache does
 //! not have the path (403: what S3 buckets that cannot be listed answer,
 //! SPEC §3.1), and so does a narinfo whose `StorePath` names another path.
 //! NAR files are streamed and decompressed as `file://` does it (the
@@ -59,36 +60,30 @@
 //! ([`StoreError::Remote`]); every message names the method, the URL and
 //! the HTTP status.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::TryStreamExt as _;
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
-use tokio::io::AsyncReadExt as _;
-use tokio::sync::OnceCell;
-use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::chunks::{blocking_stream, CHUNK_SIZE};
-use super::file::{FileFacts, NarWriter, StagedNar};
-use super::{
-    url::Scheme, Capabilities, CompressedNar, NarStream, PathInfo, Store, StoreError, StoreUrl,
-    UrlError,
-};
-use crate::compression::{self, Compression};
-use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
-use crate::store_path::{StoreDir, StorePath};
+use super::chunks::CHUNK_SIZE;
+use super::file::NarWriter;
+use super::remote::{relative_key, remote_store, Blobs, Body, Download, RemoteCache};
+use super::{url::Scheme, StoreError, StoreUrl, UrlError};
+use crate::compression::Compression;
+use crate::narinfo::{CacheInfo, NarInfo};
+use crate::store_path::StorePath;
 
 mod netrc;
 
+pub use super::remote::PARALLEL_REQUESTS;
+
 /// The environment variable holding a bearer token for the cache's host.
 pub const TOKEN_ENV: &str = "NIXFERRY_HTTP_TOKEN";
-
-/// Requests of one batched question that run at once.
-pub const PARALLEL_REQUESTS: usize = 32;
 
 /// Default of `connect-timeout`, in seconds.
 const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
@@ -110,25 +105,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Cloning is cheap and gives a handle to the same store.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
-    inner: Arc<Inner>,
+    inner: Arc<RemoteCache<Http>>,
 }
 
+remote_store!(HttpStore);
+
+/// Requests to the cache's server.
 #[derive(Debug)]
-struct Inner {
+struct Http {
     url: String,
     /// `scheme://host/path`, without a trailing slash.
     base: String,
     host: String,
-    store_dir: StoreDir,
     client: reqwest::Client,
     retries: u32,
     auth: Auth,
-    writer: NarWriter,
-    want_mass_query: Option<bool>,
-    priority: Option<i64>,
-    cache_info: OnceCell<CacheInfo>,
-    /// Set once the cache is known to have a `nix-cache-info`.
-    cache_info_exists: OnceCell<()>,
 }
 
 /// How requests authenticate.
@@ -145,14 +136,6 @@ impl std::fmt::Debug for Auth {
             .field("token", &self.token.as_ref().map(|_| "…"))
             .finish_non_exhaustive()
     }
-}
-
-/// A request body that can be sent again on a retry.
-enum Body {
-    Empty,
-    Bytes(Vec<u8>),
-    /// A file of this size, streamed from disk.
-    File(PathBuf, u64),
 }
 
 impl HttpStore {
@@ -190,15 +173,7 @@ impl HttpStore {
             .host_str()
             .ok_or_else(|| malformed("no host"))?
             .to_owned();
-        let store_dir = StoreDir::default();
-        // Binary cache files are not flushed to disk before upload: they
-        // only live until then.
-        let writer = NarWriter::from_url(url, store_dir.clone(), false)?;
-        let want_mass_query = url
-            .param("want-mass-query")
-            .map(|_| url.bool_param("want-mass-query", false))
-            .transpose()?;
-        let priority = url.int_param("priority")?;
+        let (writer, want_mass_query, priority) = NarWriter::for_remote(url)?;
         let seconds = |name: &str, default: u64| -> Result<Duration, UrlError> {
             match url.int_param(name)? {
                 None => Ok(Duration::from_secs(default)),
@@ -247,32 +222,33 @@ impl HttpStore {
             store: url.as_str().to_owned(),
             message: format!("cannot set up the HTTP client: {e}"),
         })?;
+        let http = Http {
+            url: url.as_str().to_owned(),
+            base,
+            host,
+            client,
+            retries,
+            auth,
+        };
         Ok(Self {
-            inner: Arc::new(Inner {
-                url: url.as_str().to_owned(),
-                base,
-                host,
-                store_dir,
-                client,
-                retries,
-                auth,
+            inner: Arc::new(RemoteCache::new(
+                http,
                 writer,
                 want_mass_query,
                 priority,
-                cache_info: OnceCell::new(),
-                cache_info_exists: OnceCell::new(),
-            }),
+                "nixferry-http",
+            )),
         })
     }
 
     /// The cache's root URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
-        &self.inner.base
+        &self.inner.blobs.base
     }
 
     /// The compression NAR files are written with.
     pub fn compression(&self) -> &Compression {
-        self.inner.writer.compression()
+        self.inner.compression()
     }
 
     /// The cache's `nix-cache-info` (fetched on first use), with
@@ -292,8 +268,7 @@ impl HttpStore {
     /// [`StoreError::Corrupt`] if the narinfo does not parse; request
     /// errors as described in the module docs.
     pub async fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
-        self.inner.cache_info().await?;
-        self.inner.fetch_narinfo(path).await
+        self.inner.narinfo(path).await
     }
 }
 
@@ -348,7 +323,7 @@ fn backoff(attempt: u32) -> Duration {
     full.mul_f64(0.5 + crate::backoff::random_fraction() / 2.0)
 }
 
-impl Inner {
+impl Http {
     fn url_of(&self, rel: &str) -> String {
         format!("{}/{rel}", self.base)
     }
@@ -393,7 +368,7 @@ impl Inner {
         method: Method,
         url: &str,
         content_type: Option<&'static str>,
-        body: &Body,
+        body: Option<&Body>,
     ) -> Result<reqwest::Response, StoreError> {
         let mut attempt = 0;
         loop {
@@ -403,9 +378,9 @@ impl Inner {
                 req = req.header(CONTENT_TYPE, ct);
             }
             req = match body {
-                Body::Empty => req,
-                Body::Bytes(b) => req.body(b.clone()),
-                Body::File(path, size) => {
+                None => req,
+                Some(Body::Bytes(b)) => req.body(b.clone()),
+                Some(Body::File(path, size)) => {
                     let f = tokio::fs::File::open(path)
                         .await
                         .map_err(|source| StoreError::Io {
@@ -459,15 +434,40 @@ impl Inner {
         }
     }
 
-    /// A `GET` of a small file: `None` on 404 or 403, the text otherwise,
-    /// which must be UTF-8 and at most `limit` bytes. A connection that
+    /// The full URL of a narinfo `URL`: relative to the cache, or an
+    /// absolute HTTP(S) URL (SPEC §3.1).
+    fn nar_url(&self, url: &str) -> Result<String, StoreError> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(url.to_owned());
+        }
+        match relative_key(url) {
+            Some(key) => Ok(self.url_of(key)),
+            None => Err(self.corrupt(format!(
+                "NAR URL '{url}' is neither relative to the cache nor an HTTP URL"
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Blobs for Http {
+    fn store_url(&self) -> &str {
+        &self.url
+    }
+
+    fn locate(&self, key: &str) -> String {
+        self.url_of(key)
+    }
+
+    /// A `GET` of a small file: `None` on 404 or 403, the body otherwise,
+    /// which must be at most `limit` bytes. A connection that
     /// breaks while the body arrives is retried like one that breaks
     /// before the answer.
-    async fn get_small(&self, rel: &str, limit: usize) -> Result<Option<String>, StoreError> {
+    async fn get_small(&self, rel: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let url = self.url_of(rel);
         let mut attempt = 0;
         let bytes = loop {
-            let mut resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
+            let mut resp = self.send(Method::GET, &url, None, None).await?;
             match resp.status() {
                 StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
                 s if s.is_success() => {}
@@ -499,15 +499,13 @@ impl Inner {
                 }
             }
         };
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| self.corrupt(format!("'{url}' is not UTF-8")))
+        Ok(Some(bytes))
     }
 
     /// Whether `rel` exists (`HEAD` answering 2xx).
     async fn exists(&self, rel: &str) -> Result<bool, StoreError> {
         let url = self.url_of(rel);
-        let resp = self.send(Method::HEAD, &url, None, &Body::Empty).await?;
+        let resp = self.send(Method::HEAD, &url, None, None).await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(false),
             s if s.is_success() => Ok(true),
@@ -524,7 +522,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let url = self.url_of(rel);
         let resp = self
-            .send(Method::PUT, &url, Some(content_type), &body)
+            .send(Method::PUT, &url, Some(content_type), Some(&body))
             .await?;
         if resp.status().is_success() {
             Ok(())
@@ -533,144 +531,18 @@ impl Inner {
         }
     }
 
-    /// `nix-cache-info`, fetched once.
-    async fn cache_info(&self) -> Result<&CacheInfo, StoreError> {
-        self.cache_info
-            .get_or_try_init(|| async {
-                let text = self.get_small("nix-cache-info", MAX_NARINFO_LEN).await?;
-                let mut info = match text {
-                    Some(text) => {
-                        let url = self.url_of("nix-cache-info");
-                        let corrupt =
-                            |e: &dyn std::fmt::Display| self.corrupt(format!("'{url}': {e}"));
-                        let info = CacheInfo::parse(&text).map_err(|e| corrupt(&e))?;
-                        info.check_store_dir(&self.store_dir)
-                            .map_err(|e| corrupt(&e))?;
-                        // Known to exist: no need to write it.
-                        let _ = self.cache_info_exists.set(());
-                        info
-                    }
-                    None => CacheInfo::new(self.store_dir.clone()),
-                };
-                if let Some(w) = self.want_mass_query {
-                    info.want_mass_query = w;
-                }
-                if self.priority.is_some() {
-                    info.priority = self.priority;
-                }
-                Ok(info)
-            })
-            .await
-    }
-
-    /// Uploads `nix-cache-info` before the first write to a cache that
-    /// has none, as Nix does.
-    async fn ensure_cache_info(&self) -> Result<(), StoreError> {
-        self.cache_info().await?;
-        self.cache_info_exists
-            .get_or_try_init(|| async {
-                let mut info = CacheInfo::new(self.store_dir.clone());
-                info.want_mass_query = self.want_mass_query.unwrap_or(false);
-                info.priority = self.priority;
-                let body = Body::Bytes(info.render().into_bytes());
-                self.put("nix-cache-info", "text/x-nix-cache-info", body)
-                    .await
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// The narinfo of `path`, if the cache has it under that full name.
-    async fn fetch_narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
-        let rel = format!("{}.narinfo", path.hash_part());
-        let Some(text) = self.get_small(&rel, MAX_NARINFO_LEN).await? else {
-            return Ok(None);
-        };
-        let info = NarInfo::parse_in(&text, &self.store_dir)
-            .map_err(|e| self.corrupt(format!("'{}': {e}", self.url_of(&rel))))?;
-        // Nix requires the hash part and the name to match (SPEC §3.1).
-        Ok((info.store_path() == path).then_some(info))
-    }
-
-    /// The narinfo `URL` and `Compression` of a path: from `info` if it
-    /// came from a binary cache, else from the path's narinfo.
-    async fn nar_location(&self, info: &PathInfo) -> Result<(String, Compression), StoreError> {
-        if let Some(file) = &info.file {
-            return Ok((self.nar_url(&file.url)?, file.compression.clone()));
-        }
-        self.cache_info().await?;
-        let narinfo =
-            self.fetch_narinfo(&info.path)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    store: self.url.clone(),
-                    path: self.store_dir.display(&info.path).to_string(),
-                })?;
-        Ok((self.nar_url(narinfo.url())?, narinfo.compression().clone()))
-    }
-
-    /// The full URL of a narinfo `URL`: relative to the cache, or an
-    /// absolute HTTP(S) URL (SPEC §3.1).
-    fn nar_url(&self, url: &str) -> Result<String, StoreError> {
-        if url.starts_with("http://") || url.starts_with("https://") {
-            return Ok(url.to_owned());
-        }
-        if url.contains("://") || url.starts_with('/') || url.split('/').any(|c| c == "..") {
-            return Err(self.corrupt(format!(
-                "NAR URL '{url}' is neither relative to the cache nor an HTTP URL"
-            )));
-        }
-        Ok(self.url_of(url))
-    }
-
-    /// Starts the download of a NAR file: the response, checked to be 2xx.
-    async fn get_nar_file(
-        &self,
-        info: &PathInfo,
-    ) -> Result<(String, Compression, reqwest::Response), StoreError> {
-        let (url, compression) = self.nar_location(info).await?;
-        let resp = self.send(Method::GET, &url, None, &Body::Empty).await?;
+    async fn get(&self, nar_url: &str) -> Result<Option<Download>, StoreError> {
+        let url = self.nar_url(nar_url)?;
+        let resp = self.send(Method::GET, &url, None, None).await?;
         match resp.status() {
-            s if s.is_success() => Ok((url, compression, resp)),
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(self.corrupt(format!(
-                "the NAR file of '{}' is missing: GET {url}: HTTP {}",
-                self.store_dir.display(&info.path),
-                resp.status()
-            ))),
+            s if s.is_success() => Ok(Some(Download {
+                length: resp.content_length(),
+                body: Box::pin(body_reader(resp, self.url.clone(), url.clone())),
+                location: url,
+            })),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
             s => Err(self.status_error(&Method::GET, &url, s)),
         }
-    }
-
-    /// Uploads a staged NAR file, its listing and, last, the narinfo.
-    async fn upload(&self, info: &PathInfo, staged: StagedNar) -> Result<(), StoreError> {
-        let StagedNar { tmp, file, listing } = staged;
-        if !self.exists(&file.url).await? {
-            let size = file.file_size.unwrap_or_default();
-            let body = Body::File(tmp.path().to_owned(), size);
-            self.put(&file.url, "application/x-nix-nar", body).await?;
-        }
-        drop(tmp);
-        if let Some(listing) = listing {
-            let rel = format!("{}.ls", info.path.hash_part());
-            let body = Body::Bytes(listing.to_json().into_bytes());
-            self.put(&rel, "application/json", body).await?;
-        }
-        let narinfo = self.writer.narinfo(info, file)?;
-        let rel = format!("{}.narinfo", info.path.hash_part());
-        let body = Body::Bytes(narinfo.as_str().as_bytes().to_vec());
-        self.put(&rel, "text/x-nix-narinfo", body).await
-    }
-
-    /// Whether the cache has the narinfo of `path` already, after making
-    /// sure it can be written to.
-    async fn prepare_write(&self, path: &StorePath) -> Result<bool, StoreError> {
-        self.ensure_cache_info().await?;
-        self.exists(&format!("{}.narinfo", path.hash_part())).await
-    }
-
-    /// The base name of temporary NAR files for `path`.
-    fn tmp_base(path: &StorePath) -> PathBuf {
-        std::env::temp_dir().join(format!("nixferry-http-{}", path.hash_part()))
     }
 }
 
@@ -685,15 +557,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
-}
-
-/// A blocking task that panicked or was cancelled.
-fn join_error(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Io {
-        what: "running a blocking task for",
-        path: "an HTTP store".to_owned(),
-        source: io::Error::other(e.to_string()),
-    }
 }
 
 /// The body of `resp` as an async reader whose errors carry a retryable
@@ -711,125 +574,10 @@ fn body_reader(
     }))
 }
 
-#[async_trait::async_trait]
-impl Store for HttpStore {
-    fn url(&self) -> &str {
-        &self.inner.url
-    }
-
-    fn store_dir(&self) -> &StoreDir {
-        &self.inner.store_dir
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.writer.capabilities()
-    }
-
-    async fn query_path_infos(
-        &self,
-        paths: &[StorePath],
-    ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-        self.inner.cache_info().await?;
-        let mut found = BTreeMap::new();
-        let mut answers = futures_util::stream::iter(paths.iter().cloned())
-            .map(|path| {
-                let inner = self.inner.clone();
-                async move { inner.fetch_narinfo(&path).await }
-            })
-            .buffer_unordered(PARALLEL_REQUESTS);
-        while let Some(answer) = answers.next().await {
-            if let Some(narinfo) = answer? {
-                let info = PathInfo::from_narinfo(&narinfo);
-                found.insert(info.path.clone(), info);
-            }
-        }
-        Ok(found)
-    }
-
-    async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
-        let (url, compression, resp) = self.inner.get_nar_file(info).await?;
-        let body = SyncIoBridge::new(body_reader(resp, self.inner.url.clone(), url));
-        Ok(blocking_stream(move |out| {
-            let input = io::BufReader::with_capacity(CHUNK_SIZE, body);
-            let mut dec = compression::lenient_decoder(&compression, input)?;
-            out.fill_from(&mut dec)
-        }))
-    }
-
-    async fn compressed_nar(&self, info: &PathInfo) -> Result<Option<CompressedNar>, StoreError> {
-        let (url, declared, resp) = self.inner.get_nar_file(info).await?;
-        let length = resp.content_length();
-        let mut body = body_reader(resp, self.inner.url.clone(), url.clone());
-        // Report what the file really is where Nix would sniff it, so that
-        // a passthrough copy labels it right.
-        let (compression, stream): (Compression, NarStream) = if compression::is_sniffed(&declared)
-        {
-            let mut head = Vec::with_capacity(compression::SNIFF_LEN);
-            (&mut body)
-                .take(compression::SNIFF_LEN as u64)
-                .read_to_end(&mut head)
-                .await
-                .map_err(|e| StoreError::from_stream(e, "reading", &url))?;
-            let sniffed = compression::sniff(&head).unwrap_or(declared);
-            let stream = tokio::io::AsyncReadExt::chain(io::Cursor::new(head), body);
-            (sniffed, Box::pin(stream))
-        } else {
-            (declared, Box::pin(body))
-        };
-        let file = info.file.as_ref();
-        Ok(Some(CompressedNar {
-            compression,
-            file_hash: file.and_then(|f| f.file_hash),
-            file_size: file.and_then(|f| f.file_size).or(length),
-            stream,
-        }))
-    }
-
-    async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
-        if self.inner.prepare_write(&info.path).await? {
-            return Ok(());
-        }
-        let inner = self.inner.clone();
-        let owned = info.clone();
-        let src = SyncIoBridge::new(nar);
-        let staged = tokio::task::spawn_blocking(move || {
-            inner
-                .writer
-                .encode(&owned, src, &Inner::tmp_base(&owned.path))
-        })
-        .await
-        .map_err(join_error)??;
-        self.inner.upload(info, staged).await
-    }
-
-    async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
-        self.inner
-            .writer
-            .check_compressed(&self.inner.url, &nar.compression)?;
-        if self.inner.prepare_write(&info.path).await? {
-            return Ok(());
-        }
-        let inner = self.inner.clone();
-        let owned = info.clone();
-        let facts = FileFacts {
-            file_hash: nar.file_hash,
-            file_size: nar.file_size,
-        };
-        let src = SyncIoBridge::new(nar.stream);
-        let staged = tokio::task::spawn_blocking(move || {
-            inner
-                .writer
-                .encode_file(&owned, facts, src, &Inner::tmp_base(&owned.path))
-        })
-        .await
-        .map_err(join_error)??;
-        self.inner.upload(info, staged).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store as _;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -878,7 +626,7 @@ mod tests {
     #[test]
     fn nar_urls() {
         let s = HttpStore::open(&StoreUrl::parse("https://c.example/x").unwrap()).unwrap();
-        let i = &s.inner;
+        let i = &s.inner.blobs;
         assert_eq!(
             i.nar_url("nar/a.nar.xz").unwrap(),
             "https://c.example/x/nar/a.nar.xz"

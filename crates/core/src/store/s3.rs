@@ -1,0 +1,952 @@
+//! A binary cache in an S3 bucket (`s3://bucket[/prefix]`), in exactly the
+//! layout of a `file://` cache (SPEC §3.1), as Nix's `S3BinaryCacheStore`
+//! reads and writes it; any S3-compatible service works (AWS, MinIO, Ceph,
+//! R2, B2). Requests go through the `object_store` crate.
+//!
+//! # URL parameters
+//!
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `compression`, `compression-level`, `parallel-compression`, `write-nar-listing`, `secret-key`, `index-debug-info`, `trusted` | as for `file://` | how NAR files are written ([`super::file`]) |
+//! | `want-mass-query`, `priority` | from `nix-cache-info` | override what the cache says |
+//! | `region` | `$AWS_REGION`, `$AWS_DEFAULT_REGION`, the profile's, else `us-east-1` | the bucket's region |
+//! | `endpoint` | `$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL`, else AWS | an S3-compatible server: `host[:port]` or a URL; requests then use path-style addressing, as Nix's do |
+//! | `scheme` | `https` | `http` or `https`, for an `endpoint` given without one |
+//! | `profile` | see below | the profile of the shared credentials and config files to use |
+//! | `buffer-size` | 8 MiB | the size of the parts of multipart uploads (at least 5 MiB, S3's minimum) |
+//! | `multipart-upload` | | accepted for Nix's URLs: nixferry always uploads NAR files larger than `buffer-size` in parts |
+//! | `retries` | `5` | nixferry's own: attempts after the first for a request that failed transiently |
+//!
+//! # Credentials
+//!
+//! Without `profile`, as the AWS SDKs look for them:
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`)
+//! from the environment, else the profile `$AWS_PROFILE` (or `default`) of
+//! the shared credentials file (`$AWS_SHARED_CREDENTIALS_FILE`, else
+//! `~/.aws/credentials`) or of the config file (`$AWS_CONFIG_FILE`, else
+//! `~/.aws/config`, where it is `[profile NAME]`), else what the machine
+//! provides (web identity token, container or instance metadata). With
+//! `profile=NAME`, only that profile of those files, which must exist (as
+//! Nix does it).
+//!
+//! # Reading
+//!
+//! Narinfos are fetched in parallel, [`super::remote::PARALLEL_REQUESTS`]
+//! at a time; a narinfo stored with a `Content-Encoding` (Nix's
+//! `narinfo-compression`) is decoded. NAR files are streamed. A missing
+//! key (`NoSuchKey`) means the cache does not have the file; a missing
+//! bucket, a refused signature or a denied access is an error that says
+//! so.
+//!
+//! # Writing
+//!
+//! As for every remote binary cache ([`super::remote`]): the NAR is
+//! checked, compressed and hashed into a temporary file, then uploaded,
+//! then the listing, and the narinfo last. A NAR file larger than
+//! `buffer-size` is uploaded with a multipart upload whose parts are read
+//! from that file and sent in parallel: at most [`PARTS_IN_FLIGHT`] parts,
+//! over all uploads of the store, are in memory at once. An upload that
+//! fails is aborted, and so is one whose copy is cancelled (the abort is
+//! finished by [`Store::close`](super::Store::close)). Only one whose
+//! process is killed is left unfinished, without a narinfo pointing to it;
+//! an `AbortIncompleteMultipartUpload` lifecycle rule on the bucket clears
+//! those.
+//!
+//! Content types are Nix's (`application/x-nix-nar`,
+//! `text/x-nix-narinfo`, …). Payloads are not signed (as by Nix: requests
+//! are; TLS protects the bodies on the way).
+//!
+//! # Errors and retries
+//!
+//! Connection failures, timeouts, 5xx answers and throttling (503
+//! `SlowDown`, 429) are tried again by `object_store`, `retries` times,
+//! with exponential backoff; what still fails becomes
+//! [`StoreError::Connection`], which the copy engine may retry as a
+//! whole. Wrong or missing credentials and denied access become
+//! [`StoreError::Login`], other refusals [`StoreError::Remote`].
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, MultipartUpload, ObjectStore,
+    ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::file::NarWriter;
+use super::remote::{relative_key, remote_store, Blobs, Body, Download, RemoteCache};
+use super::{url::Scheme, StoreError, StoreUrl, UrlError};
+use crate::compression::{self, Compression};
+
+/// Default of `buffer-size`: the size of multipart upload parts.
+const DEFAULT_PART_SIZE: u64 = 8 << 20;
+
+/// S3's smallest part (but the last).
+const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// S3's largest part.
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// S3's most parts in one upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Parts being uploaded at once, over all uploads of a store: each is in
+/// memory until sent.
+pub const PARTS_IN_FLIGHT: usize = 8;
+
+/// Default of `retries`.
+const DEFAULT_RETRIES: u32 = 5;
+
+/// How long one request may take, body included: NAR downloads are
+/// streamed within it (Nix's S3 store allows 10 minutes too).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A binary cache in an S3 bucket. See the [module docs](self).
+///
+/// Cloning is cheap and gives a handle to the same store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    inner: Arc<RemoteCache<S3>>,
+}
+
+remote_store!(S3Store);
+
+/// Requests to the bucket.
+#[derive(Debug)]
+struct S3 {
+    url: String,
+    bucket: String,
+    /// Prepended to every key: empty, or ending in `/`.
+    prefix: String,
+    client: AmazonS3,
+    retries: u32,
+    part_size: u64,
+    /// Permits for parts in memory, shared by all uploads.
+    parts: Arc<Semaphore>,
+    /// Multipart uploads still to abort.
+    aborts: Arc<Mutex<Aborts>>,
+}
+
+/// Multipart uploads to abort: those of cancelled copies (being aborted
+/// by tasks), and those whose abort failed (tried again by `close`).
+#[derive(Debug, Default)]
+struct Aborts {
+    tasks: Vec<JoinHandle<()>>,
+    failed: Vec<Box<dyn MultipartUpload>>,
+}
+
+impl Aborts {
+    /// Aborts `upload`, keeping it for another try if that fails.
+    async fn abort(this: &Mutex<Self>, mut upload: Box<dyn MultipartUpload>) {
+        if upload.abort().await.is_err() {
+            if let Ok(mut a) = this.lock() {
+                a.failed.push(upload);
+            }
+        }
+    }
+}
+
+/// Static credentials.
+#[derive(Default, PartialEq, Eq)]
+struct Credentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Credentials")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Store {
+    /// Opens the cache an `s3://bucket[/prefix]` URL names. Nothing is
+    /// fetched yet: `nix-cache-info` is read on first use.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for a malformed URL or a parameter that is
+    /// unknown or has a bad value; [`StoreError::Io`] if the secret key or
+    /// a credentials file cannot be read; [`StoreError::Login`] if
+    /// `profile` names a profile that is nowhere.
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        if url.scheme() != Scheme::S3 {
+            return Err(UrlError::Malformed {
+                url: url.as_str().to_owned(),
+                reason: "not an s3:// URL",
+            }
+            .into());
+        }
+        let location = url.location().trim_end_matches('/');
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        if bucket.is_empty() || Key::parse(&prefix).is_err() {
+            return Err(UrlError::Malformed {
+                url: url.as_str().to_owned(),
+                reason: "expected s3://bucket or s3://bucket/prefix",
+            }
+            .into());
+        }
+        let (writer, want_mass_query, priority) = NarWriter::for_remote(url)?;
+        let retries = match url.int_param("retries")? {
+            None => DEFAULT_RETRIES,
+            Some(r) => u32::try_from(r)
+                .ok()
+                .filter(|r| *r <= 100)
+                .ok_or_else(|| url.bad_value("retries", &r.to_string(), "expected 0 to 100"))?,
+        };
+        let part_size = match url.int_param("buffer-size")? {
+            None => DEFAULT_PART_SIZE,
+            Some(n) => u64::try_from(n)
+                .ok()
+                .filter(|n| (MIN_PART_SIZE..=MAX_PART_SIZE).contains(n))
+                .ok_or_else(|| {
+                    url.bad_value(
+                        "buffer-size",
+                        &n.to_string(),
+                        "expected 5 MiB to 5 GiB, in bytes",
+                    )
+                })?,
+        };
+        url.bool_param("multipart-upload", true)?;
+
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let profile_param = url.param("profile").filter(|p| !p.is_empty());
+        let profile_name = profile_param
+            .map(str::to_owned)
+            .or_else(|| env("AWS_PROFILE"))
+            .unwrap_or_else(|| "default".to_owned());
+        let files = AwsFiles::load()?;
+        let profile = files.profile(&profile_name);
+        if profile_param.is_some() && profile.is_none() {
+            return Err(StoreError::Login {
+                store: url.as_str().to_owned(),
+                message: format!(
+                    "AWS profile '{profile_name}' is in neither {} nor {}",
+                    files.credentials_path.display(),
+                    files.config_path.display()
+                ),
+            });
+        }
+        let from_env = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key_id), Some(secret)) if profile_param.is_none() => Some(Credentials {
+                key_id,
+                secret,
+                token: env("AWS_SESSION_TOKEN"),
+            }),
+            _ => None,
+        };
+        let credentials = from_env.or_else(|| profile.as_ref().and_then(Profile::credentials));
+        let region = url
+            .param("region")
+            .map(str::to_owned)
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| profile.as_ref().and_then(|p| p.get("region")))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let endpoint = match url.param("endpoint").filter(|e| !e.is_empty()) {
+            Some(e) => Some(endpoint_url(url, e)?),
+            None => env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")),
+        };
+
+        let options = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_allow_http(
+                endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+            );
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+            max_retries: retries as usize,
+            retry_timeout: Duration::from_secs(180),
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(region)
+            .with_client_options(options)
+            .with_retry(retry)
+            .with_unsigned_payload(true);
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(c) = credentials {
+            builder = builder
+                .with_access_key_id(c.key_id)
+                .with_secret_access_key(c.secret);
+            if let Some(token) = c.token {
+                builder = builder.with_token(token);
+            }
+        }
+        let client = builder.build().map_err(|e| StoreError::Connection {
+            store: url.as_str().to_owned(),
+            message: format!("cannot set up the S3 client: {e}"),
+        })?;
+        let s3 = S3 {
+            url: url.as_str().to_owned(),
+            bucket: bucket.to_owned(),
+            prefix,
+            client,
+            retries,
+            part_size,
+            parts: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+            aborts: Arc::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(RemoteCache::new(
+                s3,
+                writer,
+                want_mass_query,
+                priority,
+                "nixferry-s3",
+            )),
+        })
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.inner.blobs.bucket
+    }
+
+    /// The compression NAR files are written with.
+    pub fn compression(&self) -> &Compression {
+        self.inner.compression()
+    }
+}
+
+/// The URL of an `endpoint` parameter: as given if it has a scheme, else
+/// with the `scheme` parameter's.
+fn endpoint_url(url: &StoreUrl, endpoint: &str) -> Result<String, UrlError> {
+    if endpoint.contains("://") {
+        return Ok(endpoint.trim_end_matches('/').to_owned());
+    }
+    let scheme = match url.param("scheme") {
+        None | Some("https") => "https",
+        Some("http") => "http",
+        Some(other) => return Err(url.bad_value("scheme", other, "expected http or https")),
+    };
+    Ok(format!("{scheme}://{}", endpoint.trim_end_matches('/')))
+}
+
+/// The shared credentials and config files of the AWS tools.
+struct AwsFiles {
+    credentials_path: PathBuf,
+    config_path: PathBuf,
+    /// Sections of the credentials file, by profile name.
+    credentials: BTreeMap<String, BTreeMap<String, String>>,
+    /// Sections of the config file, by profile name.
+    config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One profile's settings, from both files.
+struct Profile {
+    /// Credentials file first, then config file.
+    sections: Vec<BTreeMap<String, String>>,
+}
+
+impl Profile {
+    fn get(&self, key: &str) -> Option<String> {
+        self.sections.iter().find_map(|s| s.get(key).cloned())
+    }
+
+    /// The profile's static credentials, taken together from the first
+    /// file that has a key id.
+    fn credentials(&self) -> Option<Credentials> {
+        self.sections.iter().find_map(|s| {
+            Some(Credentials {
+                key_id: s.get("aws_access_key_id")?.clone(),
+                secret: s.get("aws_secret_access_key")?.clone(),
+                token: s.get("aws_session_token").cloned(),
+            })
+        })
+    }
+}
+
+impl AwsFiles {
+    /// Reads both files; a file that does not exist is empty.
+    fn load() -> Result<Self, StoreError> {
+        let home = std::env::var_os("HOME").map_or_else(PathBuf::new, PathBuf::from);
+        let path = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| home.join(".aws").join(default), PathBuf::from)
+        };
+        let credentials_path = path("AWS_SHARED_CREDENTIALS_FILE", "credentials");
+        let config_path = path("AWS_CONFIG_FILE", "config");
+        let credentials = parse_ini(&read_optional(&credentials_path)?);
+        let config = parse_ini(&read_optional(&config_path)?)
+            .into_iter()
+            .filter_map(|(name, section)| {
+                // The config file names profiles `[profile NAME]`, except
+                // `[default]`.
+                let name = match name.strip_prefix("profile ") {
+                    Some(n) => n.trim().to_owned(),
+                    None if name == "default" => name,
+                    None => return None,
+                };
+                Some((name, section))
+            })
+            .collect();
+        Ok(Self {
+            credentials_path,
+            config_path,
+            credentials,
+            config,
+        })
+    }
+
+    fn profile(&self, name: &str) -> Option<Profile> {
+        let sections: Vec<_> = [self.credentials.get(name), self.config.get(name)]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        (!sections.is_empty()).then_some(Profile { sections })
+    }
+}
+
+/// A file's text, empty if it does not exist.
+fn read_optional(path: &Path) -> Result<String, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(StoreError::Io {
+            what: "reading",
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The sections of an INI file as the AWS tools write them: `[name]`
+/// headers, `key = value` lines, `#` and `;` comments. Keys before the
+/// first header, and indented lines (nested settings), are ignored.
+fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim().to_owned();
+            sections.entry(name.clone()).or_default();
+            current = Some(name);
+        } else if let (Some(section), Some((k, v))) = (&current, line.split_once('=')) {
+            if let Some(s) = sections.get_mut(section) {
+                s.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    sections
+}
+
+impl S3 {
+    fn key(&self, key: &str) -> Result<Key, StoreError> {
+        Key::parse(format!("{}{key}", self.prefix)).map_err(|e| StoreError::Corrupt {
+            store: self.url.clone(),
+            message: format!("invalid key '{key}': {e}"),
+        })
+    }
+
+    /// The [`StoreError`] for a failed request about `key`: `None` for a
+    /// key that does not exist (but the bucket does).
+    fn error(&self, what: &str, key: &str, e: object_store::Error) -> Option<StoreError> {
+        let store = self.url.clone();
+        let at = self.locate(key);
+        let text = error_chain(&e);
+        if text.contains("NoSuchBucket") {
+            return Some(StoreError::Remote {
+                store,
+                message: format!("bucket '{}' does not exist: {what} {at}", self.bucket),
+            });
+        }
+        let message = match s3_error_code(&text) {
+            Some((code, said)) => format!("{what} {at}: {code}: {said}"),
+            None => format!("{what} {at}: {text}"),
+        };
+        Some(match e {
+            object_store::Error::NotFound { .. } => return None,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => StoreError::Login { store, message },
+            object_store::Error::Generic { .. } if text.contains("Client error") => {
+                StoreError::Remote { store, message }
+            }
+            _ => StoreError::Connection { store, message },
+        })
+    }
+
+    /// Like [`Self::error`], for a request where a missing key is an error
+    /// too.
+    fn failed(&self, what: &str, key: &str, e: object_store::Error) -> StoreError {
+        let not_found = matches!(e, object_store::Error::NotFound { .. });
+        self.error(what, key, e)
+            .unwrap_or_else(|| StoreError::Remote {
+                store: self.url.clone(),
+                message: format!(
+                    "{what} {}: {}",
+                    self.locate(key),
+                    if not_found { "not found" } else { "failed" }
+                ),
+            })
+    }
+
+    /// Attributes of an upload.
+    fn attributes(content_type: &'static str) -> Attributes {
+        let mut a = Attributes::new();
+        a.insert(Attribute::ContentType, content_type.into());
+        a
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let opts = PutOptions {
+            attributes: Self::attributes(content_type),
+            ..PutOptions::default()
+        };
+        self.client
+            .put_opts(&self.key(key)?, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| self.failed("PUT", key, e))?;
+        Ok(())
+    }
+
+    /// Uploads a file of `size` bytes in parts of `part_size` (or more, so
+    /// that there are at most [`MAX_PARTS`]), at most [`PARTS_IN_FLIGHT`]
+    /// in memory over all uploads; aborts the upload if anything fails or
+    /// the upload is dropped.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        file: &Path,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let io_err = |source| StoreError::Io {
+            what: "reading",
+            path: file.display().to_string(),
+            source,
+        };
+        let mut f = tokio::fs::File::open(file).await.map_err(io_err)?;
+        let opts = PutMultipartOptions {
+            attributes: Self::attributes(content_type),
+            ..PutMultipartOptions::default()
+        };
+        let upload = self
+            .client
+            .put_multipart_opts(&self.key(key)?, opts)
+            .await
+            .map_err(|e| self.failed("starting the upload of", key, e))?;
+        let mut upload = Unfinished {
+            upload: Some(upload),
+            aborts: &self.aborts,
+        };
+        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
+        let mut parts: JoinSet<object_store::Result<()>> = JoinSet::new();
+        let mut left = size;
+        let result = async {
+            while left > 0 {
+                // Finished parts free their permits; collect their results.
+                while let Some(done) = parts.try_join_next() {
+                    done.map_err(|e| self.join_failed(key, &e))?
+                        .map_err(|e| self.failed("uploading a part of", key, e))?;
+                }
+                let permit = Arc::clone(&self.parts)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| self.join_failed(key, &"semaphore closed"))?;
+                let n = left.min(part_size);
+                let mut buf = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
+                f.read_exact(&mut buf).await.map_err(io_err)?;
+                left -= n;
+                let part = upload.part(PutPayload::from(buf));
+                parts.spawn(async move {
+                    let r = part.await;
+                    drop(permit);
+                    r
+                });
+            }
+            while let Some(done) = parts.join_next().await {
+                done.map_err(|e| self.join_failed(key, &e))?
+                    .map_err(|e| self.failed("uploading a part of", key, e))?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => upload.complete(self, key).await,
+            Err(e) => {
+                parts.abort_all();
+                upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn join_failed(&self, key: &str, e: &dyn std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            what: "uploading",
+            path: self.locate(key),
+            source: std::io::Error::other(e.to_string()),
+        }
+    }
+}
+
+/// A multipart upload that is aborted unless completed; if dropped
+/// unfinished (the copy was cancelled), the abort runs on its own and
+/// `close` waits for it.
+struct Unfinished<'a> {
+    upload: Option<Box<dyn MultipartUpload>>,
+    aborts: &'a Arc<Mutex<Aborts>>,
+}
+
+impl Unfinished<'_> {
+    fn part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.upload.as_mut().map_or_else(
+            || unreachable!("used after completion"),
+            |u| u.put_part(data),
+        )
+    }
+
+    async fn complete(&mut self, s3: &S3, key: &str) -> Result<(), StoreError> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        match upload.complete().await {
+            Ok(_) => {
+                self.upload = None;
+                Ok(())
+            }
+            Err(e) => {
+                let e = s3.failed("completing the upload of", key, e);
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            Aborts::abort(self.aborts, upload).await;
+        }
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let aborts = Arc::clone(self.aborts);
+            let task = rt.spawn(async move { Aborts::abort(&aborts, upload).await });
+            if let Ok(mut a) = self.aborts.lock() {
+                a.tasks.retain(|t| !t.is_finished());
+                a.tasks.push(task);
+            }
+        }
+    }
+}
+
+/// An error with its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c = c.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        cause = cause.and_then(std::error::Error::source);
+    }
+    s
+}
+
+/// The `Code` and `Message` of an S3 error document quoted in `text`.
+fn s3_error_code(text: &str) -> Option<(&str, &str)> {
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(&text[start..start + len])
+    };
+    Some((field("Code")?, field("Message").unwrap_or("")))
+}
+
+/// Decodes a small file stored with a `Content-Encoding` (Nix's
+/// `narinfo-compression` and `ls-compression`), reading at most `limit`
+/// bytes of it.
+fn decode_small(encoding: &str, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let c = Compression::parse(encoding);
+    if !compression::is_supported(&c) {
+        return Err(format!("unsupported Content-Encoding '{encoding}'"));
+    }
+    let mut dec = compression::decoder(&c, data).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    (&mut dec)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot decode ({encoding}): {e}"))?;
+    if out.len() > limit {
+        return Err(format!("longer than {limit} bytes once decoded"));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Blobs for S3 {
+    fn store_url(&self) -> &str {
+        &self.url
+    }
+
+    fn locate(&self, key: &str) -> String {
+        format!("s3://{}/{}{key}", self.bucket, self.prefix)
+    }
+
+    async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.key(key)?;
+        let mut attempt = 0;
+        loop {
+            let got = match self.client.get_opts(&path, GetOptions::default()).await {
+                Ok(got) => got,
+                Err(e) => return self.error("GET", key, e).map_or(Ok(None), Err),
+            };
+            let at = self.locate(key);
+            let corrupt = |message| StoreError::Corrupt {
+                store: self.url.clone(),
+                message,
+            };
+            if got.meta.size > limit as u64 {
+                return Err(corrupt(format!("'{at}' is longer than {limit} bytes")));
+            }
+            let encoding = got
+                .attributes
+                .get(&Attribute::ContentEncoding)
+                .map(|v| v.to_string())
+                .filter(|e| !e.is_empty() && e != "identity");
+            match got.bytes().await {
+                Ok(bytes) => {
+                    let data = match encoding {
+                        None => bytes.to_vec(),
+                        Some(enc) => decode_small(&enc, &bytes, limit)
+                            .map_err(|e| corrupt(format!("'{at}': {e}")))?,
+                    };
+                    return Ok(Some(data));
+                }
+                // The body broke on the way: fetch it again.
+                Err(e) if attempt >= self.retries => return Err(self.failed("GET", key, e)),
+                Err(_) => attempt += 1,
+            }
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.client.head(&self.key(key)?).await {
+            Ok(_) => Ok(true),
+            Err(e) => self.error("HEAD", key, e).map_or(Ok(false), Err),
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        body: Body,
+    ) -> Result<(), StoreError> {
+        match body {
+            Body::Bytes(data) => self.put_bytes(key, content_type, data).await,
+            Body::File(path, size) if size > self.part_size => {
+                self.put_multipart(key, content_type, &path, size).await
+            }
+            Body::File(path, _) => {
+                let data = tokio::fs::read(&path)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        what: "reading",
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                self.put_bytes(key, content_type, data).await
+            }
+        }
+    }
+
+    async fn get(&self, nar_url: &str) -> Result<Option<Download>, StoreError> {
+        let Some(key) = relative_key(nar_url) else {
+            return Err(StoreError::Corrupt {
+                store: self.url.clone(),
+                message: format!("NAR URL '{nar_url}' is not a key relative to the cache"),
+            });
+        };
+        let got = match self
+            .client
+            .get_opts(&self.key(key)?, GetOptions::default())
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => return self.error("GET", key, e).map_or(Ok(None), Err),
+        };
+        let location = self.locate(key);
+        let length = Some(got.meta.size);
+        let store = self.url.clone();
+        let at = location.clone();
+        let stream = got.into_stream().map(move |chunk| {
+            chunk.map_err(|e| {
+                std::io::Error::other(StoreError::Connection {
+                    store: store.clone(),
+                    message: format!("GET {at}: {}", error_chain(&e)),
+                })
+            })
+        });
+        Ok(Some(Download {
+            location,
+            length,
+            body: Box::pin(tokio_util::io::StreamReader::new(stream)),
+        }))
+    }
+
+    /// Waits for the aborts of cancelled uploads, then tries once more to
+    /// abort those whose abort failed (the server may be back). What
+    /// still fails is left to the bucket's lifecycle rules.
+    async fn close(&self) {
+        let tasks = match self.aborts.lock() {
+            Ok(mut a) => std::mem::take(&mut a.tasks),
+            Err(_) => return,
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        let failed = match self.aborts.lock() {
+            Ok(mut a) => std::mem::take(&mut a.failed),
+            Err(_) => return,
+        };
+        for upload in failed {
+            Aborts::abort(&self.aborts, upload).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ini_files() {
+        let text = "# comment\n[default]\naws_access_key_id = A\naws_secret_access_key=B\n\n\
+                    [profile other]\nregion = eu-west-1\ns3 =\n  max_concurrent_requests = 2\n";
+        let s = parse_ini(text);
+        assert_eq!(s["default"]["aws_access_key_id"], "A");
+        assert_eq!(s["default"]["aws_secret_access_key"], "B");
+        assert_eq!(s["profile other"]["region"], "eu-west-1");
+        assert!(!s["profile other"].contains_key("max_concurrent_requests"));
+    }
+
+    #[test]
+    fn profiles_take_credentials_from_one_file() {
+        let p = Profile {
+            sections: vec![
+                [("region", "r")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                [("aws_access_key_id", "K"), ("aws_secret_access_key", "S")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            ],
+        };
+        let c = p.credentials().unwrap();
+        assert_eq!(
+            (c.key_id.as_str(), c.secret.as_str(), c.token),
+            ("K", "S", None)
+        );
+        assert_eq!(p.get("region").as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn urls() {
+        let open = |u: &str| S3Store::open(&StoreUrl::parse(u).unwrap());
+        let s = open("s3://b/some/prefix/?endpoint=127.0.0.1:9000&scheme=http&compression=zstd")
+            .unwrap();
+        assert_eq!(s.bucket(), "b");
+        assert_eq!(s.inner.blobs.prefix, "some/prefix/");
+        assert_eq!(
+            s.inner.blobs.locate("x.narinfo"),
+            "s3://b/some/prefix/x.narinfo"
+        );
+        assert_eq!(s.compression(), &Compression::Zstd);
+        for bad in [
+            "s3://b?scheme=ftp&endpoint=h",
+            "s3://b?buffer-size=1024",
+            "s3://b?retries=x",
+            "s3://b?profile=surely-no-such-profile-here",
+            "s3://b?colour=blue",
+        ] {
+            assert!(StoreUrl::parse(bad).is_err() || open(bad).is_err(), "{bad}");
+        }
+        let u = StoreUrl::parse("s3://b?endpoint=h:1").unwrap();
+        assert_eq!(endpoint_url(&u, "h:1").unwrap(), "https://h:1");
+        assert_eq!(endpoint_url(&u, "http://h:1/").unwrap(), "http://h:1");
+    }
+
+    #[test]
+    fn error_documents() {
+        let text =
+            "403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+                    <Message>The signature does not match.</Message></Error>";
+        assert_eq!(
+            s3_error_code(text),
+            Some(("SignatureDoesNotMatch", "The signature does not match."))
+        );
+        assert_eq!(s3_error_code("connection refused"), None);
+    }
+
+    #[test]
+    fn encoded_narinfos() {
+        let mut xz = Vec::new();
+        {
+            let mut e = compression::encoder(&Compression::Xz, None, 1, &mut xz).unwrap();
+            std::io::Write::write_all(&mut e, b"StorePath: x\n").unwrap();
+            e.finish().unwrap();
+        }
+        assert_eq!(decode_small("xz", &xz, 100).unwrap(), b"StorePath: x\n");
+        assert!(decode_small("xz", &xz, 5).is_err());
+        assert!(decode_small("compress", &xz, 100).is_err());
+    }
+}
