@@ -194,3 +194,29 @@ pub(crate) fn generate_key(dir: &Path, name: &str) -> (PathBuf, String) {
         .arg(&pk));
     (sk, fs::read_to_string(pk).unwrap())
 }
+
+/// A command's stderr as text.
+pub(crate) fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub(crate) fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+/// The closure of `top` in the chroot store `store` is exactly the one in
+/// this machine's store, hashes, sizes and references alike.
+pub(crate) fn assert_same_closure(store: &Path, top: &str) {
+    assert_eq!(
+        nix_closure_infos(Some(store), top),
+        nix_closure_infos(None, top),
+        "{}",
+        store.display()
+    );
+}

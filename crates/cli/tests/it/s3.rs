@@ -7,11 +7,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run, run_text,
+    assert_same_closure, assert_success, build_closure, generate_key, have_nix, nix,
+    nix_closure_infos, nixferry, run, run_text, stderr,
 };
 
 /// The Python that has `moto[server]`: `NIXFERRY_TEST_PYTHON`, else the
@@ -228,20 +229,6 @@ impl S3 {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        stderr(out)
-    );
-}
-
 /// Nix copies `top` from the `file://` cache `cache` into a new chroot
 /// store, trusting `public_key`, and finds the same closure as here.
 fn assert_nix_reads(cache: &Path, public_key: &str, top: &str) {
@@ -253,10 +240,7 @@ fn assert_nix_reads(cache: &Path, public_key: &str, top: &str) {
         .arg("--to")
         .arg(&root)
         .args(["--option", "trusted-public-keys", public_key.trim(), top]));
-    assert_eq!(
-        nix_closure_infos(Some(&root), top),
-        nix_closure_infos(None, top)
-    );
+    assert_same_closure(&root, top);
 }
 
 /// A path of `megabytes` random MB built with Nix (several parts of a
@@ -423,10 +407,7 @@ fn nix_cache_to_s3_to_local() {
         .output()
         .unwrap();
     assert_success(&out);
-    assert_eq!(
-        nix_closure_infos(Some(&store), &top),
-        nix_closure_infos(None, &top)
-    );
+    assert_same_closure(&store, &top);
 }
 
 /// `nixferry serve --store s3://…` serves the bucket with its own
@@ -486,10 +467,7 @@ fn serve_a_bucket() {
     let _ = child.kill();
     let _ = child.wait();
     assert_success(&out);
-    assert_eq!(
-        nix_closure_infos(Some(&store), &top),
-        nix_closure_infos(None, &top)
-    );
+    assert_same_closure(&store, &top);
 }
 
 /// Wrong credentials and a missing bucket: clear errors, at once.
@@ -586,7 +564,7 @@ fn credentials_from_a_profile() {
         .any(|k| k.starts_with("profiled/nar/")));
 }
 
-/// A server answering every third request with 503 SlowDown: the copy
+/// A server answering every second request with 503 SlowDown: the copy
 /// still completes, through retries.
 #[test]
 fn throttling_is_retried() {
@@ -595,10 +573,10 @@ fn throttling_is_retried() {
     }
     let s3 = S3::start();
     let top = build_closure("s3-throttle");
-    let big = build_big("throttle", 12);
+    let big = build_big("throttle", 40);
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("throttled");
-    let proxy = s3.proxy(&["--throttle-every", "3", "--log", log.to_str().unwrap()]);
+    let proxy = s3.proxy(&["--throttle-every", "2", "--log", log.to_str().unwrap()]);
     let to = S3::url_at(
         proxy.port,
         "cache/throttled",

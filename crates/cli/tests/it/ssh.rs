@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::{build_closure, have_nix, nix, nix_closure_infos, nixferry, run};
+use crate::common::{
+    assert_same_closure, assert_success, build_closure, have_nix, nix, nixferry, run, stderr,
+};
 use crate::sshd::{have_sshd, percent_encode as encode, Sshd};
 
 fn ready() -> bool {
@@ -20,31 +22,6 @@ fn ready() -> bool {
 
 fn copy(args: &[&str]) -> Output {
     nixferry().arg("copy").args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        stderr(out)
-    );
-}
-
-/// The closure of `top` in the chroot store `store` is exactly the one in
-/// this machine's store, hashes, sizes and references alike.
-fn assert_same_closure(store: &Path, top: &str) {
-    assert_eq!(
-        nix_closure_infos(Some(store), top),
-        nix_closure_infos(None, top),
-        "{}",
-        store.display()
-    );
 }
 
 /// Push a closure over SSH, push it again (nothing to do), pull it back

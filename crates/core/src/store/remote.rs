@@ -32,13 +32,28 @@ use tokio_util::io::SyncIoBridge;
 
 use super::chunks::{blocking_stream, CHUNK_SIZE};
 use super::file::{FileFacts, NarWriter, StagedNar};
-use super::{Capabilities, CompressedNar, NarStream, PathInfo, StoreError};
+use super::{Capabilities, CompressedNar, NarStream, PathInfo, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
 use crate::store_path::{StoreDir, StorePath};
 
 /// Requests of one batched question that run at once.
 pub const PARALLEL_REQUESTS: usize = 32;
+
+/// Default of the `retries` parameter.
+const DEFAULT_RETRIES: u32 = 5;
+
+/// The `retries` parameter: attempts after the first for a request that
+/// failed transiently, 0 to 100.
+pub(crate) fn retries_param(url: &StoreUrl) -> Result<u32, UrlError> {
+    match url.int_param("retries")? {
+        None => Ok(DEFAULT_RETRIES),
+        Some(r) => u32::try_from(r)
+            .ok()
+            .filter(|r| *r <= 100)
+            .ok_or_else(|| url.bad_value("retries", &r.to_string(), "expected 0 to 100")),
+    }
+}
 
 /// Content types of the files of a binary cache, as Nix sets them.
 pub(crate) mod content_type {

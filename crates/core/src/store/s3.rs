@@ -83,7 +83,9 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::file::NarWriter;
-use super::remote::{relative_key, remote_store, Blobs, Body, Download, RemoteCache};
+use super::remote::{
+    relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
+};
 use super::{url::Scheme, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
 
@@ -102,9 +104,6 @@ const MAX_PARTS: u64 = 10_000;
 /// Parts being uploaded at once, over all uploads of a store: each is in
 /// memory until sent.
 pub const PARTS_IN_FLIGHT: usize = 8;
-
-/// Default of `retries`.
-const DEFAULT_RETRIES: u32 = 5;
 
 /// How long one request may take, body included: NAR downloads are
 /// streamed within it (Nix's S3 store allows 10 minutes too).
@@ -208,13 +207,7 @@ impl S3Store {
             .into());
         }
         let (writer, want_mass_query, priority) = NarWriter::for_remote(url)?;
-        let retries = match url.int_param("retries")? {
-            None => DEFAULT_RETRIES,
-            Some(r) => u32::try_from(r)
-                .ok()
-                .filter(|r| *r <= 100)
-                .ok_or_else(|| url.bad_value("retries", &r.to_string(), "expected 0 to 100"))?,
-        };
+        let retries = retries_param(url)?;
         let part_size = match url.int_param("buffer-size")? {
             None => DEFAULT_PART_SIZE,
             Some(n) => u64::try_from(n)

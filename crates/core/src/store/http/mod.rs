@@ -72,7 +72,9 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::chunks::CHUNK_SIZE;
 use super::file::NarWriter;
-use super::remote::{relative_key, remote_store, Blobs, Body, Download, RemoteCache};
+use super::remote::{
+    relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
+};
 use super::{url::Scheme, StoreError, StoreUrl, UrlError};
 use crate::compression::Compression;
 use crate::narinfo::{CacheInfo, NarInfo};
@@ -90,9 +92,6 @@ const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
 
 /// Default of `timeout`, in seconds: as Nix's `stalled-download-timeout`.
 const DEFAULT_TIMEOUT: u64 = 300;
-
-/// Default of `retries`.
-const DEFAULT_RETRIES: u32 = 5;
 
 /// The first backoff; each retry doubles it, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -183,13 +182,7 @@ impl HttpStore {
         };
         let connect_timeout = seconds("connect-timeout", DEFAULT_CONNECT_TIMEOUT)?;
         let timeout = seconds("timeout", DEFAULT_TIMEOUT)?;
-        let retries = match url.int_param("retries")? {
-            None => DEFAULT_RETRIES,
-            Some(r) => u32::try_from(r)
-                .ok()
-                .filter(|r| *r <= 100)
-                .ok_or_else(|| url.bad_value("retries", &r.to_string(), "expected 0 to 100"))?,
-        };
+        let retries = retries_param(url)?;
         let auth = Auth {
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             netrc: load_netrc(url.param("netrc-file"))?,
