@@ -31,7 +31,7 @@
 //!
 //! # Reading
 //!
-//! Narinfos are fetched in parallel, [`super::remote::PARALLEL_REQUESTS`]
+//! Narinfos are fetched in parallel, [`super::http::PARALLEL_REQUESTS`]
 //! at a time; a narinfo stored with a `Content-Encoding` (Nix's
 //! `narinfo-compression`) is decoded. NAR files are streamed. A missing
 //! key (`NoSuchKey`) means the cache does not have the file; a missing
@@ -40,7 +40,7 @@
 //!
 //! # Writing
 //!
-//! As for every remote binary cache ([`super::remote`]): the NAR is
+//! As for HTTP caches ([`super::http`]), with the same code: the NAR is
 //! checked, compressed and hashed into a temporary file, then uploaded,
 //! then the listing, and the narinfo last. A NAR file larger than
 //! `buffer-size` is uploaded with a multipart upload whose parts are read

@@ -27,7 +27,7 @@
 //! Narinfos are fetched with `GET <base>/<hashPart>.narinfo`, up to
 //! [`PARALLEL_REQUESTS`] at once over pooled keep-alive connections
 //! (HTTP/2 where TLS negotiates it). The logic of the binary cache is
-//! shared with `s3://` ([`super::remote`]). A 404 or a 403 means the cache does
+//! shared with `s3://` ([`super::s3`]). A 404 or a 403 means the cache does
 //! not have the path (403: what S3 buckets that cannot be listed answer,
 //! SPEC §3.1), and so does a narinfo whose `StorePath` names another path.
 //! NAR files are streamed and decompressed as `file://` does it (the
