@@ -171,7 +171,8 @@ impl S3 {
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_S3")
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("none"))
-            .env("AWS_CONFIG_FILE", self.dir.path().join("none"));
+            .env("AWS_CONFIG_FILE", self.dir.path().join("none"))
+            .env("XDG_STATE_HOME", self.dir.path().join("state"));
     }
 
     /// A boto3 helper of the harness, its JSON output parsed.
@@ -550,7 +551,8 @@ fn credentials_from_a_profile() {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_PROFILE")
         .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
-        .env("AWS_CONFIG_FILE", files.path().join("none"));
+        .env("AWS_CONFIG_FILE", files.path().join("none"))
+        .env("XDG_STATE_HOME", files.path().join("state"));
     let out = c
         .args(["copy", "--no-check-sigs", "--to"])
         .arg(s3.url("cache/profiled", "profile=tests&compression=none"))
@@ -737,4 +739,47 @@ fn a_cancelled_copy_aborts_its_upload() {
         "{:?}",
         s3.keys("cache")
     );
+}
+
+/// A copy killed (SIGKILL) in the middle of an upload leaves it
+/// unfinished, without a narinfo; the next run aborts it (from its
+/// journal) and completes the copy.
+#[test]
+fn a_killed_copy_is_cleaned_up_by_the_next_run() {
+    if !ready() {
+        return;
+    }
+    let s3 = S3::start();
+    let big = build_big("killed", 40);
+    let params = "compression=none&buffer-size=5242880";
+    let proxy = s3.proxy(&["--rate", SLOW]);
+    let slow = S3::url_at(proxy.port, "cache/killed", params);
+    let mut child = s3
+        .nixferry()
+        .args(["copy", "--no-check-sigs", "--to", &slow, &big])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_upload(&s3, "cache");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = s3.uploads("cache");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!s3.keys("cache").iter().any(|k| k.ends_with(".narinfo")));
+    let journal = s3.dir.path().join("state/nixferry/s3-uploads");
+    assert_eq!(fs::read_dir(&journal).unwrap().count(), 1);
+
+    // The next run, to the same endpoint (now at full speed).
+    let port = proxy.port.to_string();
+    drop(proxy);
+    let _proxy = s3.proxy(&["--port", &port]);
+    let out = s3
+        .nixferry()
+        .args(["copy", "--no-check-sigs", "--to", &slow, &big])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(s3.uploads("cache").is_empty(), "{:?}", s3.uploads("cache"));
+    assert_eq!(fs::read_dir(&journal).unwrap().count(), 0);
+    s3.assert_consistent("cache", "killed/");
 }

@@ -47,10 +47,13 @@
 //! from that file and sent in parallel: at most [`PARTS_IN_FLIGHT`] parts,
 //! over all uploads of the store, are in memory at once. An upload that
 //! fails is aborted, and so is one whose copy is cancelled (the abort is
-//! finished by [`Store::close`](super::Store::close)). Only one whose
-//! process is killed is left unfinished, without a narinfo pointing to it;
-//! an `AbortIncompleteMultipartUpload` lifecycle rule on the bucket clears
-//! those.
+//! finished by [`Store::close`](super::Store::close)). Running uploads
+//! are written down in a journal (`$XDG_STATE_HOME/nixferry/s3-uploads/`,
+//! else `~/.local/state/nixferry/s3-uploads/`), so that the next run on the
+//! same machine aborts those of a process that was killed, before its own
+//! first upload to the bucket (no narinfo ever points to them). For
+//! uploads that no run comes back to, an `AbortIncompleteMultipartUpload`
+//! lifecycle rule on the bucket is the safety net.
 //!
 //! Content types are Nix's (`application/x-nix-nar`,
 //! `text/x-nix-narinfo`, …). Payloads are not signed (as by Nix: requests
@@ -75,16 +78,16 @@ use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, MultipartUpload, ObjectStore,
-    ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore,
+    ObjectStoreExt as _, PutOptions, PutPayload, RetryConfig,
 };
-use tokio::io::AsyncReadExt as _;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+
+mod upload;
 
 use super::file::NarWriter;
 use super::remote::{
-    relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
+    content_type, relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
 };
 use super::{url::Scheme, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
@@ -135,26 +138,13 @@ struct S3 {
     /// Permits for parts in memory, shared by all uploads.
     parts: Arc<Semaphore>,
     /// Multipart uploads still to abort.
-    aborts: Arc<Mutex<Aborts>>,
-}
-
-/// Multipart uploads to abort: those of cancelled copies (being aborted
-/// by tasks), and those whose abort failed (tried again by `close`).
-#[derive(Debug, Default)]
-struct Aborts {
-    tasks: Vec<JoinHandle<()>>,
-    failed: Vec<Box<dyn MultipartUpload>>,
-}
-
-impl Aborts {
-    /// Aborts `upload`, keeping it for another try if that fails.
-    async fn abort(this: &Mutex<Self>, mut upload: Box<dyn MultipartUpload>) {
-        if upload.abort().await.is_err() {
-            if let Ok(mut a) = this.lock() {
-                a.failed.push(upload);
-            }
-        }
-    }
+    aborts: Arc<Mutex<upload::Aborts>>,
+    /// Where running multipart uploads are written down, if anywhere.
+    journal: Option<upload::Journal>,
+    /// Which server and bucket, as the journal names them.
+    identity: String,
+    /// Set once the uploads a dead process left are aborted.
+    cleaned: tokio::sync::OnceCell<()>,
 }
 
 /// Static credentials.
@@ -262,7 +252,11 @@ impl S3Store {
             None => env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")),
         };
 
-        let options = ClientOptions::new()
+        let identity = format!(
+            "{} {bucket}",
+            endpoint.as_deref().unwrap_or(&format!("aws:{region}"))
+        );
+        let mut options = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_allow_http(
@@ -270,6 +264,11 @@ impl S3Store {
                     .as_deref()
                     .is_some_and(|e| e.starts_with("http://")),
             );
+        // Content types for uploads that cannot carry them (multipart
+        // uploads are started without attributes), by the key's suffix.
+        for ext in ["nar", "xz", "zst", "bz2", "br"] {
+            options = options.with_content_type_for_suffix(ext, content_type::NAR);
+        }
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -311,6 +310,9 @@ impl S3Store {
             part_size,
             parts: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
             aborts: Arc::default(),
+            journal: upload::Journal::open(),
+            identity,
+            cleaned: tokio::sync::OnceCell::new(),
         };
         Ok(Self {
             inner: Arc::new(RemoteCache::new(
@@ -539,139 +541,11 @@ impl S3 {
         Ok(())
     }
 
-    /// Uploads a file of `size` bytes in parts of `part_size` (or more, so
-    /// that there are at most [`MAX_PARTS`]), at most [`PARTS_IN_FLIGHT`]
-    /// in memory over all uploads; aborts the upload if anything fails or
-    /// the upload is dropped.
-    async fn put_multipart(
-        &self,
-        key: &str,
-        content_type: &'static str,
-        file: &Path,
-        size: u64,
-    ) -> Result<(), StoreError> {
-        let io_err = |source| StoreError::Io {
-            what: "reading",
-            path: file.display().to_string(),
-            source,
-        };
-        let mut f = tokio::fs::File::open(file).await.map_err(io_err)?;
-        let opts = PutMultipartOptions {
-            attributes: Self::attributes(content_type),
-            ..PutMultipartOptions::default()
-        };
-        let upload = self
-            .client
-            .put_multipart_opts(&self.key(key)?, opts)
-            .await
-            .map_err(|e| self.failed("starting the upload of", key, e))?;
-        let mut upload = Unfinished {
-            upload: Some(upload),
-            aborts: &self.aborts,
-        };
-        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
-        let mut parts: JoinSet<object_store::Result<()>> = JoinSet::new();
-        let mut left = size;
-        let result = async {
-            while left > 0 {
-                // Finished parts free their permits; collect their results.
-                while let Some(done) = parts.try_join_next() {
-                    done.map_err(|e| self.join_failed(key, &e))?
-                        .map_err(|e| self.failed("uploading a part of", key, e))?;
-                }
-                let permit = Arc::clone(&self.parts)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| self.join_failed(key, &"semaphore closed"))?;
-                let n = left.min(part_size);
-                let mut buf = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
-                f.read_exact(&mut buf).await.map_err(io_err)?;
-                left -= n;
-                let part = upload.part(PutPayload::from(buf));
-                parts.spawn(async move {
-                    let r = part.await;
-                    drop(permit);
-                    r
-                });
-            }
-            while let Some(done) = parts.join_next().await {
-                done.map_err(|e| self.join_failed(key, &e))?
-                    .map_err(|e| self.failed("uploading a part of", key, e))?;
-            }
-            Ok::<(), StoreError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => upload.complete(self, key).await,
-            Err(e) => {
-                parts.abort_all();
-                upload.abort().await;
-                Err(e)
-            }
-        }
-    }
-
     fn join_failed(&self, key: &str, e: &dyn std::fmt::Display) -> StoreError {
         StoreError::Io {
             what: "uploading",
             path: self.locate(key),
             source: std::io::Error::other(e.to_string()),
-        }
-    }
-}
-
-/// A multipart upload that is aborted unless completed; if dropped
-/// unfinished (the copy was cancelled), the abort runs on its own and
-/// `close` waits for it.
-struct Unfinished<'a> {
-    upload: Option<Box<dyn MultipartUpload>>,
-    aborts: &'a Arc<Mutex<Aborts>>,
-}
-
-impl Unfinished<'_> {
-    fn part(&mut self, data: PutPayload) -> object_store::UploadPart {
-        self.upload.as_mut().map_or_else(
-            || unreachable!("used after completion"),
-            |u| u.put_part(data),
-        )
-    }
-
-    async fn complete(&mut self, s3: &S3, key: &str) -> Result<(), StoreError> {
-        let Some(upload) = self.upload.as_mut() else {
-            return Ok(());
-        };
-        match upload.complete().await {
-            Ok(_) => {
-                self.upload = None;
-                Ok(())
-            }
-            Err(e) => {
-                let e = s3.failed("completing the upload of", key, e);
-                self.abort().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn abort(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            Aborts::abort(self.aborts, upload).await;
-        }
-    }
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        let Some(upload) = self.upload.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let aborts = Arc::clone(self.aborts);
-            let task = rt.spawn(async move { Aborts::abort(&aborts, upload).await });
-            if let Ok(mut a) = self.aborts.lock() {
-                a.tasks.retain(|t| !t.is_finished());
-                a.tasks.push(task);
-            }
         }
     }
 }
@@ -785,7 +659,7 @@ impl Blobs for S3 {
         match body {
             Body::Bytes(data) => self.put_bytes(key, content_type, data).await,
             Body::File(path, size) if size > self.part_size => {
-                self.put_multipart(key, content_type, &path, size).await
+                self.put_multipart(key, &path, size).await
             }
             Body::File(path, _) => {
                 let data = tokio::fs::read(&path)
@@ -838,20 +712,7 @@ impl Blobs for S3 {
     /// abort those whose abort failed (the server may be back). What
     /// still fails is left to the bucket's lifecycle rules.
     async fn close(&self) {
-        let tasks = match self.aborts.lock() {
-            Ok(mut a) => std::mem::take(&mut a.tasks),
-            Err(_) => return,
-        };
-        for task in tasks {
-            let _ = task.await;
-        }
-        let failed = match self.aborts.lock() {
-            Ok(mut a) => std::mem::take(&mut a.failed),
-            Err(_) => return,
-        };
-        for upload in failed {
-            Aborts::abort(&self.aborts, upload).await;
-        }
+        self.finish_aborts().await;
     }
 }
 
