@@ -120,7 +120,11 @@ struct Inner {
     store_dir: StoreDir,
     real_dir: PathBuf,
     db_path: PathBuf,
-    conn: Mutex<Connection>,
+    /// How connections are opened.
+    mode: Access,
+    /// Idle connections: queries on several threads each take one (or
+    /// open one), so that they run in parallel.
+    conns: Mutex<Vec<Connection>>,
     /// The `--store` argument that gives Nix this store (`None` for the
     /// machine's own).
     nix_store_arg: Option<String>,
@@ -227,7 +231,8 @@ impl LocalStore {
                 store_dir,
                 real_dir,
                 db_path,
-                conn: Mutex::new(conn),
+                mode,
+                conns: Mutex::new(vec![conn]),
                 nix_store_arg,
                 writer: std::sync::OnceLock::new(),
             }),
@@ -295,17 +300,31 @@ impl LocalStore {
         .await
     }
 
-    /// Runs `work` with the connection on a blocking thread.
+    /// Runs `work` with a connection of its own on a blocking thread: an
+    /// idle one, or a new one. At most [`MAX_IDLE_CONNECTIONS`] are kept.
     async fn with_db<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Inner, &mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            // A panic elsewhere cannot leave the connection half-used: the
-            // transaction it held was rolled back when it unwound.
-            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&inner, &mut conn)
+            let idle = inner
+                .conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let mut conn = match idle {
+                Some(c) => c,
+                None => open_db(&inner.db_path, inner.mode)?,
+            };
+            // A panic in `work` drops the connection, and with it the
+            // transaction it held.
+            let result = work(&inner, &mut conn);
+            let mut conns = inner.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            if conns.len() < MAX_IDLE_CONNECTIONS {
+                conns.push(conn);
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::Io {
@@ -372,6 +391,9 @@ fn check_schema(url: &str, file: &Path) -> Result<(), StoreError> {
         })
     }
 }
+
+/// Idle database connections kept for later queries.
+const MAX_IDLE_CONNECTIONS: usize = 8;
 
 /// How to open the database so as to agree with Nix on locking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
