@@ -164,3 +164,82 @@ fn copies_from_and_to_http_caches() {
     assert!(narinfo.contains("Compression: zstd"), "{narinfo}");
     assert!(narinfo.contains("Sig: nixspec-test-1:"), "{narinfo}");
 }
+
+/// An HTTPS cache whose certificate is issued by a CA of the test's own:
+/// refused at once, without retries, until `SSL_CERT_FILE` names the CA;
+/// then the copy works.
+#[test]
+fn https_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vectors = shared().join("vectors");
+    let pk = fs::read_to_string(vectors.join("keys/nixspec-test-1.public")).unwrap();
+    let top = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        tmp.path().join("ca.pem"),
+        tmp.path().join("cert.pem"),
+        tmp.path().join("key.pem"),
+    );
+    fs::write(&ca_file, ca.pem()).unwrap();
+    fs::write(&cert_file, cert.pem()).unwrap();
+    fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let port_file = tmp.path().join("port");
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/it/http_server.py"))
+        .arg("--dir")
+        .arg(vectors.join("binary-cache/signed-xz"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--tls-cert")
+        .arg(&cert_file)
+        .arg("--tls-key")
+        .arg(&key_file);
+    let server = Server::start(cmd, Some(&port_file), 0);
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let copy = |out: &str| {
+        let mut c = nixferry();
+        c.env_remove("NIX_SSL_CERT_FILE")
+            .env_remove("SSL_CERT_FILE")
+            .args(["copy", "--from", &url, "--to"])
+            .arg(format!("file://{}", tmp.path().join(out).display()))
+            .args(["--trusted-key", pk.trim(), top]);
+        c
+    };
+
+    let start = Instant::now();
+    let out = copy("refused").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    let out = copy("copied")
+        .env("SSL_CERT_FILE", &ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tmp
+        .path()
+        .join("copied/jgs69zx98r4fpm73d82y357pps9llcic.narinfo")
+        .is_file());
+}

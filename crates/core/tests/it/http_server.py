@@ -14,12 +14,15 @@ Options to check the client:
   --drop N             close the connection without an answer, N times
                        (after the --fail ones)
   --put-status CODE    answer every PUT with this status, writing nothing
+  --tls-cert FILE      speak HTTPS, with this certificate chain (PEM)
+  --tls-key FILE       and this key (PEM)
 """
 
 import argparse
 import base64
 import http.server
 import os
+import ssl
 import sys
 import threading
 
@@ -132,8 +135,14 @@ def main():
     p.add_argument("--retry-after", type=int)
     p.add_argument("--drop", type=int, default=0)
     p.add_argument("--put-status", type=int)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(server.server_address[1]))

@@ -51,7 +51,8 @@
 //!
 //! # Errors and retries
 //!
-//! Failed connections, timeouts, 5xx answers and 429 are tried again,
+//! Failed connections, timeouts, 5xx answers and 429 are tried again
+//! (but not a server certificate that does not verify),
 //! `retries` times, after an exponential backoff with jitter (or after the
 //! seconds of a `Retry-After` header). Other 4xx answers are not. What
 //! still fails becomes [`StoreError::Connection`] (so that the copy engine
@@ -397,6 +398,14 @@ impl Http {
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_builder() => {
                     return Err(self.corrupt(format!("invalid request URL '{url}': {e}")))
+                }
+                // A certificate that does not verify will not verify on
+                // the next try either.
+                Err(e) if error_chain(&e).contains("certificate") => {
+                    return Err(StoreError::Remote {
+                        store: self.url.clone(),
+                        message: format!("{method} {url}: {}", error_chain(&e)),
+                    })
                 }
                 Err(e) => (
                     None,
