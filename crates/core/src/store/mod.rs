@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (SPEC §3) |
 //! | `http://host/path`, `https://…` | [`mod@http`]: a binary cache served over HTTP(S) (SPEC §3) |
+//! | `s3://bucket[/prefix]?region=…&endpoint=…` | [`mod@s3`]: a binary cache in an S3 bucket (SPEC §3) |
 //! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (SPEC §6) |
 //! | `ssh://[user@]host[:port]?…` | [`serve`]: a Nix store behind `nix-store --serve` over ssh (SPEC §5) |
 //!
