@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{nixferry, shared};
+use crate::common::{assert_success, nixferry, shared};
 
 /// A server process, killed (by its pid) when dropped.
 struct Server {
@@ -233,11 +233,7 @@ fn https_with_a_private_ca() {
         .env("SSL_CERT_FILE", &ca_file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(tmp
         .path()
         .join("copied/jgs69zx98r4fpm73d82y357pps9llcic.narinfo")
