@@ -495,7 +495,7 @@ impl S3 {
             object_store::Error::NotFound { .. } => return None,
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => StoreError::Login { store, message },
-            object_store::Error::Generic { .. } if text.contains("Client error") => {
+            object_store::Error::Generic { .. } if refused(&text) => {
                 StoreError::Remote { store, message }
             }
             _ => StoreError::Connection { store, message },
@@ -563,6 +563,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = cause.and_then(std::error::Error::source);
     }
     s
+}
+
+/// Whether an error's text is that of an answer that trying again will
+/// not change: a 4xx status other than 408 (timeout) and 429 (throttled).
+fn refused(text: &str) -> bool {
+    const STATUS: &str = "status code: ";
+    let Some(at) = text.find(STATUS) else {
+        return false;
+    };
+    let code: String = text[at + STATUS.len()..].chars().take(3).collect();
+    code.starts_with('4') && code != "408" && code != "429"
 }
 
 /// The `Code` and `Message` of an S3 error document quoted in `text`.
@@ -777,6 +788,18 @@ mod tests {
         let u = StoreUrl::parse("s3://b?endpoint=h:1").unwrap();
         assert_eq!(endpoint_url(&u, "h:1").unwrap(), "https://h:1");
         assert_eq!(endpoint_url(&u, "http://h:1/").unwrap(), "http://h:1");
+    }
+
+    #[test]
+    fn refusals_are_not_retried() {
+        let status =
+            |s| format!("Error performing GET x - Server returned non-2xx status code: {s}: body");
+        assert!(refused(&status("400 Bad Request")));
+        assert!(refused(&status("404 Not Found")));
+        assert!(!refused(&status("429 Too Many Requests")));
+        assert!(!refused(&status("408 Request Timeout")));
+        assert!(!refused(&status("503 Service Unavailable")));
+        assert!(!refused("error sending request: connection refused"));
     }
 
     #[test]
