@@ -106,7 +106,7 @@ const MAX_PARTS: u64 = 10_000;
 
 /// Parts being uploaded at once, over all uploads of a store: each is in
 /// memory until sent.
-pub const PARTS_IN_FLIGHT: usize = 8;
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// How long one request may take, body included: NAR downloads are
 /// streamed within it (Nix's S3 store allows 10 minutes too).
