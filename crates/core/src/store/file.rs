@@ -1154,7 +1154,10 @@ fn join_error(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
-fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+pub(crate) fn io_err<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'p {
     move |source| StoreError::Io {
         what,
         path: path.display().to_string(),

@@ -34,8 +34,9 @@ use super::chunks::{blocking_stream, CHUNK_SIZE};
 use super::file::{FileFacts, NarWriter, StagedNar};
 use super::{Capabilities, CompressedNar, NarStream, PathInfo, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
+use crate::hash::nix32;
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
-use crate::store_path::{StoreDir, StorePath};
+use crate::store_path::{StoreDir, StorePath, HASH_PART_LEN};
 
 /// Requests of one batched question that run at once.
 pub const PARALLEL_REQUESTS: usize = 32;
@@ -117,6 +118,22 @@ pub(crate) trait Blobs: Send + Sync + fmt::Debug + 'static {
 
     /// Finishes what is pending (such as cancelled uploads to clean up).
     async fn close(&self) {}
+}
+
+/// An error with its causes, `: `-separated; a cause whose text is in
+/// the message already (as some libraries repeat it) is left out.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// A narinfo `URL` that is a path inside the cache: relative, without
@@ -277,7 +294,7 @@ impl<B: Blobs> RemoteCache<B> {
         hash: &str,
     ) -> Result<Option<PathInfo>, StoreError> {
         // Only a hash part can name a narinfo: nothing else is fetched.
-        let valid = hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_alphanumeric());
+        let valid = hash.len() == HASH_PART_LEN && hash.bytes().all(nix32::is_digit);
         if !valid {
             return Ok(None);
         }

@@ -72,9 +72,9 @@ use reqwest::{Method, StatusCode};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::chunks::CHUNK_SIZE;
-use super::file::NarWriter;
+use super::file::{io_err, NarWriter};
 use super::remote::{
-    relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
+    error_chain, relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
 };
 use super::{url::Scheme, StoreError, StoreUrl, UrlError};
 use crate::compression::Compression;
@@ -198,14 +198,10 @@ impl HttpStore {
         for var in ["NIX_SSL_CERT_FILE", "SSL_CERT_FILE"] {
             if let Some(file) = std::env::var_os(var).filter(|f| !f.is_empty()) {
                 let file = PathBuf::from(file);
-                let io_err = |source| StoreError::Io {
-                    what: "reading certificates",
-                    path: file.display().to_string(),
-                    source,
-                };
-                let pem = std::fs::read(&file).map_err(io_err)?;
+                let failed = |source| io_err("reading certificates", &file)(source);
+                let pem = std::fs::read(&file).map_err(failed)?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                    .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
                 for cert in certs {
                     builder = builder.add_root_certificate(cert);
                 }
@@ -284,11 +280,7 @@ fn load_netrc(explicit: Option<&str>) -> Result<netrc::Netrc, StoreError> {
         Err(e) if explicit.is_none() && e.kind() == io::ErrorKind::NotFound => {
             Ok(netrc::Netrc::default())
         }
-        Err(source) => Err(StoreError::Io {
-            what: "reading netrc file",
-            path: file.display().to_string(),
-            source,
-        }),
+        Err(source) => Err(io_err("reading netrc file", &file)(source)),
     }
 }
 
@@ -377,11 +369,7 @@ impl Http {
                 Some(Body::File(path, size)) => {
                     let f = tokio::fs::File::open(path)
                         .await
-                        .map_err(|source| StoreError::Io {
-                            what: "opening",
-                            path: path.display().to_string(),
-                            source,
-                        })?;
+                        .map_err(io_err("opening", path))?;
                     // The length is set, so that the upload is not chunked
                     // (which simple servers do not take).
                     req.header(CONTENT_LENGTH, *size)
@@ -546,19 +534,6 @@ impl Blobs for Http {
             s => Err(self.status_error(&Method::GET, &url, s)),
         }
     }
-}
-
-/// An error with its causes, `: `-separated (reqwest's own message is
-/// terse: the cause says what failed).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// The body of `resp` as an async reader whose errors carry a retryable

@@ -85,9 +85,10 @@ use tokio::sync::Semaphore;
 
 mod upload;
 
-use super::file::NarWriter;
+use super::file::{io_err, NarWriter};
 use super::remote::{
-    content_type, relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
+    content_type, error_chain, relative_key, remote_store, retries_param, Blobs, Body, Download,
+    RemoteCache,
 };
 use super::{url::Scheme, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
@@ -432,11 +433,7 @@ fn read_optional(path: &Path) -> Result<String, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(source) => Err(StoreError::Io {
-            what: "reading",
-            path: path.display().to_string(),
-            source,
-        }),
+        Err(source) => Err(io_err("reading", path)(source)),
     }
 }
 
@@ -550,21 +547,6 @@ impl S3 {
     }
 }
 
-/// An error with its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c = c.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        cause = cause.and_then(std::error::Error::source);
-    }
-    s
-}
-
 /// Whether an error's text is that of an answer that trying again will
 /// not change: a 4xx status other than 408 (timeout) and 429 (throttled).
 fn refused(text: &str) -> bool {
@@ -675,11 +657,7 @@ impl Blobs for S3 {
             Body::File(path, _) => {
                 let data = tokio::fs::read(&path)
                     .await
-                    .map_err(|source| StoreError::Io {
-                        what: "reading",
-                        path: path.display().to_string(),
-                        source,
-                    })?;
+                    .map_err(io_err("reading", &path))?;
                 self.put_bytes(key, content_type, data).await
             }
         }

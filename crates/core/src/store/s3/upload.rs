@@ -24,6 +24,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{StoreError, MAX_PARTS, S3};
+use crate::store::file::io_err;
 
 /// Where running uploads are written down.
 #[derive(Debug)]
@@ -183,12 +184,9 @@ impl S3 {
         file: &Path,
         size: u64,
     ) -> Result<(), StoreError> {
-        let io_err = |source| StoreError::Io {
-            what: "reading",
-            path: file.display().to_string(),
-            source,
-        };
-        let mut f = tokio::fs::File::open(file).await.map_err(io_err)?;
+        let mut f = tokio::fs::File::open(file)
+            .await
+            .map_err(io_err("reading", file))?;
         let path = self.key(key)?;
         self.abort_stale().await;
         let id = self
@@ -235,7 +233,9 @@ impl S3 {
                     .map_err(|_| self.join_failed(key, &"semaphore closed"))?;
                 let n = left.min(part_size);
                 let mut buf = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
-                f.read_exact(&mut buf).await.map_err(io_err)?;
+                f.read_exact(&mut buf)
+                    .await
+                    .map_err(io_err("reading", file))?;
                 left -= n;
                 let (client, path, id) = (self.client.clone(), path.clone(), id.clone());
                 let data = PutPayload::from(buf);
