@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 
-use crate::common::{nixferry, run, run_text, shared};
+use crate::common::{assert_success, nixferry, run, run_text, shared};
 
 fn vector(rel: &str) -> std::path::PathBuf {
     shared().join("vectors").join(rel)
@@ -179,10 +179,6 @@ fn broken_pipe_is_not_an_error() {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(out.stderr.is_empty());
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::common::{
-    build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run, run_text,
+    assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run,
+    run_text,
 };
 
 fn narinfos(cache: &Path) -> Vec<PathBuf> {
@@ -120,11 +121,7 @@ fn caches_nix_wrote_are_read_and_verified() {
         assert!(narinfos(&ours).is_empty());
 
         let ok = copy(&["--from", &from, "--to", &to, "--trusted-key", &pk, &top]);
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
+        assert_success(&ok);
         assert_eq!(narinfos(&ours).len(), 3);
         assert_consistent(&ours);
         let chroot = tmp.path().join(format!("chroot-{compression}"));
@@ -236,11 +233,7 @@ fn tampered_and_unsigned_paths_are_refused() {
         "--no-check-sigs",
         &top,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 /// `closure` and `path-info` agree with Nix.
@@ -332,11 +325,7 @@ fn killed_copies_resume_and_never_leave_dangling_narinfos() {
         }
     }
     let out = copy(&["--to", &url, &top, &bulk_path]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(narinfos(&cache).len(), 4);
     assert_consistent(&cache);
 }

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use crate::common::{
-    build_input_addressed, generate_key, have_nix, nix, nixferry, run, run_text, tricky_tree,
+    assert_success, build_input_addressed, generate_key, have_nix, nix, nixferry, run, run_text,
+    tricky_tree,
 };
 
 fn tree() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -149,11 +150,7 @@ fn nix_accepts_what_nixferry_adds_and_signs() {
 
     let verify = |key: &str| nix_store_verify(&url, key, &path);
     let ok = verify(&pk);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     // The path is content-addressed, so Nix trusts it even without a
     // trusted signature (SPEC 4.4); the signature is checked by nixferry.
     let (_, other) = generate_key(tmp.path(), "other-1");
@@ -205,11 +202,7 @@ fn keys_interoperate_with_nix() {
     let cache_url = format!("file://{}", cache.display());
     let verify = |key: &str| nix_store_verify(&cache_url, key, &path);
     let ok = verify(&pk);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     let (_, other) = generate_key(tmp.path(), "other-2");
     let refused = verify(&other);
     assert!(

@@ -88,11 +88,7 @@ fn copies_from_and_to_http_caches() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for hash in [
         "jgs69zx98r4fpm73d82y357pps9llcic",
         "3pl2infwzaw2zw5fxxp3pvm3xasr0w4b",
@@ -154,11 +150,7 @@ fn copies_from_and_to_http_caches() {
         .env("NIXFERRY_HTTP_TOKEN", "t0ken")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let narinfo =
         fs::read_to_string(remote.join("jgs69zx98r4fpm73d82y357pps9llcic.narinfo")).unwrap();
     assert!(narinfo.contains("Compression: zstd"), "{narinfo}");

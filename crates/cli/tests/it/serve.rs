@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run, run_text,
+    assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run,
+    run_text,
 };
 
 /// A `nixferry serve` process, killed when dropped.
@@ -767,11 +768,7 @@ fn copies_through_a_connection_cutting_proxy() {
         .args(&paths)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(cut.load(Ordering::SeqCst) > 0, "no connection was cut");
     for p in &paths {
         assert!(dest.join(format!("{}.narinfo", hash_part(p))).is_file());
@@ -787,9 +784,5 @@ fn copies_through_a_connection_cutting_proxy() {
         .args(&paths)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
