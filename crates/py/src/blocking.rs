@@ -10,6 +10,19 @@ use pyo3::prelude::*;
 /// Short enough that Ctrl-C feels immediate, long enough to cost nothing.
 pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
+/// Waits up to [`SIGNAL_POLL`] for a message on `rx` with the GIL
+/// released. The receiver goes into the waiting closure and comes back
+/// with the result (it is not `Sync`, so it cannot be lent to it).
+pub(crate) fn recv_released<T: Send>(
+    py: Python<'_>,
+    rx: mpsc::Receiver<T>,
+) -> (mpsc::Receiver<T>, Result<T, RecvTimeoutError>) {
+    py.allow_threads(move || {
+        let got = rx.recv_timeout(SIGNAL_POLL);
+        (rx, got)
+    })
+}
+
 /// A flag that work running in [`run`] checks to stop early.
 #[derive(Debug, Default)]
 pub(crate) struct Cancel(AtomicBool);
@@ -65,10 +78,7 @@ where
         });
         let mut interrupted: Option<PyErr> = None;
         loop {
-            let (back, got) = py.allow_threads(move || {
-                let got = rx.recv_timeout(SIGNAL_POLL);
-                (rx, got)
-            });
+            let (back, got) = recv_released(py, rx);
             rx = back;
             match got {
                 Ok(value) => {

@@ -9,7 +9,7 @@ use nixferry::signing::PublicKey;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
-use crate::blocking::SIGNAL_POLL;
+use crate::blocking::recv_released;
 use crate::errors;
 use crate::signing::{self, PySigningKey};
 use crate::store::store_arg;
@@ -320,10 +320,7 @@ fn copy(
     // signal cancels the copy, which is then waited for.
     let mut raised: Option<PyErr> = None;
     let result = loop {
-        let (back, got) = py.allow_threads(move || {
-            let got = rx.recv_timeout(SIGNAL_POLL);
-            (rx, got)
-        });
+        let (back, got) = recv_released(py, rx);
         rx = back;
         match got {
             Ok(Msg::Event(e)) => {

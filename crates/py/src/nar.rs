@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::blocking::{self, SIGNAL_POLL};
+use crate::blocking::{self, recv_released};
 use crate::errors;
 use crate::hash::PyNixHash;
 use crate::io::{self as pyio, Cancellable, PyWriter, Slot, Source};
@@ -182,10 +182,7 @@ impl DumpChunks {
             return Err(PyStopIteration::new_err(()));
         };
         loop {
-            let (back, got) = py.allow_threads(move || {
-                let got = rx.recv_timeout(SIGNAL_POLL);
-                (rx, got)
-            });
+            let (back, got) = recv_released(py, rx);
             rx = back;
             match got {
                 Ok(ChunkMsg::Data(d)) => {
