@@ -7,6 +7,7 @@ mod copy;
 mod differential;
 mod http;
 mod s3;
+mod security;
 mod serve;
 mod ssh;
 mod sshd;

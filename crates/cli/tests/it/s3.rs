@@ -17,14 +17,14 @@ use crate::common::{
 
 /// The Python that has `moto[server]`: `NIXFERRY_TEST_PYTHON`, else the
 /// virtualenv the test command makes under `target/`.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("NIXFERRY_TEST_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv/bin/python")
 }
 
-fn harness() -> PathBuf {
+pub(crate) fn harness() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/s3_server.py")
 }
 
@@ -49,7 +49,7 @@ fn have_s3() -> bool {
     found
 }
 
-fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     let nix = have_nix();
     let s3 = have_s3();
     nix && s3
@@ -101,7 +101,7 @@ impl Drop for Process {
 }
 
 /// A moto server with the buckets `cache` and `other`.
-struct S3 {
+pub(crate) struct S3 {
     server: Process,
     dir: tempfile::TempDir,
     key_id: String,
@@ -109,7 +109,7 @@ struct S3 {
 }
 
 impl S3 {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("creds.json");
         let server = Process::start(
@@ -151,13 +151,13 @@ impl S3 {
         format!("s3://{bucket_and_prefix}?endpoint=127.0.0.1:{port}&scheme=http{sep}{params}")
     }
 
-    fn url(&self, bucket_and_prefix: &str, params: &str) -> String {
+    pub(crate) fn url(&self, bucket_and_prefix: &str, params: &str) -> String {
         Self::url_at(self.server.port, bucket_and_prefix, params)
     }
 
     /// `nixferry` with this server's credentials in the environment and
     /// no shared AWS files.
-    fn nixferry(&self) -> Command {
+    pub(crate) fn nixferry(&self) -> Command {
         let mut c = nixferry();
         self.credentials(&mut c, &self.secret);
         c
@@ -188,7 +188,7 @@ impl S3 {
     }
 
     /// The keys in `bucket`.
-    fn keys(&self, bucket: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, bucket: &str) -> Vec<String> {
         let mut keys: Vec<String> = self
             .query("keys", bucket)
             .iter()
@@ -196,6 +196,19 @@ impl S3 {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// Uploads `file` as the object `key` of `bucket`, behind nixferry's
+    /// back.
+    pub(crate) fn put(&self, bucket: &str, key: &str, file: &Path) {
+        run(Command::new(python())
+            .arg(harness())
+            .args(["put", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{}", self.server.port))
+            .arg("--creds-file")
+            .arg(self.dir.path().join("creds.json"))
+            .args(["--bucket", bucket, "--key", key, "--file"])
+            .arg(file));
     }
 
     /// The unfinished multipart uploads in `bucket`.

@@ -17,13 +17,13 @@ use crate::common::{
 };
 
 /// A `nixferry serve` process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Server {
-    fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut child = nixferry()
             .arg("serve")
             .args(args)
@@ -46,11 +46,11 @@ impl Server {
         Self { child, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         request(self.port, "GET", path, &[], None)
     }
 
@@ -82,10 +82,10 @@ impl Drop for Server {
 
 /// An HTTP response, headers lowercased.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: BTreeMap<String, String>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -96,7 +96,7 @@ impl Reply {
 
 /// One HTTP/1.1 request on a fresh connection, sent as given (no
 /// normalisation of the path).
-fn request(
+pub(crate) fn request(
     port: u16,
     method: &str,
     path: &str,
@@ -200,11 +200,11 @@ fn cache_with_paths(tmp: &Path) -> (PathBuf, String, Vec<String>) {
     (cache, pk.trim().to_owned(), paths)
 }
 
-fn hash_part(path: &str) -> &str {
+pub(crate) fn hash_part(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
 }
 
-fn narinfo_field(narinfo: &str, key: &str) -> String {
+pub(crate) fn narinfo_field(narinfo: &str, key: &str) -> String {
     narinfo
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
@@ -690,7 +690,7 @@ fn sigterm_lets_requests_in_flight_finish() {
 
 /// A `--write` server for a new `file://` cache `dir/dest`, taking
 /// `token`; returns it and the cache directory.
-fn writable_server(dir: &Path, token: &str) -> (Server, PathBuf) {
+pub(crate) fn writable_server(dir: &Path, token: &str) -> (Server, PathBuf) {
     let dest = dir.join("dest");
     let token_file = dir.join("token");
     fs::write(&token_file, format!("{token}\n")).unwrap();

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::closure::{self, ClosureError};
@@ -46,9 +45,11 @@ use crate::store::chunks::{ChannelReader, CHUNKS_AHEAD, CHUNK_SIZE};
 use crate::store::{NarStream, PathInfo, Store, StoreError};
 use crate::store_path::StorePath;
 
-mod verify;
+use crate::store::verify::Verified;
 
-use verify::Verified;
+mod tasks;
+
+use tasks::Keyed;
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -307,11 +308,11 @@ pub async fn copy_to_many(
     let plan = Plan::new(src, dsts, opts, on_event, cancel);
 
     // Every destination is asked at once, each in one batch.
-    let mut asks = JoinSet::new();
+    let mut asks = Keyed::new();
     for dest in 0..plan.dsts.len() {
         let plan = Arc::clone(&plan);
         let all = all.clone();
-        asks.spawn(async move { (dest, plan.query_present(dest, &all).await) });
+        asks.spawn(dest, async move { plan.query_present(dest, &all).await });
     }
     let mut summaries: Vec<Summary> = plan
         .dsts
@@ -322,8 +323,13 @@ pub async fn copy_to_many(
         })
         .collect();
     let mut present: Vec<Option<BTreeSet<StorePath>>> = vec![None; plan.dsts.len()];
-    while let Some(joined) = asks.join_next().await {
-        let Ok((dest, result)) = joined else { continue };
+    while let Some((dest, joined)) = asks.next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(CopyError::Store(StoreError::task_died(
+                "asking the destination what it has",
+                e,
+            )))
+        });
         match result {
             Ok(set) => present[dest] = Some(set),
             Err(CopyError::Cancelled) => summaries[dest].cancelled = true,
@@ -539,7 +545,7 @@ impl Plan {
             .map(|d| d.capabilities().needs_references_first)
             .collect();
         let mut outcomes: HashMap<(StorePath, usize), Outcome> = HashMap::new();
-        let mut tasks = JoinSet::new();
+        let mut tasks = Keyed::new();
         for (info, dests) in work {
             let mut senders = Vec::new();
             let mut waits = Vec::new();
@@ -558,7 +564,8 @@ impl Plan {
                 outcomes.insert((info.path.clone(), dest), rx);
             }
             let plan = Arc::clone(&self);
-            tasks.spawn(async move {
+            let key = (info.path.clone(), dests.clone());
+            tasks.spawn(key, async move {
                 let path = info.path.clone();
                 let results = plan.copy_after(info, dests, waits).await;
                 for (dest, tx) in senders {
@@ -572,9 +579,23 @@ impl Plan {
             });
         }
         let mut results = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(r) = joined {
-                results.extend(r);
+        while let Some(((path, dests), joined)) = tasks.next().await {
+            match joined {
+                Ok(r) => results.extend(r),
+                // The path's task died: each of its destinations has it
+                // as a failure (and its referrers see it failed, its
+                // outcome senders being gone).
+                Err(e) => {
+                    let full = self.src.store_dir().full(&path);
+                    let mut e = CopyError::Store(StoreError::task_died(
+                        format_args!("copying '{full}'"),
+                        e,
+                    ));
+                    for dest in dests {
+                        let e = self.fail(dest, &full, e.duplicate());
+                        results.push((path.clone(), dest, Err(e)));
+                    }
+                }
             }
         }
         results
@@ -642,7 +663,7 @@ impl Plan {
         // One try for all destinations together; failures that may pass
         // are tried again, each destination on its own, after asking it
         // whether the path got there after all.
-        let mut retries = JoinSet::new();
+        let mut retries = Keyed::new();
         let mut results = Vec::new();
         // Cancellation drops the attempt: stores leave nothing visible of a
         // path they did not finish.
@@ -657,18 +678,19 @@ impl Plan {
                 Err(e) if e.is_retryable() => {
                     let plan = Arc::clone(&self);
                     let info = info.clone();
-                    retries.spawn(async move {
-                        let r = plan.retry(&info, dest, e).await;
-                        (dest, r)
-                    });
+                    retries.spawn(dest, async move { plan.retry(&info, dest, e).await });
                 }
                 r => results.push((dest, r)),
             }
         }
-        while let Some(joined) = retries.join_next().await {
-            if let Ok(r) = joined {
-                results.push(r);
-            }
+        while let Some((dest, joined)) = retries.next().await {
+            let r = joined.unwrap_or_else(|e| {
+                Err(CopyError::Store(StoreError::task_died(
+                    format_args!("retrying '{full}'"),
+                    e,
+                )))
+            });
+            results.push((dest, r));
         }
         for (dest, r) in results {
             let r = match r {
@@ -802,24 +824,28 @@ impl Plan {
             return results;
         }
 
-        let mut adds = JoinSet::new();
+        let mut adds = Keyed::new();
         let mut outs = Vec::new();
         for &dest in &streamed {
             let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
             outs.push(tx);
             let dst = Arc::clone(&self.dsts[dest]);
             let info = info.clone();
-            adds.spawn(async move {
+            adds.spawn(dest, async move {
                 let r = dst.add_path(&info, Box::pin(ChannelReader::new(rx))).await;
-                (dest, r.map(|()| false).map_err(CopyError::from))
+                r.map(|()| false).map_err(CopyError::from)
             });
         }
         let collect = async {
             let mut added = Vec::new();
-            while let Some(joined) = adds.join_next().await {
-                if let Ok(r) = joined {
-                    added.push(r);
-                }
+            while let Some((dest, joined)) = adds.next().await {
+                let r = joined.unwrap_or_else(|e| {
+                    Err(CopyError::Store(StoreError::task_died(
+                        format_args!("adding '{full}'"),
+                        e,
+                    )))
+                });
+                added.push((dest, r));
             }
             added
         };

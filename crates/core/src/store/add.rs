@@ -41,11 +41,7 @@ pub async fn add_to_store(
     let src = source.to_owned();
     let (file, summary) = tokio::task::spawn_blocking(move || dump_to_temp(&src))
         .await
-        .map_err(|e| StoreError::Io {
-            what: "packing",
-            path: source.display().to_string(),
-            source: io::Error::other(e.to_string()),
-        })??;
+        .map_err(|e| StoreError::task_died(format_args!("packing '{}'", source.display()), e))??;
 
     let ca = ContentAddress::Fixed {
         method: FileIngestion::Recursive,

@@ -42,6 +42,13 @@
 //! If the stream fails, is not a valid NAR, or does not match the path
 //! info's `narHash`/`narSize`, nothing is left behind.
 //!
+//! A NAR file handed to [`Store::add_compressed`] (a copy between caches of
+//! the same compression) is copied byte for byte, while a second thread
+//! decompresses and decodes it ([`super::verify::NarFileCheck`]): it is
+//! kept only if its NAR matches `narHash`/`narSize`. The file hash and size
+//! the source gives are compared too, but never trusted, since no
+//! signature covers them.
+//!
 //! With two CPUs or more, a NAR of 4 MiB or more is decoded and hashed on
 //! one thread while a second compresses, hashes and writes it; and a NAR
 //! file of more than 32 MiB is flushed to disk by a helper thread while it
@@ -76,12 +83,13 @@ use std::sync::Arc;
 use tokio_util::io::SyncIoBridge;
 
 use super::chunks::{blocking_stream, CHUNK_SIZE};
+use super::verify::{self, NarFileCheck};
 use super::{
     url::Scheme, Capabilities, CompressedNar, NarFile, NarStream, PathInfo, Store, StoreError,
     StoreUrl, UrlError,
 };
 use crate::compression::{self, Compression};
-use crate::hash::{HashingReader, HashingWriter, NixHash};
+use crate::hash::{HashingWriter, NixHash};
 use crate::nar::{self, NarError, NarSummary};
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
 use crate::signing::SecretKey;
@@ -593,11 +601,8 @@ impl NarWriter {
         // A failed write is the cause when there is one (then the decoder
         // only saw the tee fail).
         let enc = enc.map_err(io_err("writing", &tmp.path))?;
-        let (summary, listing) = decoded.map_err(|e| match e {
-            NarError::Io(source) => stream_error(source, &info.path),
-            other => StoreError::Nar(other),
-        })?;
-        check_nar(info, &self.store_dir, &summary)?;
+        let (summary, listing) = decoded.map_err(|e| nar_error(e, &info.path))?;
+        verify::check_info(info, &self.store_dir, &summary)?;
 
         let sink = enc.finish().map_err(io_err("writing", &tmp.path))?;
         let (file_hash, file_size) = sink.finish(&tmp.path, summary.nar_hash)?;
@@ -620,16 +625,7 @@ impl NarWriter {
             out,
             write_error: None,
         };
-        let decoded = if self.write_listing {
-            // `list` does not return the hash its decoder computes.
-            let mut hashing = HashingReader::new(&mut tee);
-            nar::list(&mut hashing).map(|listing| {
-                let (_, nar_hash, nar_size) = hashing.finish();
-                (NarSummary { nar_hash, nar_size }, Some(listing))
-            })
-        } else {
-            nar::validate(&mut tee).map(|summary| (summary, None))
-        };
+        let decoded = verify::decode(&mut tee, self.write_listing);
         (decoded, tee)
     }
 
@@ -660,8 +656,12 @@ impl NarWriter {
     }
 
     /// Copies a NAR file compressed as this store writes them from `src`
-    /// to a temporary file `<tmp_base>.tmp.<pid>.<n>`, checking it against
-    /// what the caller says of it (and, for a listing, against `info`).
+    /// to a temporary file `<tmp_base>.tmp.<pid>.<n>`, byte for byte. The
+    /// file's own hash and size, which the caller gives but no signature
+    /// covers, are only checked; what makes the file trusted is its
+    /// content: a second thread ([`NarFileCheck`]) decompresses and decodes
+    /// it while it is copied, and its NAR must match `info`'s `narHash` and
+    /// `narSize` (the listing, if asked for, comes from the same pass).
     pub(crate) fn encode_file(
         &self,
         info: &PathInfo,
@@ -672,7 +672,18 @@ impl NarWriter {
         let tmp = TempFile::create(tmp_base)?;
         // Hashed even for `none`: the bytes are checked, not assumed.
         let mut sink = FileSink::new(&tmp, false, self.fsync)?;
-        copy(src, &mut sink, &tmp.path, &info.path)?;
+        let mut check = NarFileCheck::start(&self.compression, self.write_listing)
+            .map_err(io_err("checking", &tmp.path))?;
+        let copied = copy(src, &mut Both(&mut sink, &mut check), &tmp.path, &info.path);
+        let checked = check.finish_checked();
+        match copied {
+            // The check stopping is why writing failed: say why it stopped.
+            Err(_) if check.stopped() => {}
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let (summary, listing) = checked?;
+        verify::check_info(info, &self.store_dir, &summary)?;
         let (file_hash, file_size) = sink.finish(&tmp.path, info.nar_hash)?;
         let mismatch =
             |what: &str, expected: &dyn std::fmt::Display, got: &dyn std::fmt::Display| {
@@ -687,21 +698,6 @@ impl NarWriter {
         if let Some(expected) = nar.file_size.filter(|s| *s != file_size) {
             return Err(mismatch("size", &expected, &file_size));
         }
-        // A listing needs the NAR: decompress what was written (which
-        // also checks it against the path info).
-        let listing = if self.write_listing {
-            let f = File::open(&tmp.path).map_err(io_err("opening", &tmp.path))?;
-            let dec =
-                compression::decoder(&self.compression, BufReader::with_capacity(CHUNK_SIZE, f))
-                    .map_err(|e| io_err("decompressing", &tmp.path)(e.into()))?;
-            let mut hashing = HashingReader::new(dec);
-            let listing = nar::list(&mut hashing)?;
-            let (_, nar_hash, nar_size) = hashing.finish();
-            check_nar(info, &self.store_dir, &NarSummary { nar_hash, nar_size })?;
-            Some(listing)
-        } else {
-            None
-        };
         let file = NarFile {
             url: nar_file_name(&file_hash, &self.compression),
             compression: self.compression.clone(),
@@ -762,25 +758,13 @@ pub(crate) struct FileFacts {
     pub(crate) file_size: Option<u64>,
 }
 
-/// Checks a NAR's hash and size against the path info.
-fn check_nar(info: &PathInfo, store_dir: &StoreDir, got: &NarSummary) -> Result<(), StoreError> {
-    let message = if got.nar_hash != info.nar_hash {
-        format!(
-            "NAR hash mismatch: expected {}, got {}",
-            info.nar_hash, got.nar_hash
-        )
-    } else if got.nar_size != info.nar_size {
-        format!(
-            "NAR size mismatch: expected {} bytes, got {}",
-            info.nar_size, got.nar_size
-        )
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::NarMismatch {
-        path: store_dir.display(&info.path).to_string(),
-        message,
-    })
+/// The error of a NAR that could not be read: the stream's own error
+/// (see [`stream_error`]) when reading it failed, else the decoder's.
+fn nar_error(e: NarError, path: &StorePath) -> StoreError {
+    match e {
+        NarError::Io(source) => stream_error(source, path),
+        other => StoreError::Nar(other),
+    }
 }
 
 /// The error for a failing input stream. A stream that fails with an
@@ -830,6 +814,22 @@ impl Write for ChunkSender {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A writer that writes everything to both of its writers.
+struct Both<'a, A, B>(&'a mut A, &'a mut B);
+
+impl<A: Write, B: Write> Write for Both<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
     }
 }
 
@@ -1145,13 +1145,9 @@ impl Store for FileStore {
     }
 }
 
-/// A blocking task that panicked or was cancelled.
+/// A blocking task of a `file://` store that panicked or was cancelled.
 fn join_error(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Io {
-        what: "running a blocking task for",
-        path: "a file:// store".to_owned(),
-        source: io::Error::other(e.to_string()),
-    }
+    StoreError::task_died("a blocking task of a file:// store", e)
 }
 
 pub(crate) fn io_err<'p>(

@@ -22,11 +22,26 @@
 //! compression, NAR encoding) do it on blocking threads and exchange NARs
 //! through bounded streams, so memory stays flat whatever the NAR size.
 //!
-//! NAR streams handed to [`Store::add_path`] are untrusted: a backend reads
-//! them to the end before it makes the path visible, and aborts (leaving
-//! nothing behind) when reading fails. The copy engine wraps every stream in
-//! a check of `narHash`/`narSize` that fails at the end of a stream whose
-//! bytes do not match, so a mismatch aborts the write in every backend.
+//! # What is checked where
+//!
+//! Nothing unverified enters a store. A path's info is what signatures
+//! cover (its `narHash`, `narSize`, references and name); every NAR handed
+//! to a store is checked against that `narHash` and `narSize` before the
+//! path becomes visible there, whichever way it comes in:
+//!
+//! | entry point | the check |
+//! |---|---|
+//! | [`Store::add_path`] of a binary cache (`file://`, HTTP `PUT`, S3) | the NAR is decoded strictly and hashed while it is compressed into a temporary file; the upload (HTTP, S3) starts only after it matched, and the narinfo is written last |
+//! | [`Store::add_compressed`] (a compressed file moved as it is between binary caches) | a second thread decompresses and decodes the file while it is copied ([`verify::NarFileCheck`]); `FileHash`/`FileSize`, which no signature covers, are compared too but never trusted |
+//! | [`Store::add_path`] of a Nix store (`ssh://`, `local`) | the remote `nix-store --serve` checks the hash (`AddToStoreNar`) and registers nothing on a mismatch; for servers too old for that (`ImportPaths`), the stream is hashed while it is sent, and its last bytes are held back until it matched |
+//! | the copy engine ([`crate::copy`]) | every NAR read from a source goes through a check that fails at the end of a stream that does not match (the size as soon as it overruns); the hash is left to destinations that check it themselves ([`Capabilities::verifies_nar`]) |
+//! | [`add_to_store`] (`nixferry add`) | the NAR is written once to a temporary file while it is hashed, and the store checks it as above when it reads it back |
+//! | uploads to `nixferry serve --write` | the server checks the stored NAR file against the narinfo that follows it ([`verify::verify_nar_file`]: file name, `FileHash`, `FileSize`, `NarHash`, `NarSize`) before it publishes that narinfo |
+//!
+//! A mismatch fails that path with [`StoreError::NarMismatch`] and leaves
+//! nothing visible behind. Signatures are checked by the copy engine
+//! before any of this, for sources that are not trusted
+//! ([`crate::copy::CopyOptions::check_sigs`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,6 +64,7 @@ pub(crate) mod remote;
 pub mod s3;
 pub mod serve;
 mod url;
+pub mod verify;
 
 pub use add::add_to_store;
 pub use url::{StoreUrl, UrlError};
@@ -232,10 +248,11 @@ pub struct Capabilities {
     /// the machine's own store; paths from any other store need a valid
     /// signature or content address when signatures are checked.
     pub trusted_source: bool,
-    /// The store itself checks every NAR handed to [`Store::add_path`]
-    /// against the path info's `narHash` and `narSize` while reading it,
-    /// and writes nothing on a mismatch; the copy engine then need not
-    /// hash the stream a second time.
+    /// The store checks the hash of every NAR handed to
+    /// [`Store::add_path`] itself, in a way the copy engine cannot see
+    /// (a remote Nix checking it), so that the engine need not hash the
+    /// stream a second time. Every store checks NARs (see the module
+    /// docs); this only says who hashes.
     pub verifies_nar: bool,
     /// How many paths the store should be given at once at most: more
     /// would only cost memory (a binary cache compressing with xz holds
@@ -338,6 +355,15 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// A task doing the work panicked or was cancelled: a bug, or the
+    /// runtime shutting down. Counted as a failure, never dropped.
+    #[error("{what}: {message}")]
+    Task {
+        /// What the task was doing.
+        what: String,
+        /// How it ended.
+        message: String,
+    },
     /// One error reported to several receivers (the destinations of a
     /// fan-out copy, say), each holding a handle to it.
     #[error(transparent)]
@@ -390,6 +416,28 @@ impl StoreError {
         let e = Arc::new(std::mem::replace(self, placeholder));
         *self = Self::Shared(Arc::clone(&e));
         Self::Shared(e)
+    }
+
+    /// The error of a task that panicked or was cancelled while doing
+    /// `what`, with the panic's message where it has one.
+    pub(crate) fn task_died(what: impl fmt::Display, e: tokio::task::JoinError) -> Self {
+        let message = match e.try_into_panic() {
+            Ok(payload) => {
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned());
+                match text {
+                    Some(text) => format!("the task panicked: {text}"),
+                    None => "the task panicked".to_owned(),
+                }
+            }
+            Err(_) => "the task was cancelled".to_owned(),
+        };
+        Self::Task {
+            what: what.to_string(),
+            message,
+        }
     }
 
     /// Whether trying again may help (a transient network or I/O failure).
@@ -473,8 +521,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// checked against `info`; the caller does that while reading.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError>;
 
-    /// Adds a path from its NAR. The store reads `nar` to its end before it
-    /// makes the path visible, and leaves nothing behind if reading fails.
+    /// Adds a path from its NAR. The store reads `nar` to its end and checks
+    /// it against `info`'s `narHash` and `narSize` before it makes the path
+    /// visible ([`StoreError::NarMismatch`] otherwise), and leaves nothing
+    /// behind if reading or the check fails.
     async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError>;
 
     /// The NAR file of a path as stored, compressed, where the store keeps
@@ -486,7 +536,10 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Adds a path from a NAR file compressed the way this store writes
     /// them ([`Capabilities::writes_compression`]), storing it as is. The
-    /// caller has checked that it decompresses to the path's NAR.
+    /// store checks that the file decompresses to a NAR matching `info`'s
+    /// `narHash` and `narSize` before it makes the path visible
+    /// ([`StoreError::NarMismatch`] otherwise): `nar`'s file hash and size
+    /// are the source's word only.
     async fn add_compressed(&self, info: &PathInfo, nar: CompressedNar) -> Result<(), StoreError> {
         let _ = (info, nar);
         Err(StoreError::Unsupported {

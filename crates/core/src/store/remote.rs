@@ -475,11 +475,7 @@ impl<B: Blobs> RemoteCache<B> {
 
     /// A blocking task that panicked or was cancelled.
     fn join_error(&self, e: tokio::task::JoinError) -> StoreError {
-        StoreError::Io {
-            what: "running a blocking task for",
-            path: self.url().to_owned(),
-            source: io::Error::other(e.to_string()),
-        }
+        StoreError::task_died(format_args!("a blocking task of '{}'", self.url()), e)
     }
 }
 

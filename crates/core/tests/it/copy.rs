@@ -71,6 +71,8 @@ struct Mem {
     tampered: Option<Vec<u8>>,
     /// The store's `max_parallel_adds`.
     max_parallel: Option<usize>,
+    /// Adding the path of this name panics: a bug in a store.
+    panics_on: Option<&'static str>,
     /// Adds running now, and the most that ever ran at once.
     in_flight: AtomicUsize,
     peak: AtomicUsize,
@@ -198,6 +200,12 @@ impl Store for Mem {
 impl Mem {
     async fn add(&self, info: &PathInfo, mut nar: NarStream) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
+        assert!(
+            self.panics_on != Some(info.path.name()),
+            "{}: a bug adding {}",
+            self.url,
+            info.path.name()
+        );
         if self.down || take_one(&self.flaky_adds) {
             let _ = nar.read(&mut [0; 1000]).await;
             return Err(connection_error(&self.url));
@@ -432,6 +440,38 @@ async fn a_tampered_nar_fails_everywhere_without_retries() {
     }
     assert_eq!(src.nar_reads.load(Ordering::SeqCst), 1);
     assert!(!events.iter().any(|e| matches!(e, Event::Retrying { .. })));
+}
+
+#[tokio::test]
+async fn a_panicking_task_is_a_failed_path() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    // Alone, and beside a healthy destination (whose adds run in tasks of
+    // their own).
+    for others in [0, 1] {
+        let mut buggy = Mem::new("mem://buggy");
+        buggy.panics_on = Some("right");
+        let mut dsts = vec![Arc::new(buggy)];
+        dsts.extend((0..others).map(|i| Arc::new(Mem::new(&format!("mem://ok{i}")))));
+        let (summaries, events) = run(&src, &dsts, &fast_retries()).await;
+        let buggy = &summaries[0];
+        assert!(!buggy.is_complete(), "{buggy:?}");
+        let failed: Vec<_> = buggy.failed.iter().map(|(p, _)| p.name()).collect();
+        assert_eq!(failed, ["right"], "{buggy:?}");
+        let message = buggy.failed[0].1.to_string();
+        assert!(
+            message.contains("panicked") && message.contains("a bug adding right"),
+            "{message}"
+        );
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Failed { dest: 0, path, .. } if path.ends_with("-right")
+        )));
+        assert_eq!(buggy.copied, 3, "{buggy:?}");
+        for healthy in &summaries[1..] {
+            assert!(healthy.is_complete(), "{healthy:?}");
+            assert_eq!(healthy.copied, 4);
+        }
+    }
 }
 
 #[tokio::test]

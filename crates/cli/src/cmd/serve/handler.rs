@@ -636,8 +636,8 @@ pub(super) fn full(ctype: &'static str, cache: &'static str, body: Bytes) -> Res
 }
 
 /// A plain-text response with `status`, not cached.
-pub(super) fn text(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut r = full(CT_TEXT, CACHE_NONE, Bytes::from_static(message.as_bytes()));
+pub(super) fn text(status: StatusCode, message: impl Into<Bytes>) -> Response<Body> {
+    let mut r = full(CT_TEXT, CACHE_NONE, message.into());
     *r.status_mut() = status;
     r
 }

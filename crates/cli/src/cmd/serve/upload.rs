@@ -2,9 +2,15 @@
 //! `--write`.
 //!
 //! Files are written crash-safely: to a temporary file beside the target,
-//! flushed to disk, renamed into place, and the directory flushed. A
-//! narinfo is refused while its NAR file is missing, so the cache never
-//! holds a narinfo without its NAR (Nix uploads the NAR first).
+//! flushed to disk, renamed into place, and the directory flushed.
+//!
+//! Nothing unverified is published. A NAR file is kept only if its content
+//! hashes to the name it is uploaded under (`nar/<FileHash>.nar<ext>`), so
+//! a NAR file of the cache is always what its name says. A narinfo is
+//! refused unless the NAR file it names is there (Nix uploads the NAR
+//! first) and decompresses to a valid NAR of the narinfo's `NarHash` and
+//! `NarSize`, with the narinfo's `FileHash` and `FileSize`: so the cache
+//! never holds a narinfo without its NAR, nor one whose NAR is another.
 
 use std::io;
 use std::path::Path;
@@ -16,7 +22,9 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use nixferry::hash::{HashAlgo, Hasher};
 use nixferry::narinfo::{CacheInfo, NarInfo};
+use nixferry::store::verify;
 use tokio::io::AsyncWriteExt as _;
 
 use super::handler::{self, Backend, Body, Server};
@@ -68,12 +76,21 @@ pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) 
             },
             Err(e) => Err(e),
         },
-        Route::Nar { .. } => write_streamed(server, root, &rel, req.into_body(), u64::MAX).await,
-        _ => write_streamed(server, root, &rel, req.into_body(), MAX_MEDIUM).await,
+        Route::Nar { hash, .. } => {
+            let body = req.into_body();
+            write_streamed(server, root, &rel, body, u64::MAX, Some(hash)).await
+        }
+        _ => write_streamed(server, root, &rel, req.into_body(), MAX_MEDIUM, None).await,
     };
     match result {
         Ok(()) => handler::text(StatusCode::OK, ""),
         Err(Refusal::Bad(message)) => handler::text(StatusCode::BAD_REQUEST, message),
+        Err(Refusal::Mismatch(message)) => {
+            if server.verbose {
+                eprintln!("PUT /{rel}: refused: {message}");
+            }
+            handler::text(StatusCode::BAD_REQUEST, format!("{message}\n"))
+        }
         Err(Refusal::TooLarge) => handler::text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
         Err(Refusal::Io(e)) => {
             if server.verbose {
@@ -91,6 +108,8 @@ pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) 
 #[derive(Debug)]
 enum Refusal {
     Bad(&'static str),
+    /// An upload that is not what it says it is.
+    Mismatch(String),
     TooLarge,
     Io(io::Error),
 }
@@ -166,21 +185,33 @@ async fn put_narinfo(
     if info.store_path().hash_part() != hash {
         return Err(Refusal::Bad("the narinfo is for another store path\n"));
     }
-    // Only NAR files of this cache can be checked; a narinfo pointing
-    // elsewhere (an absolute URL) is taken as it is.
-    if !info.url().contains("://") {
-        let nar_rel = match route::parse(&format!("/{}", info.url())) {
-            Some(r @ Route::Nar { .. }) => r.relative(),
-            _ => None,
-        };
-        let Some(nar_rel) = nar_rel else {
-            return Err(Refusal::Bad("the narinfo's URL is not a NAR file name\n"));
-        };
-        if handler::open_in(root, &nar_rel).await?.is_none() {
-            return Err(Refusal::Bad(
-                "the narinfo's NAR file has not been uploaded\n",
-            ));
-        }
+    // Only NAR files of this cache can be checked, so a narinfo must name
+    // one.
+    let nar_rel = match route::parse(&format!("/{}", info.url())) {
+        Some(r @ Route::Nar { .. }) => r.relative(),
+        _ => None,
+    };
+    let Some(nar_rel) = nar_rel else {
+        return Err(Refusal::Bad(
+            "the narinfo's URL is not a NAR file name of this cache\n",
+        ));
+    };
+    let Some((file, _)) = handler::open_in(root, &nar_rel).await? else {
+        return Err(Refusal::Bad(
+            "the narinfo's NAR file has not been uploaded\n",
+        ));
+    };
+    let file = file.into_std().await;
+    let store_dir = server.store_dir.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        verify::verify_nar_file(io::BufReader::new(file), &info, &store_dir)
+    })
+    .await
+    .map_err(io::Error::other)?;
+    if let Err(e) = checked {
+        return Err(Refusal::Mismatch(format!(
+            "the narinfo does not match its NAR file: {e}"
+        )));
     }
     write_small(root, rel, &body).await
 }
@@ -191,14 +222,19 @@ async fn write_small(root: &Path, rel: &str, data: &[u8]) -> Result<(), Refusal>
     tmp.commit().await
 }
 
+/// Streams an upload into place. With `named_hash` (a NAR file), the
+/// content must hash (SHA-256, in Nix's base-32) to that name, or nothing
+/// is kept.
 async fn write_streamed(
     server: &Server,
     root: &Path,
     rel: &str,
     mut body: Incoming,
     limit: u64,
+    named_hash: Option<&str>,
 ) -> Result<(), Refusal> {
     let mut tmp = TempFile::create(root, rel).await?;
+    let mut hasher = named_hash.map(|_| Hasher::new(HashAlgo::Sha256));
     let mut written: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Refusal::Io(io::Error::other(e)))?;
@@ -209,7 +245,18 @@ async fn write_streamed(
             if written > limit {
                 return Err(Refusal::TooLarge);
             }
+            if let Some(h) = &mut hasher {
+                h.update(&data);
+            }
             tmp.file.write_all(&data).await?;
+        }
+    }
+    if let (Some(h), Some(named)) = (hasher, named_hash) {
+        let got = h.finish().to_nix32();
+        if got != named {
+            return Err(Refusal::Mismatch(format!(
+                "the NAR file's content hashes to {got}, not to the {named} of its name"
+            )));
         }
     }
     tmp.commit().await
