@@ -12,15 +12,11 @@ use nixferry::signing::{PublicKey, SecretKey, TrustedKeys};
 
 const CACHE_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
-fn shared() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    std::env::var_os("NIXFERRY_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../../shared"))
-}
-
+/// The narinfos of the repository's `testdata/narinfos`.
 fn corpus() -> Vec<String> {
-    let text = std::fs::read_to_string(shared().join("testdata/cache-nixos-org.narinfos")).unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/narinfos/cache-nixos-org.narinfos");
+    let text = std::fs::read_to_string(path).unwrap();
     text.split("\n\n")
         .filter(|d| !d.trim().is_empty())
         .map(|d| format!("{}\n", d.trim_end_matches('\n')))

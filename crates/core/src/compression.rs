@@ -803,26 +803,13 @@ mod tests {
         send::<Decoder<io::BufReader<std::fs::File>>>();
     }
 
-    /// The directory with the shared test vectors, if present.
-    fn vectors() -> Option<std::path::PathBuf> {
-        let shared = std::env::var_os("NIXFERRY_SHARED")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-            });
-        let dir = shared.join("vectors");
-        dir.is_dir().then_some(dir)
-    }
-
-    /// The xz NARs Nix 2.8 wrote decode to NARs whose hash is in the
-    /// file name's narinfo; here: they decode to valid NARs.
+    /// The xz NARs Nix 2.8 wrote (`testdata/vectors/binary-cache/signed-xz`)
+    /// decode to NARs whose hash is in the file name's narinfo; here: they
+    /// decode to valid NARs.
     #[test]
     fn decodes_nix_xz_nars() {
-        let Some(vectors) = vectors() else {
-            eprintln!("note: shared vectors not found; skipping");
-            return;
-        };
-        let dir = vectors.join("binary-cache/signed-xz/nar");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/vectors/binary-cache/signed-xz/nar");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

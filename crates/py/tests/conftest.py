@@ -1,4 +1,4 @@
-"""Shared fixtures: the test vectors, and Nix for the differential tests."""
+"""Common fixtures: the test vectors, and Nix for the differential tests."""
 
 from __future__ import annotations
 
@@ -19,19 +19,8 @@ NIX_CONFIG = (
 )
 
 
-def _shared() -> pathlib.Path:
-    env = os.environ.get("NIXFERRY_SHARED")
-    if env:
-        return pathlib.Path(env)
-    for c in (REPO.parent / "shared", REPO / "shared"):
-        if (c / "vectors").is_dir():
-            return c
-    raise RuntimeError("cannot find shared/ with the test vectors; set NIXFERRY_SHARED")
-
-
-SHARED = _shared()
-VECTORS = SHARED / "vectors"
-TESTDATA = SHARED / "testdata"
+TESTDATA = REPO / "testdata"
+VECTORS = TESTDATA / "vectors"
 
 
 @pytest.fixture
@@ -93,15 +82,31 @@ def make_tree(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def source_tree(vectors: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
-    """A copy of ``vectors/nar/source-tree`` as Nix saw it: the vectors keep
-    its two symlinks as regular files holding their targets."""
-    shutil.copytree(vectors / "nar" / "source-tree", dest, symlinks=True)
-    for link in ("link", "dir/sub/up"):
-        p = dest / link
-        target = p.read_text()
-        p.chmod(0o644)
-        p.parent.chmod(0o755)
-        p.unlink()
+# ``vectors/nar/source-tree``, the tree Nix dumped as ``tree.nar``, as its
+# README lists it: files with their contents and mode, symlinks with their
+# targets.
+SOURCE_TREE_FILES = {
+    "dir/empty": (b"", 0o644),
+    "dir/sub/deep.txt": (b"nested", 0o644),
+    "hello.txt": (b"hello\n", 0o644),
+    "run.sh": (b"#!/bin/sh\necho hi\n", 0o755),
+}
+SOURCE_TREE_SYMLINKS = {
+    "dir/sub/up": "../../hello.txt",
+    "link": "hello.txt",
+}
+
+
+def source_tree(dest: pathlib.Path) -> pathlib.Path:
+    """Builds the input of ``tree.nar`` at ``dest``, from the lists above
+    rather than from the checkout, which may hold the symlinks as files."""
+    for rel, (contents, mode) in SOURCE_TREE_FILES.items():
+        p = dest / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(contents)
+        p.chmod(mode)
+    for rel, target in SOURCE_TREE_SYMLINKS.items():
+        p = dest / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.symlink_to(target)
     return dest

@@ -1,4 +1,4 @@
-"""NAR: dump, read, restore, list and hash, against the shared vectors and Nix."""
+"""NAR: dump, read, restore, list and hash, against the test vectors and Nix."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_vector_hash_and_round_trip(vectors: pathlib.Path, name: str, tmp_path: 
 
 
 def test_dump_of_source_tree_is_tree_nar(vectors: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    tree = source_tree(vectors, tmp_path / "source-tree")
+    tree = source_tree(tmp_path / "source-tree")
     want = (vectors / "nar" / "tree.nar").read_bytes()
     assert nar.dump_bytes(tree) == want
     out = tmp_path / "t.nar"

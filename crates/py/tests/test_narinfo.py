@@ -16,7 +16,7 @@ CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
 
 def corpus() -> list[str]:
-    text = (TESTDATA / "cache-nixos-org.narinfos").read_text()
+    text = (TESTDATA / "narinfos" / "cache-nixos-org.narinfos").read_text()
     docs = [d.strip("\n") + "\n" for d in text.split("\n\n") if d.strip()]
     return docs
 

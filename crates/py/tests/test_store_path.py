@@ -40,8 +40,8 @@ def test_store_path_vectors(vectors: pathlib.Path) -> None:
         assert store_path.is_valid_path(case["store_path"])
 
 
-def test_add_path_of_source_tree(vectors: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    tree = source_tree(vectors, tmp_path / "source-tree")
+def test_add_path_of_source_tree(tmp_path: pathlib.Path) -> None:
+    tree = source_tree(tmp_path / "source-tree")
     p = store_path.add_path(tree, name="nixspec-tree")
     assert str(p) == "/nix/store/rsjiq56rggpz3zk7marf4by5qgdya80h-nixspec-tree"
     h = nixferry.nar.hash_path(tree).nar_hash

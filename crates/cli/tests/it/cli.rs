@@ -1,12 +1,12 @@
-//! The CLI on the shared vectors: outputs, error messages and exit codes.
+//! The CLI on the test vectors: outputs, error messages and exit codes.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 
-use crate::common::{assert_success, nixferry, run, run_text, shared};
+use crate::common::{assert_success, nixferry, run, run_text, vectors};
 
 fn vector(rel: &str) -> std::path::PathBuf {
-    shared().join("vectors").join(rel)
+    vectors().join(rel)
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn broken_pipe_is_not_an_error() {
     use std::process::Stdio;
     let mut child = nixferry()
         .args(["nar", "dump"])
-        .arg(shared().join("vectors"))
+        .arg(vectors())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

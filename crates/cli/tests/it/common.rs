@@ -64,18 +64,9 @@ pub(crate) fn nix(program: &str) -> Command {
     c
 }
 
-/// The `shared/` directory beside the checkout.
-pub(crate) fn shared() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NIXFERRY_SHARED") {
-        return PathBuf::from(dir);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for c in [root.join("../shared"), root.join("shared")] {
-        if c.join("vectors").is_dir() {
-            return c;
-        }
-    }
-    panic!("cannot find shared/ with the test vectors; set NIXFERRY_SHARED")
+/// The repository's test vectors, `testdata/vectors`.
+pub(crate) fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors")
 }
 
 /// Builds a tree with the cases that trip up NAR writers: empty files and

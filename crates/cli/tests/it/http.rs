@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_success, nixferry, shared};
+use crate::common::{assert_success, nixferry, vectors};
 
 /// A server process, killed (by its pid) when dropped.
 struct Server {
@@ -56,7 +56,7 @@ impl Drop for Server {
 #[test]
 fn copies_from_and_to_http_caches() {
     let tmp = tempfile::tempdir().unwrap();
-    let vectors = shared().join("vectors");
+    let vectors = vectors();
     let pk = fs::read_to_string(vectors.join("keys/nixspec-test-1.public")).unwrap();
     let top = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
 
@@ -163,7 +163,7 @@ fn copies_from_and_to_http_caches() {
 #[test]
 fn https_with_a_private_ca() {
     let tmp = tempfile::tempdir().unwrap();
-    let vectors = shared().join("vectors");
+    let vectors = vectors();
     let pk = fs::read_to_string(vectors.join("keys/nixspec-test-1.public")).unwrap();
     let top = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
 

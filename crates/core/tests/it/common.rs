@@ -4,32 +4,23 @@
 
 use std::path::PathBuf;
 
-/// The `shared/` directory with the vectors and test data, beside the checkout.
-pub(crate) fn shared() -> PathBuf {
-    if let Ok(dir) = std::env::var("NIXFERRY_SHARED") {
-        return PathBuf::from(dir);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for candidate in [root.join("../shared"), root.join("shared")] {
-        if candidate.join("vectors").is_dir() {
-            return candidate;
-        }
-    }
-    panic!("cannot find shared/ with the test vectors; set NIXFERRY_SHARED")
+/// The repository's `testdata/` directory: the vectors and test data.
+pub(crate) fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
 }
 
-/// A file under `shared/vectors`.
+/// A file under `testdata/vectors`.
 pub(crate) fn vector(rel: &str) -> PathBuf {
-    shared().join("vectors").join(rel)
+    testdata().join("vectors").join(rel)
 }
 
-/// Reads a file under `shared/vectors`.
+/// Reads a file under `testdata/vectors`.
 pub(crate) fn read_vector(rel: &str) -> Vec<u8> {
     let p = vector(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
-/// Parses a JSON file under `shared/vectors`.
+/// Parses a JSON file under `testdata/vectors`.
 pub(crate) fn json_vector(rel: &str) -> serde_json::Value {
     serde_json::from_slice(&read_vector(rel)).unwrap()
 }

@@ -34,8 +34,9 @@ fn url_of(dir: &Path, params: &str) -> String {
     format!("file://{}{sep}{params}", dir.display())
 }
 
-/// Copies a directory tree (the vector caches are read-only, and opening a
-/// cache creates `log/` and `realisations/` in it, as Nix does).
+/// Copies a directory tree (opening a cache creates `log/` and
+/// `realisations/` in it, as Nix does, and the tests leave the vectors as
+/// they are).
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {

@@ -218,65 +218,152 @@ fn small_vectors_decode_to_their_trees() {
     assert_eq!(decode(&read_vector("nar/emptydir.nar")).unwrap(), dir([]));
 }
 
-/// The paths of `source-tree/` that are symlinks in the tree Nix dumped
-/// (vectors README). A copy of the vectors may have turned them into
-/// regular files holding the target.
-const SOURCE_TREE_SYMLINKS: [&str; 2] = ["link", "dir/sub/up"];
+/// One entry of `source-tree/`.
+enum SourceEntry {
+    File {
+        contents: &'static [u8],
+        executable: bool,
+    },
+    Symlink(&'static str),
+}
 
-/// A writable copy of `vectors/nar/source-tree` as Nix saw it: modes kept
-/// (only the owner-execute bit matters), the documented symlinks restored.
-fn copy_source_tree(dest: &Path) {
-    fn copy(from: &Path, to: &Path, rel: &str) {
-        let metadata = fs::symlink_metadata(from).unwrap();
-        if SOURCE_TREE_SYMLINKS.contains(&rel) && !metadata.file_type().is_symlink() {
-            symlink(fs::read_to_string(from).unwrap(), to).unwrap();
-        } else if metadata.file_type().is_symlink() {
-            symlink(fs::read_link(from).unwrap(), to).unwrap();
-        } else if metadata.is_dir() {
-            fs::create_dir(to).unwrap();
-            for entry in fs::read_dir(from).unwrap() {
-                let name = entry.unwrap().file_name();
-                let rel = match rel {
-                    "" => name.to_string_lossy().into_owned(),
-                    _ => format!("{rel}/{}", name.to_string_lossy()),
-                };
-                copy(&from.join(&name), &to.join(&name), &rel);
+/// `vectors/nar/source-tree`, the tree Nix dumped as `tree.nar`, as its
+/// README lists it. The tests build it from this list rather than copy the
+/// checkout's, which may hold the symlinks as files (`core.symlinks=false`)
+/// or miss the execute bit.
+const SOURCE_TREE: [(&str, SourceEntry); 6] = [
+    (
+        "dir/empty",
+        SourceEntry::File {
+            contents: b"",
+            executable: false,
+        },
+    ),
+    (
+        "dir/sub/deep.txt",
+        SourceEntry::File {
+            contents: b"nested",
+            executable: false,
+        },
+    ),
+    ("dir/sub/up", SourceEntry::Symlink("../../hello.txt")),
+    (
+        "hello.txt",
+        SourceEntry::File {
+            contents: b"hello\n",
+            executable: false,
+        },
+    ),
+    ("link", SourceEntry::Symlink("hello.txt")),
+    (
+        "run.sh",
+        SourceEntry::File {
+            contents: b"#!/bin/sh\necho hi\n",
+            executable: true,
+        },
+    ),
+];
+
+/// Builds the source tree of `tree.nar` at `dest`.
+fn build_source_tree(dest: &Path) {
+    for (rel, entry) in &SOURCE_TREE {
+        let path = dest.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match entry {
+            SourceEntry::File {
+                contents,
+                executable,
+            } => {
+                fs::write(&path, contents).unwrap();
+                let mode = if *executable { 0o755 } else { 0o644 };
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             }
-        } else {
-            fs::copy(from, to).unwrap();
-            let mode = metadata.permissions().mode() | 0o200;
-            fs::set_permissions(to, fs::Permissions::from_mode(mode)).unwrap();
+            SourceEntry::Symlink(target) => symlink(target, &path).unwrap(),
         }
     }
-    copy(&vector("nar/source-tree"), dest, "");
+}
+
+/// The relative paths of the files and symlinks under `root`.
+fn leaves(root: &Path, rel: &str, out: &mut Vec<String>) {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if entry.file_type().unwrap().is_dir() {
+            leaves(root, &rel, out);
+        } else {
+            out.push(rel);
+        }
+    }
+}
+
+/// The committed `source-tree/` holds what [`SOURCE_TREE`] says: the same
+/// paths, contents and symlink targets (a checkout without symlinks holds
+/// each target in a file).
+#[test]
+fn committed_source_tree_matches_its_description() {
+    let source = vector("nar/source-tree");
+    let mut found = Vec::new();
+    leaves(&source, "", &mut found);
+    found.sort();
+    let described: Vec<&str> = SOURCE_TREE.iter().map(|(rel, _)| *rel).collect();
+    assert_eq!(found, described);
+    for (rel, entry) in &SOURCE_TREE {
+        let path = source.join(rel);
+        match entry {
+            SourceEntry::File { contents, .. } => {
+                assert_eq!(fs::read(&path).unwrap(), *contents, "{rel}");
+            }
+            SourceEntry::Symlink(target) => {
+                let got = if fs::symlink_metadata(&path).unwrap().is_symlink() {
+                    fs::read_link(&path)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec()
+                } else {
+                    fs::read(&path).unwrap()
+                };
+                assert_eq!(got, target.as_bytes(), "{rel}");
+            }
+        }
+    }
 }
 
 /// `dump` of the source tree gives exactly `tree.nar` (1648 bytes).
 #[test]
 fn dump_of_source_tree_is_tree_nar() {
-    let source = vector("nar/source-tree");
-    let run_sh = fs::metadata(source.join("run.sh")).unwrap();
-    assert_ne!(
-        run_sh.permissions().mode() & 0o100,
-        0,
-        "run.sh lost its exec bit"
-    );
-
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("source-tree");
-    copy_source_tree(&copy);
+    let tree = tmp.path().join("source-tree");
+    build_source_tree(&tree);
     let expected = read_vector("nar/tree.nar");
-    assert_eq!(dump_bytes(&copy), expected);
+    assert_eq!(dump_bytes(&tree), expected);
     assert_eq!(
-        nar::hash_path(&copy).unwrap().nar_hash.to_string(),
+        nar::hash_path(&tree).unwrap().nar_hash.to_string(),
         "sha256:02399y2ql0y01nmfs8n5q3kjcs64gaiwdcvbj5sc6m8lm6km2f3d"
     );
-    // Where the vectors kept their symlinks, the original dumps the same.
-    if fs::symlink_metadata(source.join("link"))
+    // A checkout that kept the symlinks and the execute bit, as git does on
+    // Linux, dumps the same.
+    let source = vector("nar/source-tree");
+    let kept_links = fs::symlink_metadata(source.join("link"))
         .unwrap()
-        .file_type()
-        .is_symlink()
-    {
+        .is_symlink();
+    let kept_exec = fs::metadata(source.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o100
+        != 0;
+    if kept_links && kept_exec {
         assert_eq!(dump_bytes(&source), expected);
     }
 }

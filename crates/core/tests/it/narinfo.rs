@@ -15,7 +15,7 @@ use nixferry::signing::{PublicKey, SecretKey, TrustedKeys, VerifyError};
 use nixferry::store_path::{ContentAddress, StoreDir, StorePath, StorePathError};
 use proptest::prelude::*;
 
-use crate::common::{json_vector, read_vector, shared, vector};
+use crate::common::{json_vector, read_vector, testdata, vector};
 
 const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
@@ -41,7 +41,7 @@ fn cache_nixos_org() -> TrustedKeys {
 /// The documents of `cache-nixos-org.narinfos`. Each ends in `\n` and is
 /// followed by one blank line, the last one included.
 fn corpus() -> Vec<String> {
-    let path = shared().join("testdata/cache-nixos-org.narinfos");
+    let path = testdata().join("narinfos/cache-nixos-org.narinfos");
     let file = std::fs::read_to_string(&path).unwrap();
     let mut pieces: Vec<&str> = file.split("\n\n").collect();
     assert_eq!(pieces.pop(), Some(""), "the file ends in a blank line");
