@@ -61,14 +61,23 @@
 //!
 //! # Errors and retries
 //!
+//! Errors are told apart by what the server answered: its status and the
+//! `Code` of its S3 error document, never by the wording of a message.
 //! Connection failures, timeouts, 5xx answers and throttling (503
 //! `SlowDown`, 429) are tried again by `object_store`, `retries` times,
 //! with exponential backoff; what still fails becomes
 //! [`StoreError::Connection`], which the copy engine may retry as a
-//! whole. Wrong or missing credentials and denied access become
+//! whole. Other answers are not tried again: 404 is a missing key (or,
+//! with `NoSuchBucket`, a missing bucket, [`StoreError::Remote`]); 401
+//! and 403 (wrong or missing credentials, denied access) become
 //! [`StoreError::Login`], other refusals [`StoreError::Remote`].
+//!
+//! Small files (narinfos, `nix-cache-info`) are read only up to their
+//! limit: reading stops, and fails, as soon as more has arrived, whatever
+//! size the server declares.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -83,6 +92,7 @@ use object_store::{
 };
 use tokio::sync::Semaphore;
 
+mod failure;
 mod upload;
 
 use super::file::{io_err, NarWriter};
@@ -175,6 +185,15 @@ impl S3Store {
     /// a credentials file cannot be read; [`StoreError::Login`] if
     /// `profile` names a profile that is nowhere.
     pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        Self::open_in(url, &|name| std::env::var_os(name))
+    }
+
+    /// [`Self::open`], in the environment `environ` gives the variables
+    /// of.
+    fn open_in(
+        url: &StoreUrl,
+        environ: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Self, StoreError> {
         if url.scheme() != Scheme::S3 {
             return Err(UrlError::Malformed {
                 url: url.as_str().to_owned(),
@@ -214,13 +233,17 @@ impl S3Store {
         };
         url.bool_param("multipart-upload", true)?;
 
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let env = |name: &str| {
+            environ(name)
+                .and_then(|v| v.into_string().ok())
+                .filter(|v| !v.is_empty())
+        };
         let profile_param = url.param("profile").filter(|p| !p.is_empty());
         let profile_name = profile_param
             .map(str::to_owned)
             .or_else(|| env("AWS_PROFILE"))
             .unwrap_or_else(|| "default".to_owned());
-        let files = AwsFiles::load()?;
+        let files = AwsFiles::load(environ)?;
         let profile = files.profile(&profile_name);
         if profile_param.is_some() && profile.is_none() {
             return Err(StoreError::Login {
@@ -257,6 +280,14 @@ impl S3Store {
             "{} {bucket}",
             endpoint.as_deref().unwrap_or(&format!("aws:{region}"))
         );
+        // Requests are path-style: to `{endpoint}/{bucket}/{key}`, AWS's
+        // endpoint being the region's.
+        let connector = failure::Connector::new(
+            endpoint
+                .as_deref()
+                .unwrap_or(&format!("https://s3.{region}.amazonaws.com")),
+            bucket,
+        );
         let mut options = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -284,6 +315,7 @@ impl S3Store {
             .with_region(region)
             .with_client_options(options)
             .with_retry(retry)
+            .with_http_connector(connector)
             .with_unsigned_payload(true);
         if let Some(endpoint) = endpoint {
             builder = builder
@@ -387,10 +419,10 @@ impl Profile {
 
 impl AwsFiles {
     /// Reads both files; a file that does not exist is empty.
-    fn load() -> Result<Self, StoreError> {
-        let home = std::env::var_os("HOME").map_or_else(PathBuf::new, PathBuf::from);
+    fn load(environ: &dyn Fn(&str) -> Option<OsString>) -> Result<Self, StoreError> {
+        let home = environ("HOME").map_or_else(PathBuf::new, PathBuf::from);
         let path = |var: &str, default: &str| {
-            std::env::var_os(var)
+            environ(var)
                 .filter(|v| !v.is_empty())
                 .map_or_else(|| home.join(".aws").join(default), PathBuf::from)
         };
@@ -473,28 +505,30 @@ impl S3 {
     }
 
     /// The [`StoreError`] for a failed request about `key`: `None` for a
-    /// key that does not exist (but the bucket does).
+    /// key that does not exist (but the bucket does). What the server
+    /// answered decides: a 404 is a missing key, or with the code
+    /// `NoSuchBucket` a missing bucket; 401 and 403 are refused
+    /// credentials or access; other answers that trying again will not
+    /// change are refusals; the rest (no answer, 5xx, throttling) may
+    /// pass.
     fn error(&self, what: &str, key: &str, e: object_store::Error) -> Option<StoreError> {
         let store = self.url.clone();
         let at = self.locate(key);
-        let text = error_chain(&e);
-        if text.contains("NoSuchBucket") {
+        let answer = failure::Failure::of(&e);
+        let message = match answer {
+            Some(f) => format!("{what} {at}: {f}"),
+            None => format!("{what} {at}: {}", error_chain(&e)),
+        };
+        if answer.and_then(|f| f.code.as_deref()) == Some("NoSuchBucket") {
             return Some(StoreError::Remote {
                 store,
-                message: format!("bucket '{}' does not exist: {what} {at}", self.bucket),
+                message: format!("bucket '{}' does not exist: {message}", self.bucket),
             });
         }
-        let message = match s3_error_code(&text) {
-            Some((code, said)) => format!("{what} {at}: {code}: {said}"),
-            None => format!("{what} {at}: {text}"),
-        };
-        Some(match e {
-            object_store::Error::NotFound { .. } => return None,
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => StoreError::Login { store, message },
-            object_store::Error::Generic { .. } if refused(&text) => {
-                StoreError::Remote { store, message }
-            }
+        Some(match failure::status(&e) {
+            Some(404) => return None,
+            Some(401 | 403) => StoreError::Login { store, message },
+            Some(status) if !failure::transient(status) => StoreError::Remote { store, message },
             _ => StoreError::Connection { store, message },
         })
     }
@@ -502,15 +536,10 @@ impl S3 {
     /// Like [`Self::error`], for a request where a missing key is an error
     /// too.
     fn failed(&self, what: &str, key: &str, e: object_store::Error) -> StoreError {
-        let not_found = matches!(e, object_store::Error::NotFound { .. });
         self.error(what, key, e)
             .unwrap_or_else(|| StoreError::Remote {
                 store: self.url.clone(),
-                message: format!(
-                    "{what} {}: {}",
-                    self.locate(key),
-                    if not_found { "not found" } else { "failed" }
-                ),
+                message: format!("{what} {}: not found", self.locate(key)),
             })
     }
 
@@ -547,28 +576,6 @@ impl S3 {
     }
 }
 
-/// Whether an error's text is that of an answer that trying again will
-/// not change: a 4xx status other than 408 (timeout) and 429 (throttled).
-fn refused(text: &str) -> bool {
-    const STATUS: &str = "status code: ";
-    let Some(at) = text.find(STATUS) else {
-        return false;
-    };
-    let code: String = text[at + STATUS.len()..].chars().take(3).collect();
-    code.starts_with('4') && code != "408" && code != "429"
-}
-
-/// The `Code` and `Message` of an S3 error document quoted in `text`.
-fn s3_error_code(text: &str) -> Option<(&str, &str)> {
-    let field = |name: &str| {
-        let open = format!("<{name}>");
-        let start = text.find(&open)? + open.len();
-        let len = text[start..].find(&format!("</{name}>"))?;
-        Some(&text[start..start + len])
-    };
-    Some((field("Code")?, field("Message").unwrap_or("")))
-}
-
 /// Decodes a small file stored with a `Content-Encoding` (Nix's
 /// `narinfo-compression` and `ls-compression`), reading at most `limit`
 /// bytes of it.
@@ -599,39 +606,53 @@ impl Blobs for S3 {
         format!("s3://{}/{}{key}", self.bucket, self.prefix)
     }
 
+    /// The object's body, read until more than `limit` bytes have
+    /// arrived (the size the server declares is not trusted); a body that
+    /// breaks off is fetched again.
     async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.key(key)?;
+        let at = self.locate(key);
+        let corrupt = |message| StoreError::Corrupt {
+            store: self.url.clone(),
+            message,
+        };
         let mut attempt = 0;
         loop {
             let got = match self.client.get_opts(&path, GetOptions::default()).await {
                 Ok(got) => got,
                 Err(e) => return self.error("GET", key, e).map_or(Ok(None), Err),
             };
-            let at = self.locate(key);
-            let corrupt = |message| StoreError::Corrupt {
-                store: self.url.clone(),
-                message,
-            };
-            if got.meta.size > limit as u64 {
-                return Err(corrupt(format!("'{at}' is longer than {limit} bytes")));
-            }
             let encoding = got
                 .attributes
                 .get(&Attribute::ContentEncoding)
                 .map(|v| v.to_string())
                 .filter(|e| !e.is_empty() && e != "identity");
-            match got.bytes().await {
-                Ok(bytes) => {
-                    let data = match encoding {
-                        None => bytes.to_vec(),
-                        Some(enc) => decode_small(&enc, &bytes, limit)
-                            .map_err(|e| corrupt(format!("'{at}': {e}")))?,
+            let mut body = got.into_stream();
+            let mut data = Vec::new();
+            let broken = loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        if chunk.len() > limit - data.len() {
+                            return Err(corrupt(format!("'{at}' is longer than {limit} bytes")));
+                        }
+                        data.extend_from_slice(&chunk);
+                    }
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            match broken {
+                None => {
+                    return match encoding {
+                        None => Ok(Some(data)),
+                        Some(enc) => decode_small(&enc, &data, limit)
+                            .map(Some)
+                            .map_err(|e| corrupt(format!("'{at}': {e}"))),
                     };
-                    return Ok(Some(data));
                 }
                 // The body broke on the way: fetch it again.
-                Err(e) if attempt >= self.retries => return Err(self.failed("GET", key, e)),
-                Err(_) => attempt += 1,
+                Some(e) if attempt >= self.retries => return Err(self.failed("GET", key, e)),
+                Some(_) => attempt += 1,
             }
         }
     }
@@ -708,6 +729,7 @@ impl Blobs for S3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::narinfo::MAX_NARINFO_LEN;
 
     #[test]
     fn ini_files() {
@@ -768,28 +790,181 @@ mod tests {
         assert_eq!(endpoint_url(&u, "http://h:1/").unwrap(), "http://h:1");
     }
 
-    #[test]
-    fn refusals_are_not_retried() {
-        let status =
-            |s| format!("Error performing GET x - Server returned non-2xx status code: {s}: body");
-        assert!(refused(&status("400 Bad Request")));
-        assert!(refused(&status("404 Not Found")));
-        assert!(!refused(&status("429 Too Many Requests")));
-        assert!(!refused(&status("408 Request Timeout")));
-        assert!(!refused(&status("503 Service Unavailable")));
-        assert!(!refused("error sending request: connection refused"));
+    /// A server on 127.0.0.1 that answers each request with what `answer`
+    /// gives for its method and path (head and body, the connection
+    /// closed after it), and writes the requests down.
+    struct Canned {
+        port: u16,
+        requests: Arc<Mutex<Vec<String>>>,
     }
 
-    #[test]
-    fn error_documents() {
-        let text =
-            "403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
-                    <Message>The signature does not match.</Message></Error>";
-        assert_eq!(
-            s3_error_code(text),
-            Some(("SignatureDoesNotMatch", "The signature does not match."))
+    impl Canned {
+        fn start(answer: fn(&str, &str) -> Vec<u8>) -> Self {
+            use std::io::{BufRead as _, Write as _};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&requests);
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    let mut head = std::io::BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if head.read_line(&mut first).is_err() {
+                        continue;
+                    }
+                    let mut line = String::new();
+                    while head.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let mut words = first.split(' ');
+                    let method = words.next().unwrap_or("").to_owned();
+                    let path = words.next().unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(format!("{method} {path}"));
+                    let _ = conn.write_all(&answer(&method, &path));
+                }
+            });
+            Self { port, requests }
+        }
+
+        /// An S3 store of `bucket` on this server, with static
+        /// credentials and 2 retries.
+        fn store(&self, bucket: &str) -> S3Store {
+            let url = format!(
+                "s3://{bucket}?endpoint=127.0.0.1:{}&scheme=http&retries=2",
+                self.port
+            );
+            let env = |name: &str| {
+                let value = match name {
+                    "AWS_ACCESS_KEY_ID" => "id",
+                    "AWS_SECRET_ACCESS_KEY" => "secret",
+                    "AWS_SHARED_CREDENTIALS_FILE" | "AWS_CONFIG_FILE" => "/nonexistent",
+                    _ => return None,
+                };
+                Some(OsString::from(value))
+            };
+            S3Store::open_in(&StoreUrl::parse(&url).unwrap(), &env).unwrap()
+        }
+
+        /// How many requests were `METHOD /path`.
+        fn count(&self, request: &str) -> usize {
+            let requests = self.requests.lock().unwrap();
+            requests.iter().filter(|r| *r == request).count()
+        }
+    }
+
+    /// An answer with an S3 error document.
+    fn error_answer(status: &str, code: &str) -> Vec<u8> {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <Error><Code>{code}</Code><Message>said &amp; meant</Message></Error>"
         );
-        assert_eq!(s3_error_code("connection refused"), None);
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn answer(method: &str, path: &str) -> Vec<u8> {
+        let plain = |head: &str, body: &[u8]| {
+            let mut a = format!("HTTP/1.1 {head}\r\nConnection: close\r\n\r\n").into_bytes();
+            a.extend_from_slice(body);
+            a
+        };
+        match (method, path) {
+            ("HEAD", _) => plain("404 Not Found\r\nContent-Length: 0", b""),
+            (_, "/b/ok") => plain("200 OK\r\nContent-Length: 5", b"hello"),
+            (_, "/b/denied") => error_answer("403 Forbidden", "SignatureDoesNotMatch"),
+            (_, "/b/bad") => error_answer("400 Bad Request", "InvalidArgument"),
+            (_, "/b/busy") => error_answer("503 Service Unavailable", "SlowDown"),
+            (_, "/b/throttled") => error_answer("429 Too Many Requests", "SlowDown"),
+            (_, "/b/moved") => error_answer("301 Moved Permanently", "PermanentRedirect"),
+            (_, "/b/huge") => {
+                // Declares a terabyte; sends a little more than the limit.
+                plain(
+                    "200 OK\r\nContent-Length: 1099511627776",
+                    &vec![b'x'; MAX_NARINFO_LEN + 4096],
+                )
+            }
+            (_, p) if p.starts_with("/b/") => error_answer("404 Not Found", "NoSuchKey"),
+            _ => error_answer("404 Not Found", "NoSuchBucket"),
+        }
+    }
+
+    /// Errors are classified by the status and S3 code the server
+    /// answered, and only what may pass is retried.
+    #[tokio::test]
+    async fn answers_decide() {
+        let server = Canned::start(answer);
+        let s3 = &server.store("b").inner.blobs;
+        let get = |key: &'static str| s3.get_small(key, MAX_NARINFO_LEN);
+
+        assert_eq!(get("ok").await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(get("missing").await.unwrap(), None);
+        assert!(!s3.exists("missing").await.unwrap());
+
+        let e = get("denied").await.unwrap_err();
+        assert!(matches!(e, StoreError::Login { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("403 Forbidden: SignatureDoesNotMatch: said & meant"),
+            "{e}"
+        );
+        for key in ["bad", "moved"] {
+            let e = get(key).await.unwrap_err();
+            assert!(matches!(e, StoreError::Remote { .. }), "{key}: {e}");
+        }
+        for key in ["busy", "throttled"] {
+            let e = get(key).await.unwrap_err();
+            assert!(matches!(e, StoreError::Connection { .. }), "{key}: {e}");
+            assert!(e.to_string().contains("SlowDown"), "{e}");
+        }
+        let e = s3
+            .put("denied", content_type::NARINFO, Body::Bytes(b"x".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Login { .. }), "{e}");
+
+        // Refusals are asked once; what may pass, once and twice again.
+        for (request, times) in [
+            ("GET /b/denied", 1),
+            ("GET /b/bad", 1),
+            ("GET /b/moved", 1),
+            ("GET /b/missing", 1),
+            ("GET /b/busy", 3),
+            ("GET /b/throttled", 3),
+        ] {
+            assert_eq!(server.count(request), times, "{request}");
+        }
+
+        let other = server.store("nobucket");
+        let e = other
+            .inner
+            .blobs
+            .get_small("x", MAX_NARINFO_LEN)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Remote { .. }), "{e}");
+        assert!(
+            e.to_string().contains("bucket 'nobucket' does not exist"),
+            "{e}"
+        );
+    }
+
+    /// A small file is read only as far as the limit, whatever size the
+    /// server declares.
+    #[tokio::test]
+    async fn small_files_are_bounded_by_what_arrives() {
+        let server = Canned::start(answer);
+        let s3 = &server.store("b").inner.blobs;
+        let e = s3.get_small("huge", MAX_NARINFO_LEN).await.unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
+        assert_eq!(server.count("GET /b/huge"), 1);
+        let e = s3.get_small("ok", 4).await.unwrap_err();
+        assert!(e.to_string().contains("longer than 4 bytes"), "{e}");
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Pending {
     /// aborted), keeping it for another try if that fails.
     async fn abort(mut self, client: &AmazonS3, aborts: &Mutex<Aborts>) {
         match client.abort_multipart(&self.key, &self.id).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.forget(),
+            Ok(()) => self.forget(),
+            // `NoSuchUpload`: aborted already, or completed.
+            Err(e) if super::failure::status(&e) == Some(404) => self.forget(),
             Err(_) => {
                 if let Ok(mut a) = aborts.lock() {
                     a.failed.push(self);
