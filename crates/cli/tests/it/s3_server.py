@@ -15,7 +15,8 @@ serve
 proxy
     An HTTP/1.1 proxy in front of the server, on a free port. It forwards
     requests and responses as they come, without holding whole bodies in
-    memory, and can answer chosen requests itself with 503 SlowDown. Killing
+    memory, can write every request down, and can answer chosen requests
+    itself with 503 SlowDown. Killing
     it drops every connection through it while the server keeps its state,
     which is how the tests stop "the server" in the middle of an upload.
 
@@ -315,10 +316,11 @@ def shut(sock):
 class Throttle:
     """Which requests the proxy answers with 503 SlowDown itself."""
 
-    def __init__(self, every, first, log_path):
+    def __init__(self, every, first, log_path, requests_path):
         self.every = every
         self.first = first
         self.log_path = log_path
+        self.requests_path = requests_path
         self.count = 0
         self.lock = threading.Lock()
 
@@ -326,6 +328,9 @@ class Throttle:
         with self.lock:
             self.count += 1
             n = self.count
+            if self.requests_path:
+                with open(self.requests_path, "a") as f:
+                    f.write(f"{method} {target}\n")
             hit = n <= self.first or (self.every > 0 and n % self.every == 0)
             if hit and self.log_path:
                 with open(self.log_path, "a") as f:
@@ -463,7 +468,7 @@ class Proxy:
 
 def proxy(args):
     RATE.rate = args.rate
-    throttle = Throttle(args.throttle_every, args.throttle_first, args.log)
+    throttle = Throttle(args.throttle_every, args.throttle_first, args.log, args.requests)
     handler = Proxy(args.upstream, throttle)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -594,6 +599,7 @@ def main():
         help="answer the first N requests with 503 SlowDown",
     )
     p.add_argument("--log", help="append 'METHOD TARGET' per throttled request")
+    p.add_argument("--requests", help="append 'METHOD TARGET' per request")
     p.add_argument(
         "--rate",
         type=float,
