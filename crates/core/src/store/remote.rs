@@ -97,7 +97,10 @@ pub(crate) trait Blobs: Send + Sync + fmt::Debug + 'static {
     fn locate(&self, key: &str) -> String;
 
     /// The whole of a small file: `None` if the cache does not have it, an
-    /// error if it is longer than `limit` bytes.
+    /// error if it is longer than `limit` bytes. The limit holds for the
+    /// bytes that arrive, read as they come: the reading stops at the
+    /// first byte over it, and a length the server declares is neither
+    /// trusted nor used to allocate.
     async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Whether the cache has `key`.

@@ -775,3 +775,45 @@ async fn nix_reads_what_nixferry_uploads() {
         );
     }
 }
+
+/// A narinfo longer than the limit is refused as soon as that many bytes
+/// have arrived, and so is a `nix-cache-info` that long.
+#[tokio::test]
+async fn narinfos_are_read_up_to_their_limit() {
+    use nixferry::narinfo::MAX_NARINFO_LEN;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let hi: StorePath = StoreDir::default()
+        .parse("/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")
+        .unwrap();
+    let long = |head: &str| {
+        let mut text = head.as_bytes().to_vec();
+        text.resize(MAX_NARINFO_LEN + 1, b'#');
+        text
+    };
+    let cache = tmp.path().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    fs::write(
+        cache.join(format!("{}.narinfo", hi.hash_part())),
+        long("StorePath: /nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt\n"),
+    )
+    .unwrap();
+    let server = Server::serve_static(&cache);
+    let e = open_http(&server.url(""))
+        .query_path_infos(std::slice::from_ref(&hi))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("longer than"), "{e}");
+
+    fs::write(cache.join("nix-cache-info"), long("StoreDir: /nix/store\n")).unwrap();
+    let e = open_http(&server.url(""))
+        .query_path_infos(std::slice::from_ref(&hi))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("nix-cache-info' is longer than"),
+        "{e}"
+    );
+}
