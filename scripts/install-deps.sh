@@ -2,8 +2,10 @@
 # Installs what the test suite needs on a fresh Debian machine that has only
 # Rust and Python: Nix 2.8 (Debian's nix-bin) as the reference implementation,
 # OpenSSH (server and client) for the tests that start their own sshd on
-# 127.0.0.1, and what Python needs to make the virtualenv the Python
-# package's tests run in. No system-wide sshd is started: the tests run their own.
+# 127.0.0.1, what Python needs to make the virtualenv the Python package's
+# tests run in, a C++ compiler for the fuzz targets' libFuzzer, and the
+# toolchain's clippy and rustfmt. No system-wide sshd is started: the tests
+# run their own.
 set -euo pipefail
 
 need=()
@@ -12,6 +14,8 @@ command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 { command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
 # Debian's own python3 makes virtualenvs only with python3-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The fuzz targets link libFuzzer, which is C++.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -35,3 +39,7 @@ if [ ${#need[@]} -gt 0 ]; then
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${need[@]}" >/dev/null
 fi
+
+# The checks need clippy and rustfmt, which a minimal toolchain lacks.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
