@@ -141,3 +141,42 @@ pub fn serve_client(data: &[u8]) {
         }
     });
 }
+
+/// The NAR framer of the serve protocol against the strict decoder: both
+/// must accept or reject `data` alike and, when they accept it, end the
+/// NAR at the same byte; the framer must answer the same however the
+/// bytes are split.
+pub fn nar_frame(data: &[u8]) {
+    use crate::nar::Decoder;
+    use crate::store::serve::framer::NarFramer;
+
+    /// Where the framer ends the NAR, fed `chunk` bytes at a time; `None`
+    /// if it rejects it or the input ends first.
+    fn framed(data: &[u8], chunk: usize) -> Option<u64> {
+        let mut framer = NarFramer::new();
+        for piece in data.chunks(chunk) {
+            framer.feed(piece).ok()?;
+            if framer.is_done() {
+                return Some(framer.position());
+            }
+        }
+        None
+    }
+
+    let mut decoder = Decoder::new(data);
+    let strict = loop {
+        match decoder.next_event() {
+            Ok(Some(_)) => {}
+            Ok(None) => break Some(decoder.position()),
+            Err(_) => break None,
+        }
+    };
+    for chunk in [data.len().max(1), 1, 7, 4096] {
+        assert_eq!(
+            framed(data, chunk),
+            strict,
+            "framer (fed {chunk} bytes at a time) and strict decoder disagree \
+             (Some(n): a NAR of n bytes, None: rejected)"
+        );
+    }
+}

@@ -87,6 +87,7 @@ pub use encode::{dump, dump_unhashed, hash_path};
 pub use listing::{list, Listing};
 pub use restore::{restore, restore_from_decoder, RestoreOptions};
 pub use writer::NarWriter;
+pub(crate) use wire::is_valid_name;
 
 /// The longest keyword token a decoder reads, such as `directory` (9 bytes).
 ///

@@ -54,3 +54,70 @@ fn store_path_parse_corpus() {
 fn serve_client_corpus() {
     assert!(replay("serve_client", nixferry::fuzzing::serve_client) > 0);
 }
+
+#[test]
+fn nar_frame_corpus() {
+    assert!(replay("nar_frame", nixferry::fuzzing::nar_frame) > 0);
+}
+
+/// The framer of the serve protocol, which finds where a NAR ends on a
+/// connection, agrees with the strict decoder on every NAR vector, the
+/// invalid ones included: the same ones accepted, ending at the same
+/// byte, alone and with more bytes after them (as on a connection).
+#[test]
+fn nar_frame_agrees_on_every_nar_vector() {
+    let nar = crate::common::vector("nar");
+    let mut checked = 0;
+    let mut disagree = Vec::new();
+    for dir in [nar.clone(), nar.join("invalid")] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "nar"))
+            .collect();
+        files.sort();
+        for path in files {
+            let data = std::fs::read(&path).unwrap();
+            let mut followed = data.clone();
+            followed.extend_from_slice(b"\x04\0\0\0\0\0\0\0next\0\0\0\0");
+            for input in [data, followed] {
+                let agreed = std::panic::catch_unwind(|| nixferry::fuzzing::nar_frame(&input));
+                if agreed.is_err() {
+                    disagree.push(path.display().to_string());
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 34, "only {checked} vectors");
+    assert!(
+        disagree.is_empty(),
+        "framer and decoder disagree on {disagree:#?}"
+    );
+}
+
+/// The same on every single-byte change of every NAR vector: lengths,
+/// keywords, names, padding and contents each broken in turn.
+#[test]
+fn nar_frame_agrees_on_changed_vectors() {
+    let nar = crate::common::vector("nar");
+    let mut changed = 0;
+    for dir in [nar.clone(), nar.join("invalid")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "nar") {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            for at in 0..data.len() {
+                for flip in [0x01, 0x80] {
+                    let mut bad = data.clone();
+                    bad[at] ^= flip;
+                    nixferry::fuzzing::nar_frame(&bad);
+                    changed += 1;
+                }
+            }
+        }
+    }
+    assert!(changed > 10_000, "{changed}");
+}

@@ -9,12 +9,14 @@
 //! constant memory: only keywords, entry names and symlink targets, each
 //! bounded by [`Limits`], are buffered.
 //!
-//! The framer checks what it must to stay in step with the stream (the
-//! grammar, zero padding, the bounds) and leaves the rest to whoever
-//! consumes the NAR: entry order, for one, is not checked here, and the
-//! hash is checked by the receiver against the path info.
+//! The framer accepts exactly the NARs the strict decoder
+//! ([`crate::nar::Decoder`]) accepts, and ends them at the same byte: the
+//! grammar, zero padding, the bounds of [`Limits`], valid entry names and
+//! their strict order (so no duplicates). A test runs both on every NAR
+//! vector, and a fuzz target (`nar_frame`) on any input. The hash is
+//! checked by the receiver against the path info.
 
-use crate::nar::{Limits, MAX_TAG_LEN};
+use crate::nar::{is_valid_name, Limits, MAX_TAG_LEN};
 
 /// Why a NAR could not be framed, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +101,11 @@ pub(crate) struct NarFramer {
     token: Vec<u8>,
     /// Directories open around the current node.
     depth: usize,
+    /// For each open directory, innermost last, the name of its previous
+    /// entry (empty before the first): names must ascend strictly. At most
+    /// [`Limits::max_depth`] names of at most [`Limits::max_name_len`]
+    /// bytes.
+    previous: Vec<Vec<u8>>,
     /// Bytes consumed so far.
     offset: u64,
     done: bool,
@@ -122,6 +129,7 @@ impl NarFramer {
             token_start: 0,
             token: Vec::new(),
             depth: 0,
+            previous: Vec::new(),
             offset: 0,
             done: false,
             failed: None,
@@ -274,7 +282,10 @@ impl NarFramer {
             (Expect::Type, b"type") => Expect::TypeName,
             (Expect::TypeName, b"regular") => Expect::RegularField,
             (Expect::TypeName, b"symlink") => Expect::Target,
-            (Expect::TypeName, b"directory") => Expect::DirItem,
+            (Expect::TypeName, b"directory") => {
+                self.previous.push(Vec::new());
+                Expect::DirItem
+            }
             (Expect::RegularField, b"executable") => Expect::ExecutableValue,
             (Expect::RegularField | Expect::Contents, b"contents") => Expect::ContentsData,
             (Expect::ExecutableValue, b"") => Expect::Contents,
@@ -282,6 +293,9 @@ impl NarFramer {
             (Expect::Target, b"target") => Expect::TargetValue,
             (Expect::TargetValue, target) if !target.contains(&0) => Expect::CloseNode,
             (Expect::CloseNode | Expect::DirItem, b")") => {
+                if self.expect == Expect::DirItem {
+                    self.previous.pop();
+                }
                 if self.depth == 0 {
                     self.done = true;
                     Expect::CloseNode
@@ -293,9 +307,8 @@ impl NarFramer {
             (Expect::DirItem, b"entry") => Expect::EntryOpen,
             (Expect::EntryOpen, b"(") => Expect::EntryName,
             (Expect::EntryName, b"name") => Expect::NameValue,
-            (Expect::NameValue, name)
-                if name != b"." && name != b".." && !name.iter().any(|&b| b == b'/' || b == 0) =>
-            {
+            (Expect::NameValue, name) if is_valid_name(name) => {
+                self.check_order(name)?;
                 Expect::EntryNode
             }
             (Expect::EntryNode, b"node") => {
@@ -321,6 +334,30 @@ impl NarFramer {
         self.token.clear();
         self.field = Field::Len { got: 0 };
         self.token_start = self.offset;
+        Ok(())
+    }
+
+    /// Checks that `name` comes after the previous entry of its directory,
+    /// and makes it the previous one.
+    fn check_order(&mut self, name: &[u8]) -> Result<(), FrameError> {
+        let Some(previous) = self.previous.last_mut() else {
+            return Err(self.error("an entry outside a directory".to_owned()));
+        };
+        // Names are never empty: an empty one means "none yet".
+        if !previous.is_empty() && name <= previous.as_slice() {
+            let what = if name == previous.as_slice() {
+                format!("duplicate directory entry '{}'", name.escape_ascii())
+            } else {
+                format!(
+                    "directory entries are not sorted ('{}' after '{}')",
+                    name.escape_ascii(),
+                    previous.escape_ascii()
+                )
+            };
+            return Err(self.error(what));
+        }
+        previous.clear();
+        previous.extend_from_slice(name);
         Ok(())
     }
 
@@ -425,6 +462,47 @@ mod tests {
         let mut f = NarFramer::new();
         assert!(f.feed(b"\x05\0\0\0\0\0\0\0hello\0\0\0").is_err());
         assert!(f.feed(&nar).is_err(), "failed framers stay failed");
+    }
+
+    /// A directory of entries with these names, in this order, as the
+    /// writer would not make it.
+    fn directory(names: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut token = |t: &[u8]| {
+            out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+            out.extend_from_slice(t);
+            out.resize(out.len().next_multiple_of(8), 0);
+        };
+        for t in [&b"nix-archive-1"[..], b"(", b"type", b"directory"] {
+            token(t);
+        }
+        for name in names {
+            for t in [&b"entry"[..], b"(", b"name", name, b"node"] {
+                token(t);
+            }
+            for t in [&b"("[..], b"type", b"symlink", b"target", b"x", b")", b")"] {
+                token(t);
+            }
+        }
+        token(b")");
+        out
+    }
+
+    #[test]
+    fn entries_ascend_strictly() {
+        let good = directory(&[b"A", b"a", b"b"]);
+        assert_eq!(NarFramer::new().feed(&good).unwrap(), good.len());
+        let e = NarFramer::new()
+            .feed(&directory(&[b"b", b"a"]))
+            .unwrap_err();
+        assert!(e.reason.contains("not sorted ('a' after 'b')"), "{e}");
+        let e = NarFramer::new()
+            .feed(&directory(&[b"a", b"a"]))
+            .unwrap_err();
+        assert!(e.reason.contains("duplicate directory entry 'a'"), "{e}");
+        for bad in [&b"."[..], b"..", b"a/b", b"a\0b"] {
+            assert!(NarFramer::new().feed(&directory(&[bad])).is_err());
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::io;
 use super::StoreError;
 
 mod connection;
-mod framer;
+pub(crate) mod framer;
 mod process;
 mod store;
 mod wire;
