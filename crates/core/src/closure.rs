@@ -6,7 +6,7 @@
 //!   the questions of one batch in parallel itself), and returns a
 //!   [`Closure`]: the path infos in topological order with the totals.
 //! - [`topo_sort`] orders path infos so that references come before their
-//!   referrers, as `nix-store -qR` prints them (SPEC §6.4).
+//!   referrers, as `nix-store -qR` prints them (docs/formats.md §6.4).
 //! - [`missing`] asks a destination, in one batch, which paths it lacks.
 //!
 //! ```no_run

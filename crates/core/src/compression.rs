@@ -1,5 +1,5 @@
 //! Streaming codecs for NAR files, named as in a narinfo's `Compression`
-//! field (SPEC §3.4): `none`, `xz`, `zstd`, `bzip2` and `br`.
+//! field (docs/formats.md §3.4): `none`, `xz`, `zstd`, `bzip2` and `br`.
 //!
 //! The API is blocking, over [`Write`] and [`BufRead`]: [`encoder`] wraps a
 //! writer in an [`Encoder`] that compresses what is written to it, and
@@ -57,7 +57,7 @@ use std::io::{self, BufRead, Cursor, Read, Write};
 
 pub use crate::narinfo::Compression;
 
-/// The methods this module can write and read, in the order of SPEC §3.4.
+/// The methods this module can write and read, in the order of docs/formats.md §3.4.
 pub const SUPPORTED: [Compression; 5] = [
     Compression::None,
     Compression::Xz,

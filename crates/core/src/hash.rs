@@ -1,6 +1,6 @@
 //! Hash algorithms and the textual encodings Nix uses for them.
 //!
-//! Nix prints hashes in four ways (SPEC §2.3): base16, its own base-32
+//! Nix prints hashes in four ways (docs/formats.md §2.3): base16, its own base-32
 //! ("nix32"), base64, and SRI (`sha256-<base64>`). [`NixHash`] parses every
 //! form Nix accepts and prints each of them.
 //!
@@ -119,7 +119,7 @@ impl std::str::FromStr for HashAlgo {
     }
 }
 
-/// Nix's base-32 encoding (SPEC §2.2).
+/// Nix's base-32 encoding (docs/formats.md §2.2).
 ///
 /// The digest is read as one little-endian integer and written most
 /// significant digit first, with the alphabet `0-9a-z` minus `e o u t`.
@@ -344,7 +344,7 @@ impl NixHash {
     }
 
     /// Parses any prefixed form Nix accepts: `algo:<hex|nix32|base64>` or
-    /// SRI `algo-<base64>` (SPEC §2.3).
+    /// SRI `algo-<base64>` (docs/formats.md §2.3).
     ///
     /// # Errors
     /// [`HashError`] naming what is wrong; an unprefixed hash is
@@ -611,7 +611,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// XOR-folds `hash` into `N` bytes (Nix's `compressHash`, SPEC §2.4).
+/// XOR-folds `hash` into `N` bytes (Nix's `compressHash`, docs/formats.md §2.4).
 pub fn compress<const N: usize>(hash: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     for (i, b) in hash.iter().enumerate() {

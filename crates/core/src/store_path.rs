@@ -2,7 +2,7 @@
 //!
 //! A [`StorePath`] is the base name `<hash>-<name>` of a path in a store; it
 //! does not carry the store directory. A [`StoreDir`] turns it into a full
-//! path and back, and computes new paths (SPEC §2.5, §2.6).
+//! path and back, and computes new paths (docs/formats.md §2.5, §2.6).
 //!
 //! ```
 //! use nixferry::store_path::StoreDir;
@@ -23,7 +23,7 @@ use crate::hash::{self, nix32, HashAlgo, NixHash};
 pub const HASH_PART_LEN: usize = 32;
 
 /// Maximum length of a store path name, in bytes (Nix's `checkName`,
-/// SPEC §2.5: a 211-byte name was accepted by Nix 2.8, 212 rejected).
+/// docs/formats.md §2.5: a 211-byte name was accepted by Nix 2.8, 212 rejected).
 pub const MAX_NAME_LEN: usize = 211;
 
 /// Errors from parsing or making store paths.
@@ -69,7 +69,7 @@ pub enum StorePathError {
     BadContentAddress(String),
 }
 
-/// Checks a store path name against Nix's rules (SPEC §2.5, with the newer
+/// Checks a store path name against Nix's rules (docs/formats.md §2.5, with the newer
 /// rule that rejects `.`/`..` names).
 ///
 /// # Errors
@@ -113,7 +113,7 @@ const NAME_CHARS: [bool; 256] = {
 /// The base name of a store path, `<32 nix32 chars>-<name>`, validated.
 ///
 /// Equality, order and hashing are those of the base name's bytes, so
-/// sorting store paths sorts them as Nix does (SPEC §0, set order).
+/// sorting store paths sorts them as Nix does (docs/formats.md §0, set order).
 #[derive(Clone)]
 pub struct StorePath {
     base: Base,
@@ -309,7 +309,7 @@ pub enum FileIngestion {
     Recursive,
 }
 
-/// A content address (SPEC §2.7): what a CA path's hash commits to.
+/// A content address (docs/formats.md §2.7): what a CA path's hash commits to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContentAddress {
     /// `text:sha256:<nix32>`: a text file (`builtins.toFile`, `.drv` files).
@@ -471,7 +471,7 @@ impl StoreDir {
     }
 
     /// Nix's `makeStorePath`: the path whose fingerprint is
-    /// `<kind>:sha256:<hex of inner>:<store dir>:<name>` (SPEC §2.6).
+    /// `<kind>:sha256:<hex of inner>:<store dir>:<name>` (docs/formats.md §2.6).
     ///
     /// # Errors
     /// [`StorePathError`] if `name` is invalid.
@@ -594,7 +594,7 @@ impl StoreDir {
 
     /// Whether `path`'s CA claim holds: recomputing the path from `ca`, its
     /// name and `references` (which may include `path` itself) gives `path`.
-    /// Such a path needs no signature (SPEC §2.7, §4.4).
+    /// Such a path needs no signature (docs/formats.md §2.7, §4.4).
     pub fn verify_ca<'r>(
         &self,
         path: &StorePath,
@@ -615,7 +615,7 @@ impl StoreDir {
     }
 
     /// The output path of an input-addressed derivation, from its
-    /// `hashDerivationModulo` (SPEC §2.8).
+    /// `hashDerivationModulo` (docs/formats.md §2.8).
     ///
     /// # Errors
     /// [`StorePathError`] if the resulting name is invalid.

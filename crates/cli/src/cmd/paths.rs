@@ -45,7 +45,7 @@ pub(super) fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     nixferry::store::open(url).with_context(|| format!("opening store '{url}'"))
 }
 
-/// A path info as `nix path-info --json` prints it (SPEC 3.5), fields in
+/// A path info as `nix path-info --json` prints it (docs/formats.md §3.5), fields in
 /// Nix's order; `closure` adds `closureSize` (and `closureDownloadSize` for
 /// binary caches).
 pub(super) fn info_json(dir: &StoreDir, info: &PathInfo, closure: Option<&[PathInfo]>) -> Value {

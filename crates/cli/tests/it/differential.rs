@@ -152,7 +152,7 @@ fn nix_accepts_what_nixferry_adds_and_signs() {
     let ok = verify(&pk);
     assert_success(&ok);
     // The path is content-addressed, so Nix trusts it even without a
-    // trusted signature (SPEC 4.4); the signature is checked by nixferry.
+    // trusted signature (docs/formats.md §4.4); the signature is checked by nixferry.
     let (_, other) = generate_key(tmp.path(), "other-1");
     assert!(verify(&other).status.success());
     let hash_part = &Path::new(&path).file_name().unwrap().to_str().unwrap()[..32];

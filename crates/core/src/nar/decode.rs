@@ -1,4 +1,4 @@
-//! [`Decoder`]: the strict pull parser (SPEC §1.1 grammar, §1.4 "strict"
+//! [`Decoder`]: the strict pull parser (docs/formats.md §1.1 grammar, §1.4 "strict"
 //! column, §1.6 limits).
 
 use std::io::{self, BufReader, Read};
@@ -59,7 +59,7 @@ pub enum EntryKind {
         executable: bool,
         /// Length of the contents in bytes.
         size: u64,
-        /// NAR offset of the first content byte (SPEC §1.8 `narOffset`).
+        /// NAR offset of the first content byte (docs/formats.md §1.8 `narOffset`).
         offset: u64,
     },
     /// A symbolic link.
@@ -89,7 +89,7 @@ impl EntryKind {
 /// [`contents`](Self::contents) right after their [`Event::Entry`], or let
 /// the next call skip them (still checking their padding).
 ///
-/// Only the canonical form is accepted (SPEC §1.4, "strict"): fixed field
+/// Only the canonical form is accepted (docs/formats.md §1.4, "strict"): fixed field
 /// order, names valid and strictly ascending, every field exactly once, no
 /// unknown tokens, zero padding, and the bounds of [`Limits`]. Nesting is
 /// tracked on an explicit stack bounded by [`Limits::max_depth`], never by
@@ -234,7 +234,7 @@ impl<R: Read> Decoder<R> {
     }
 
     /// Checks that the input ends right after the NAR, as it must for a
-    /// standalone NAR file (SPEC §1.4, "bytes after the final `)`").
+    /// standalone NAR file (docs/formats.md §1.4, "bytes after the final `)`").
     ///
     /// # Errors
     /// [`NarError::Invalid`] with [`Reason::TrailingData`] if it does not,
@@ -310,7 +310,7 @@ impl<R: Read> Decoder<R> {
         }
     }
 
-    /// `str("nix-archive-1")` (SPEC §1.1 rule 1). Like Nix, a magic of
+    /// `str("nix-archive-1")` (docs/formats.md §1.1 rule 1). Like Nix, a magic of
     /// another length is rejected before it is read.
     fn read_magic(&mut self) -> Result<(), NarError> {
         let len = self.read_u64()?;
@@ -472,7 +472,7 @@ impl<R: Read> Decoder<R> {
         checked
     }
 
-    /// A valid name, greater than the previous one (SPEC §1.1 rule 4: Nix
+    /// A valid name, greater than the previous one (docs/formats.md §1.1 rule 4: Nix
     /// ≥ 2.25 checks this; 2.8 accepted unsorted and duplicate entries).
     fn check_name(&self, offset: u64, name: &[u8]) -> Result<(), NarError> {
         if !wire::is_valid_name(name) {
@@ -587,7 +587,7 @@ impl<R: Read> Decoder<R> {
         self.read_padding(padding_len(len))
     }
 
-    /// Reads padding and checks that it is zero (SPEC §0).
+    /// Reads padding and checks that it is zero (docs/formats.md §0).
     fn read_padding(&mut self, len: usize) -> Result<(), NarError> {
         let offset = self.position();
         let mut padding = [0u8; 8];
@@ -692,7 +692,7 @@ impl<R: Read> std::fmt::Debug for Contents<'_, R> {
 /// and returns its hash and size.
 ///
 /// # Errors
-/// [`NarError::Invalid`] for any breach of the strict rules (SPEC §1.4)
+/// [`NarError::Invalid`] for any breach of the strict rules (docs/formats.md §1.4)
 /// under the default [`Limits`], including trailing data;
 /// [`NarError::Io`] if reading fails.
 pub fn validate(r: impl Read) -> Result<NarSummary, NarError> {

@@ -1,5 +1,5 @@
 //! [`dump`], [`dump_unhashed`] and [`hash_path`]: the NAR of a file system
-//! tree, as `nix-store --dump` writes it (SPEC §1.1).
+//! tree, as `nix-store --dump` writes it (docs/formats.md §1.1).
 //!
 //! The work is split in two: a [`Walker`] walks the tree in NAR order, and
 //! reads files, into [`Batch`]es, and an [`Encoder`] writes (and hashes)
@@ -37,7 +37,7 @@ const THREAD_MIN_FILE: u64 = 1 << 20;
 /// Symlinks are archived, never followed, at the top as below. Directory
 /// entries are written in bytewise order of their raw names, a file is
 /// executable when its owner-execute bit is set, and a file's size is taken
-/// from `lstat` (SPEC §1.1). The tree is walked without recursion, on a
+/// from `lstat` (docs/formats.md §1.1). The tree is walked without recursion, on a
 /// second thread when there is a directory to walk (or a large file to
 /// read) and more than one CPU to run on. Memory is bounded whatever the file sizes: contents are read
 /// at most a few MiB ahead of the writing. `out` is written in large
@@ -79,7 +79,7 @@ pub fn dump_unhashed(path: &Path, out: impl Write) -> Result<u64, NarError> {
 }
 
 /// The NAR hash and size of `path`, without keeping the NAR: what
-/// `nix hash path` and `nix-store --add` compute (SPEC §1.7).
+/// `nix hash path` and `nix-store --add` compute (docs/formats.md §1.7).
 ///
 /// # Errors
 /// As [`dump`].

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::writer::read_retrying;
 use super::NarError;
 
-/// The contents of a regular file whose size was taken from `lstat` (SPEC
+/// The contents of a regular file whose size was taken from `lstat` (docs/formats.md
 /// §1.1 rule 6) and written into the NAR before its contents: the file
 /// must still have exactly that many bytes. Fewer or more is
 /// [`NarError::FileChanged`], because the NAR cannot be right.

@@ -1,5 +1,5 @@
 //! [`list`] and [`Listing`]: the nodes of a NAR without their contents, and
-//! the `.ls` JSON a binary cache keeps beside a NAR (SPEC §1.8, §3.6).
+//! the `.ls` JSON a binary cache keeps beside a NAR (docs/formats.md §1.8, §3.6).
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
@@ -53,7 +53,7 @@ impl Listing {
             .map(|i| &self.entries[i])
     }
 
-    /// The `.ls` JSON exactly as Nix writes it (SPEC §3.6): compact,
+    /// The `.ls` JSON exactly as Nix writes it (docs/formats.md §3.6): compact,
     /// `{"version":1,"root":…}`, strings escaped as nlohmann's JSON does.
     ///
     /// JSON cannot hold bytes that are not UTF-8. Nix fails on such a name
@@ -134,7 +134,7 @@ fn render_json(entries: &[Entry], utf8: Utf8) -> Result<String, NarError> {
             out.push(':');
         }
         need_comma = true;
-        // Field order and omissions follow Nix's `listNar` (SPEC §3.6).
+        // Field order and omissions follow Nix's `listNar` (docs/formats.md §3.6).
         match &entry.kind {
             EntryKind::Regular {
                 executable,

@@ -1,11 +1,11 @@
-//! The NAR (Nix ARchive) format (SPEC §1): encoding, strict decoding,
+//! The NAR (Nix ARchive) format (docs/formats.md §1): encoding, strict decoding,
 //! restoring, listing.
 //!
 //! A NAR serialises one file-system object (a regular file, a symlink or a
 //! directory tree) canonically: one tree has exactly one NAR, which is what
 //! makes NAR hashes meaningful. This module writes NARs byte for byte as
 //! Nix 2.8 does, and reads them more strictly than Nix 2.8: it accepts only
-//! the canonical form, as Nix ≥ 2.25 does (SPEC §1.4).
+//! the canonical form, as Nix ≥ 2.25 does (docs/formats.md §1.4).
 //!
 //! # Design
 //!
@@ -26,16 +26,16 @@
 //!   explicit stack bounded by [`Limits::max_depth`] instead of recursing,
 //!   checks every length against a [`Limits`] bound before allocating or
 //!   reading, never reads past the end of the NAR, and hashes what it reads.
-//!   Every rule of the "strict" column of SPEC §1.4 is enforced.
+//!   Every rule of the "strict" column of docs/formats.md §1.4 is enforced.
 //! - **On top of the decoder**: [`validate`], [`restore`], [`list`] (the
-//!   `.ls` listing of SPEC §3.6) and [`cat`].
+//!   `.ls` listing of docs/formats.md §3.6) and [`cat`].
 //!
 //! Errors caused by the NAR bytes themselves are [`NarError::Invalid`], with
 //! the byte offset and the entry path; they are kept apart from I/O errors
 //! ([`NarError::Io`], [`NarError::Fs`]) and from misuse of the API
 //! ([`NarError::Misuse`]). No function here panics on any input.
 //!
-//! Not supported: the macOS case hack (SPEC §1.5); names containing
+//! Not supported: the macOS case hack (docs/formats.md §1.5); names containing
 //! `~nix~case~hack~` are ordinary bytes.
 //!
 //! ```
@@ -98,7 +98,7 @@ pub const MAX_TAG_LEN: usize = 32;
 
 /// Limits for decoding untrusted NARs.
 ///
-/// The defaults are Nix 2.35's bounds (SPEC §1.6); Nix 2.8 had none.
+/// The defaults are Nix 2.35's bounds (docs/formats.md §1.6); Nix 2.8 had none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum nesting: a node at depth `d` (the root is at depth 0) is
@@ -128,7 +128,7 @@ impl Default for Limits {
     }
 }
 
-/// The hash and size of a whole NAR (SPEC §1.7): what a narinfo calls
+/// The hash and size of a whole NAR (docs/formats.md §1.7): what a narinfo calls
 /// `NarHash` and `NarSize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NarSummary {
@@ -160,7 +160,7 @@ pub enum NarError {
         #[source]
         source: io::Error,
     },
-    /// [`dump`] met a file that a NAR cannot hold (SPEC §1.1 rule 5).
+    /// [`dump`] met a file that a NAR cannot hold (docs/formats.md §1.1 rule 5).
     #[error("file '{}' has an unsupported type ({kind})", path.display())]
     UnsupportedFileType {
         /// The file.
@@ -281,7 +281,7 @@ impl From<InvalidNar> for NarError {
     }
 }
 
-/// The rule of SPEC §1.1/§1.4 that a NAR breaks.
+/// The rule of docs/formats.md §1.1/§1.4 that a NAR breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reason {

@@ -1,7 +1,7 @@
 //! [`restore`]: unpacking a NAR into the file system, safely.
 //!
 //! Nix 2.8's `nix-store --restore` trusts the NAR's structure and leaves a
-//! partial tree behind on failure (SPEC §1.4). Here every node comes from
+//! partial tree behind on failure (docs/formats.md §1.4). Here every node comes from
 //! the strict [`Decoder`], so names are valid, unique and in order before
 //! anything is created, and a failure removes whatever was created.
 
@@ -40,7 +40,7 @@ pub struct RestoreOptions {
 /// Paths are built from `dest` and the checked names; a concurrent writer
 /// inside `dest` is not defended against. On a case-insensitive file system,
 /// names that differ only in case collide, and the restore fails (Nix's
-/// case hack, SPEC §1.5, is not implemented).
+/// case hack, docs/formats.md §1.5, is not implemented).
 ///
 /// On any error, everything created under `dest` (and `dest` itself) is
 /// removed. With `overwrite`, the old destination is already gone then.

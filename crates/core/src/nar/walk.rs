@@ -49,7 +49,7 @@ pub(super) enum Item {
     Symlink(Range<usize>),
     /// A regular file node.
     Regular {
-        /// Whether the owner-execute bit is set (SPEC §1.1 rule 2).
+        /// Whether the owner-execute bit is set (docs/formats.md §1.1 rule 2).
         executable: bool,
         /// The contents.
         contents: Contents,
@@ -319,7 +319,7 @@ impl Walker {
     }
 
     /// Adds a regular file; returns whether it is being read in chunks. Its
-    /// size is the one `lstat` gave (SPEC §1.1 rule 6), and the file must
+    /// size is the one `lstat` gave (docs/formats.md §1.1 rule 6), and the file must
     /// still have exactly that many bytes when it is read.
     fn regular(
         &mut self,
@@ -361,7 +361,7 @@ impl Walker {
     }
 
     /// The entries of the directory at `self.path`, in bytewise order of
-    /// their names (SPEC §1.1 rule 4). Their metadata comes from `fstatat`
+    /// their names (docs/formats.md §1.1 rule 4). Their metadata comes from `fstatat`
     /// on the open directory, which is cheaper than `lstat` by path.
     fn read_directory(&self) -> Result<Vec<Child>, NarError> {
         let path = &self.path;

@@ -1,4 +1,4 @@
-//! NAR tokens and the string primitive they are made of (SPEC §0, §1.2).
+//! NAR tokens and the string primitive they are made of (docs/formats.md §0, §1.2).
 //!
 //! Every NAR token is `bytes(s)`: a little-endian u64 length, the bytes, and
 //! zero padding to a multiple of 8. The fixed token sequences the writer
@@ -79,7 +79,7 @@ pub(super) const NODE: &[u8] = tokens!(b"node");
 /// Closes a node or an entry.
 pub(super) const CLOSE: &[u8] = tokens!(b")");
 
-/// Whether `name` may name a directory entry (SPEC §1.4): not empty, not `.`
+/// Whether `name` may name a directory entry (docs/formats.md §1.4): not empty, not `.`
 /// or `..`, and without `/` or NUL. Length limits are checked separately.
 pub(crate) fn is_valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.iter().any(|&b| b == b'/' || b == 0)
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
     use crate::hash::from_hex;
 
-    /// The token table of SPEC §1.2.
+    /// The token table of docs/formats.md §1.2.
     #[test]
     fn tokens_match_spec_table() {
         let hex = |s: &str| from_hex(&s.replace(' ', "")).unwrap();

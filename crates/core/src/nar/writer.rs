@@ -53,7 +53,7 @@ const KERNEL_COPY_MIN: u64 = 64 * 1024;
 /// let mut w = NarWriter::new(Vec::new());
 /// w.regular_bytes(false, b"hi")?;
 /// let (nar, summary) = w.finish()?;
-/// assert_eq!(nar.len(), 120); // SPEC §1.3, `hi.nar`
+/// assert_eq!(nar.len(), 120); // docs/formats.md §1.3, `hi.nar`
 /// assert_eq!(
 ///     summary.nar_hash.to_string(),
 ///     "sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2"
@@ -102,7 +102,7 @@ impl<W: Write> NarWriter<W> {
         self.encoder.regular_bytes(executable, contents)
     }
 
-    /// Writes a symlink (SPEC §1.1 rule 3: the raw target bytes).
+    /// Writes a symlink (docs/formats.md §1.1 rule 3: the raw target bytes).
     ///
     /// # Errors
     /// [`NarError::Misuse`] for an empty target, one containing NUL or one
@@ -587,7 +587,7 @@ impl<S: Write> Encoder<S> {
         Ok(())
     }
 
-    /// Writes `bytes(s)` (SPEC §0).
+    /// Writes `bytes(s)` (docs/formats.md §0).
     fn write_str(&mut self, s: &[u8]) -> io::Result<()> {
         self.put(&(s.len() as u64).to_le_bytes())?;
         self.put(s)?;

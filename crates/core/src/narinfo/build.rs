@@ -1,4 +1,4 @@
-//! Writing new narinfos in Nix 2.8's exact format (SPEC §3.3).
+//! Writing new narinfos in Nix 2.8's exact format (docs/formats.md §3.3).
 
 use std::fmt;
 

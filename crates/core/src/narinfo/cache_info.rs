@@ -1,4 +1,4 @@
-//! `nix-cache-info`: a binary cache's metadata (SPEC §3.2).
+//! `nix-cache-info`: a binary cache's metadata (docs/formats.md §3.2).
 
 use std::fmt;
 
@@ -73,7 +73,7 @@ pub struct CacheInfo {
     /// `WantMassQuery: 1`: the cache may be queried for many paths at once.
     pub want_mass_query: bool,
     /// `Priority`: lower is preferred. Absent means Nix's default, 0
-    /// (SPEC §3.2; cache.nixos.org publishes 40).
+    /// (docs/formats.md §3.2; cache.nixos.org publishes 40).
     pub priority: Option<i64>,
     /// The other `key: value` lines, in order (values trimmed).
     pub other: Vec<(String, String)>,

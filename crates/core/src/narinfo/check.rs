@@ -68,7 +68,7 @@ impl NarInfo {
     /// - `NarHash` is SHA-256;
     /// - with `Compression: none`, `FileHash` and `FileSize` (when present)
     ///   equal `NarHash` and `NarSize`;
-    /// - a `CA` claim gives the store path (SPEC §2.7), and a recursive CA
+    /// - a `CA` claim gives the store path (docs/formats.md §2.7), and a recursive CA
     ///   hash equals `NarHash` when both use the same algorithm;
     /// - `URL` is a relative path that stays inside the cache (no scheme,
     ///   no leading `/`, no `.`/`..`/empty components, no whitespace,

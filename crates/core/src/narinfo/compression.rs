@@ -1,4 +1,4 @@
-//! The `Compression` field (SPEC §3.4).
+//! The `Compression` field (docs/formats.md §3.4).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -38,7 +38,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Every named method, in the order of SPEC §3.4.
+    /// Every named method, in the order of docs/formats.md §3.4.
     pub const KNOWN: [Compression; 8] = [
         Self::None,
         Self::Xz,

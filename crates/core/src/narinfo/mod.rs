@@ -1,4 +1,4 @@
-//! `.narinfo` and `nix-cache-info` files: binary cache metadata (SPEC §3).
+//! `.narinfo` and `nix-cache-info` files: binary cache metadata (docs/formats.md §3).
 //!
 //! A narinfo describes one store path in a binary cache: where its NAR is
 //! (`URL`), how it is compressed, its hashes and sizes, its references, and
@@ -52,7 +52,7 @@
 //!
 //! # Nix 2.8 vs nixferry
 //!
-//! nixferry reads what Nix 2.8 reads (SPEC §3.3, "How the 2.8 reader
+//! nixferry reads what Nix 2.8 reads (docs/formats.md §3.3, "How the 2.8 reader
 //! tokenises a narinfo"), except where 2.8's leniency would silently misread
 //! a document or let two readers see different values. Every case of
 //! `vectors/narinfo/nix-2.8-narinfo-parser-results.txt` is a test in
@@ -68,7 +68,7 @@
 //! | scalar field twice (`StorePath`, `URL`, `Compression`, `FileHash`, `FileSize`, `NarHash`, `NarSize`, `Deriver`, `System`) | the last one wins | [`DuplicateField`](NarInfoError::DuplicateField): no writer repeats them, and a reader that takes the first copy would see another narinfo (a parser differential) |
 //! | `References` or `CA` twice | corrupt, unless the first is empty | [`DuplicateField`](NarInfoError::DuplicateField) always |
 //! | the same reference twice in `References` | collapsed into a set | [`DuplicateReference`](ValueError::DuplicateReference) |
-//! | store path without `-` after the hash part | accepted | rejected, as newer Nix does (SPEC §2.5) |
+//! | store path without `-` after the hash part | accepted | rejected, as newer Nix does (docs/formats.md §2.5) |
 //! | `FileSize`, `NarSize` | `boost::lexical_cast` | ASCII digits only (leading zeros allowed: they do not change the value) |
 //! | `Sig` twice | kept once (a set) | both lines kept; verification counts distinct values, as Nix |
 //! | malformed `Sig` | kept (newer Nix: corrupt) | kept; it simply does not verify |
@@ -82,7 +82,7 @@
 //! and an empty `CA` mean none; an absent or empty `Compression` means bzip2
 //! and an unknown one is kept ([`Compression::Other`]).
 //!
-//! `nix-cache-info` ([`CacheInfo`], SPEC §3.2) is read as leniently as Nix
+//! `nix-cache-info` ([`CacheInfo`], docs/formats.md §3.2) is read as leniently as Nix
 //! reads it.
 
 mod build;
@@ -130,12 +130,12 @@ pub enum Field {
     System,
     /// `Sig`: one signature, `keyname:base64`; repeatable.
     Sig,
-    /// `CA`: the content address (SPEC §2.7).
+    /// `CA`: the content address (docs/formats.md §2.7).
     Ca,
 }
 
 impl Field {
-    /// Every field, in the order Nix 2.8 writes them (SPEC §3.3).
+    /// Every field, in the order Nix 2.8 writes them (docs/formats.md §3.3).
     pub const ALL: [Field; 12] = [
         Self::StorePath,
         Self::Url,
@@ -372,7 +372,7 @@ impl NarInfo {
             .map(|line| (line.key(&self.text), line.value(&self.text)))
     }
 
-    /// The string that signatures sign (SPEC §4.2).
+    /// The string that signatures sign (docs/formats.md §4.2).
     pub fn fingerprint(&self) -> String {
         fingerprint(
             &self.store_dir,
@@ -403,7 +403,7 @@ impl NarInfo {
 
     /// Whether the path has a CA claim that holds: recomputing the store path
     /// from the CA, the name and the references gives this path. Nix accepts
-    /// such a path without a signature (SPEC §2.7, §4.4).
+    /// such a path without a signature (docs/formats.md §2.7, §4.4).
     pub fn verify_ca(&self) -> bool {
         self.values.ca.as_ref().is_some_and(|ca| {
             self.store_dir
@@ -540,7 +540,7 @@ impl std::str::FromStr for NarInfo {
     }
 }
 
-/// The string a signature signs (SPEC §4.2):
+/// The string a signature signs (docs/formats.md §4.2):
 /// `1;<path>;<narHash>;<narSize>;<refs>`, with the references as full paths,
 /// sorted and deduplicated, a self-reference included, joined by `,`.
 ///

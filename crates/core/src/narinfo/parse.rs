@@ -1,4 +1,4 @@
-//! The narinfo reader (SPEC §3.3, "How the 2.8 reader tokenises a narinfo").
+//! The narinfo reader (docs/formats.md §3.3, "How the 2.8 reader tokenises a narinfo").
 //!
 //! Two layers: [`split_line`] cuts the text into `Key: value` lines and
 //! checks their syntax; [`Reader`] interprets each known field, rejects

@@ -1,5 +1,5 @@
 //! [`SecretKey`], [`PublicKey`] and [`Signature`]: parsing, printing, signing
-//! and checking one signature (SPEC §4.1, §4.3).
+//! and checking one signature (docs/formats.md §4.1, §4.3).
 
 use std::fmt;
 use std::str::FromStr;

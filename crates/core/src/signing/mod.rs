@@ -1,7 +1,7 @@
-//! Nix's ed25519 binary cache keys and narinfo signatures (SPEC §4).
+//! Nix's ed25519 binary cache keys and narinfo signatures (docs/formats.md §4).
 //!
 //! Nix signs a store path by signing its *fingerprint* (see
-//! [`crate::narinfo::fingerprint`], SPEC §4.2) with plain Ed25519
+//! [`crate::narinfo::fingerprint`], docs/formats.md §4.2) with plain Ed25519
 //! (RFC 8032, libsodium's `crypto_sign_detached`). Keys and signatures are
 //! text of the form `NAME:BASE64`:
 //!
@@ -14,7 +14,7 @@
 //! A signature names the key that made it, so verification looks the name up
 //! in a set of [`TrustedKeys`] (Nix's `trusted-public-keys`) and checks the
 //! signature with that key only. Signatures by keys that are not trusted do
-//! not count, as in Nix (SPEC §4.4).
+//! not count, as in Nix (docs/formats.md §4.4).
 //!
 //! ```
 //! use nixferry::signing::{SecretKey, TrustedKeys};

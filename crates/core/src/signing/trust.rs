@@ -1,4 +1,4 @@
-//! [`TrustedKeys`]: checking a path's signatures the way Nix does (SPEC §4.4).
+//! [`TrustedKeys`]: checking a path's signatures the way Nix does (docs/formats.md §4.4).
 
 use super::{PublicKey, Signature, SigningError};
 

@@ -16,7 +16,7 @@ const BUFFER: usize = 1 << 20;
 
 /// Adds a file, directory or symlink to `store` as the content-addressed
 /// path `nix-store --add` makes of it (recursive SHA-256, no references,
-/// SPEC §2.6), with its `CA` field set and signed by each of `keys`.
+/// docs/formats.md §2.6), with its `CA` field set and signed by each of `keys`.
 /// Returns the path's info; a path the store has already is left alone
 /// and its info returned.
 ///

@@ -1,5 +1,5 @@
 //! The machine's Nix store, or a chroot store, read straight from its SQLite
-//! database and its files (SPEC §6). No `nix` binary is needed.
+//! database and its files (docs/formats.md §6). No `nix` binary is needed.
 //!
 //! [`LocalStore`] answers path-info questions from `<state>/db/db.sqlite`
 //! and streams NARs by dumping `<real store dir>/<path>`. Adding paths goes
@@ -17,7 +17,7 @@
 //! every batch of queries runs in one read transaction, so it sees one
 //! consistent snapshot: Nix registers a path and its references in one
 //! transaction, and a reader in WAL mode neither blocks Nix nor is blocked
-//! by it (SPEC §6.5). Queries run on tokio's blocking pool.
+//! by it (docs/formats.md §6.5). Queries run on tokio's blocking pool.
 //!
 //! Without write access to the database directory, SQLite can read a WAL
 //! database only while some Nix process has it open (it needs the `-shm`
@@ -47,15 +47,15 @@ use crate::nar::{self, NarError};
 use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
 /// The only database schema version this backend reads: that of Nix 2.0
-/// through current Nix (SPEC §6.1).
+/// through current Nix (docs/formats.md §6.1).
 pub const SCHEMA_VERSION: &str = "10";
 
 /// How long a query waits for a lock before it fails. SQLite readers in
 /// WAL mode wait only during recovery or a checkpoint restart; Nix itself
-/// waits an hour (SPEC §6.1), and so do we.
+/// waits an hour (docs/formats.md §6.1), and so do we.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The `ValidPaths` columns of a path-info row (SPEC §6.3), then the id of
+/// The `ValidPaths` columns of a path-info row (docs/formats.md §6.3), then the id of
 /// one reference (NULL for a path without references). A path with `n`
 /// references gives `n` rows; [`Collector`] folds them back together.
 macro_rules! info_columns {
@@ -65,7 +65,7 @@ macro_rules! info_columns {
     };
 }
 
-/// One path and its references (SPEC §6.4).
+/// One path and its references (docs/formats.md §6.4).
 const PATH_INFO_SQL: &str = concat!(
     info_columns!(),
     "FROM ValidPaths v LEFT JOIN Refs r ON r.referrer = v.id WHERE v.path = ?1"
@@ -77,7 +77,7 @@ const PATH_BY_ID_SQL: &str = "SELECT path FROM ValidPaths WHERE id = ?1";
 /// Whether one path is valid.
 const VALID_SQL: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
 
-/// The valid outputs of one derivation (SPEC §6.3: `DerivationOutputs`).
+/// The valid outputs of one derivation (docs/formats.md §6.3: `DerivationOutputs`).
 const OUTPUTS_SQL: &str = concat!(
     "SELECT o.path FROM ValidPaths d JOIN DerivationOutputs o ON o.drv = d.id ",
     "WHERE d.path = ?1 AND EXISTS (SELECT 1 FROM ValidPaths v WHERE v.path = o.path)"
@@ -166,7 +166,7 @@ impl LocalStore {
     /// # Errors
     /// [`StoreError::Url`] for a bad parameter value; [`StoreError::Io`]
     /// when the schema file or database cannot be read (with a hint when
-    /// permissions are at fault, SPEC §6.5); [`StoreError::Corrupt`] when
+    /// permissions are at fault, docs/formats.md §6.5); [`StoreError::Corrupt`] when
     /// the schema version is not 10; [`StoreError::Database`] when SQLite
     /// fails otherwise.
     pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
@@ -346,7 +346,7 @@ fn init_chroot_store(nix_store_arg: &str) {
 }
 
 /// Runs `work` in one read transaction: one consistent snapshot of the
-/// database (SPEC §6.5).
+/// database (docs/formats.md §6.5).
 fn read_tx<T>(
     inner: &Inner,
     conn: &mut Connection,
@@ -369,7 +369,7 @@ fn absolute(url: &StoreUrl, name: &str, value: &str) -> Result<PathBuf, StoreErr
     }
 }
 
-/// Refuses a database whose `schema` file does not say 10 (SPEC §6.5):
+/// Refuses a database whose `schema` file does not say 10 (docs/formats.md §6.5):
 /// an older one needs a migration by Nix, a newer one may mean anything.
 fn check_schema(url: &str, file: &Path) -> Result<(), StoreError> {
     let found = std::fs::read_to_string(file).map_err(|source| StoreError::Io {
@@ -401,7 +401,7 @@ enum Access {
     /// WAL mode, Nix's default (`use-sqlite-wal = true`).
     Wal,
     /// A rollback journal (`use-sqlite-wal = false`): Nix then uses the
-    /// `unix-dotfile` VFS, and readers must too (SPEC §6.5).
+    /// `unix-dotfile` VFS, and readers must too (docs/formats.md §6.5).
     Rollback,
     /// `?read-only=true`: no locking at all.
     Immutable,
@@ -439,7 +439,7 @@ fn open_db(db_path: &Path, mode: Access) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Wraps a SQLite error, explaining the permission cases of SPEC §6.5.
+/// Wraps a SQLite error, explaining the permission cases of docs/formats.md §6.5.
 fn db_error(db_path: &Path, e: rusqlite::Error) -> StoreError {
     let db = db_path.display().to_string();
     let dir = db_path.parent().unwrap_or(db_path).display();
@@ -524,7 +524,7 @@ impl Inner {
         }
     }
 
-    /// The `ValidPaths` columns of a row (SPEC §6.3), without references.
+    /// The `ValidPaths` columns of a row (docs/formats.md §6.3), without references.
     fn row_to_info(&self, row: &rusqlite::Row<'_>) -> Result<PathInfo, StoreError> {
         let get_err = |e| self.db_error(e);
         let full: String = row.get(1).map_err(get_err)?;

@@ -70,7 +70,7 @@ fn example_rows() -> BTreeMap<StorePath, PathInfo> {
         }
         let f: Vec<&str> = line.split('|').collect();
         assert_eq!(f.len(), 9, "{line}");
-        // The database keeps narHash as `sha256:<base16>` (SPEC §6.3).
+        // The database keeps narHash as `sha256:<base16>` (docs/formats.md §6.3).
         let hex = f[2].strip_prefix("sha256:").unwrap();
         let hash = NixHash::from_bytes(HashAlgo::Sha256, &nixferry::hash::from_hex(hex).unwrap());
         let mut info = PathInfo::new(path(f[1]), hash.unwrap(), f[5].parse().unwrap());
@@ -490,7 +490,7 @@ async fn reads_a_database_without_wal() {
 /// to the chroot it should open.
 const UNPRIVILEGED_ROOT: &str = "NIXFERRY_TEST_UNPRIVILEGED_ROOT";
 
-/// SPEC §6.5: a user who cannot write the database directory cannot open a
+/// docs/formats.md §6.5: a user who cannot write the database directory cannot open a
 /// WAL database that no Nix process holds open. The error must say so and
 /// name the way out; `read-only=true` must then work. Runs this test again
 /// as `nobody`, when running as root with `runuser` at hand.
@@ -712,7 +712,7 @@ fn nix_path_info(flags: &[&str], paths: &[&str]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// A path info as `nix path-info --json` shows it (SPEC §3.5).
+/// A path info as `nix path-info --json` shows it (docs/formats.md §3.5).
 fn as_nix_json(info: &PathInfo, dir: &StoreDir) -> Value {
     let mut o = json!({
         "path": dir.full(&info.path),

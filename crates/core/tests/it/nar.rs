@@ -1,4 +1,4 @@
-//! NAR (SPEC §1): Nix's vectors, the strict decoder's rules case by case,
+//! NAR (docs/formats.md §1): Nix's vectors, the strict decoder's rules case by case,
 //! restore safety, listings, property tests, and byte-for-byte comparison
 //! with `nix-store --dump`.
 
@@ -169,7 +169,7 @@ fn invalid_reason(e: &NarError) -> &Reason {
 }
 
 // ---------------------------------------------------------------------------
-// Valid vectors (SPEC §1.3, vectors/nar)
+// Valid vectors (docs/formats.md §1.3, vectors/nar)
 
 /// `nar-hashes.txt`: `<file> <size> sha256:<nix32> <sri> <hex>` per line.
 fn vector_hashes() -> Vec<(String, NarSummary)> {
@@ -202,7 +202,7 @@ fn nix_vectors_validate_with_nix_hashes_and_reencode_identically() {
     }
 }
 
-/// The exact trees of the small vectors (SPEC §1.3).
+/// The exact trees of the small vectors (docs/formats.md §1.3).
 #[test]
 fn small_vectors_decode_to_their_trees() {
     let exec = Tree::File {
@@ -368,7 +368,7 @@ fn dump_of_source_tree_is_tree_nar() {
     }
 }
 
-/// `list(tree.nar)` is exactly the `.ls` Nix wrote (SPEC §3.6), which has
+/// `list(tree.nar)` is exactly the `.ls` Nix wrote (docs/formats.md §3.6), which has
 /// no trailing newline.
 #[test]
 fn listing_of_tree_nar_is_nix_ls_json() {
@@ -380,7 +380,7 @@ fn listing_of_tree_nar_is_nix_ls_json() {
     let parsed: serde_json::Value = serde_json::from_str(&listing.to_json()).unwrap();
     assert_eq!(parsed, json_vector("nar/tree.ls.json"));
 
-    // narOffset points at the contents (SPEC §1.8).
+    // narOffset points at the contents (docs/formats.md §1.8).
     let data = read_vector("nar/tree.nar");
     let run = listing.get(b"run.sh").unwrap();
     let EntryKind::Regular { size, offset, .. } = run.kind else {
@@ -392,7 +392,7 @@ fn listing_of_tree_nar_is_nix_ls_json() {
     );
 }
 
-/// `hi.nar`'s content offset is 96 (SPEC §1.8).
+/// `hi.nar`'s content offset is 96 (docs/formats.md §1.8).
 #[test]
 fn nar_offset_of_hi() {
     let listing = nar::list(&read_vector("nar/hi.nar")[..]).unwrap();
@@ -403,7 +403,7 @@ fn nar_offset_of_hi() {
 }
 
 // ---------------------------------------------------------------------------
-// Invalid vectors (SPEC §1.4, vectors/nar/invalid)
+// Invalid vectors (docs/formats.md §1.4, vectors/nar/invalid)
 
 enum Expect {
     /// A canonical NAR, kept as a positive control.
@@ -414,7 +414,7 @@ enum Expect {
 use Expect::{Accept, Reject};
 
 /// Every case of `vectors/nar/invalid/`, with what the strict column of
-/// SPEC §1.4 asks for. Messages give the offset of the offending token and
+/// docs/formats.md §1.4 asks for. Messages give the offset of the offending token and
 /// the entry path (none means the root).
 #[rustfmt::skip]
 const INVALID_VECTORS: &[(&str, Expect)] = &[
@@ -484,7 +484,7 @@ const INVALID_VECTORS: &[(&str, Expect)] = &[
     ("unknown_field", Reject("invalid NAR at byte 72: expected 'executable' or 'contents', found 'foo'")),
     // A `fifo` node: only regular, symlink and directory exist.
     ("unknown_type", Reject("invalid NAR at byte 56: unknown file type 'fifo'")),
-    // "b" then "a" (Nix 2.8 accepted; SPEC §1.4 on why that is dangerous).
+    // "b" then "a" (Nix 2.8 accepted; docs/formats.md §1.4 on why that is dangerous).
     ("unsorted", Reject("invalid NAR at byte 320: directory entries are not sorted ('a' after 'b')")),
 ];
 
@@ -534,7 +534,7 @@ fn invalid_vectors_follow_the_strict_rules() {
 }
 
 /// On a stream, the decoder stops right after the NAR: the bytes after it
-/// stay in the reader for the caller (SPEC §1.4, last rule).
+/// stay in the reader for the caller (docs/formats.md §1.4, last rule).
 #[test]
 fn stream_decoder_stops_exactly_at_the_end() {
     let data = read_vector("nar/invalid/trailing_garbage.nar");
@@ -1141,7 +1141,7 @@ fn make_mixed_tree(root: &Path) {
     fs::create_dir(root).unwrap();
     fs::create_dir(root.join("empty-dir")).unwrap();
     fs::write(root.join("empty-file"), "").unwrap();
-    // Only the owner-execute bit makes a file executable (SPEC §1.1 rule 2).
+    // Only the owner-execute bit makes a file executable (docs/formats.md §1.1 rule 2).
     for (name, m) in [
         ("x-all", 0o755),
         ("x-owner", 0o744),

@@ -396,7 +396,7 @@ fn corpus_changing_a_signed_field_breaks_the_signature() {
 #[test]
 fn changing_unsigned_fields_keeps_the_signature() {
     // Deriver, URL, Compression, FileHash, FileSize, System and CA are not
-    // in the fingerprint (SPEC §4.2).
+    // in the fingerprint (docs/formats.md §4.2).
     let trusted = nixspec_key();
     let doc = text_vector(BASELINE);
     let changes = [
@@ -515,7 +515,7 @@ fn nix_2_8_case_missing_references() {
 fn nix_2_8_case_missing_compression() {
     // 2.8: parsed; bzip2 assumed, and the xz file still unpacked because
     // libarchive sniffs. nixferry: Bzip2, as declared by default; the NAR
-    // reader may sniff like Nix (SPEC §3.4).
+    // reader may sniff like Nix (docs/formats.md §3.4).
     assert_eq!(
         parse_ok(&without("Compression")).compression(),
         &Compression::Bzip2

@@ -189,7 +189,7 @@ impl StoreBackend {
                 self.compression.extension()
             ),
             compression: self.compression.clone(),
-            // Known only without compression (SPEC §3.3: then FileHash
+            // Known only without compression (docs/formats.md §3.3: then FileHash
             // equals NarHash); compressing on the fly cannot know them.
             file_hash: none.then_some(info.nar_hash),
             file_size: none.then_some(info.nar_size),

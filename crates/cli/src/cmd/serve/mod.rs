@@ -1,4 +1,4 @@
-//! `nixferry serve`: a store served as a binary cache over HTTP (SPEC §3).
+//! `nixferry serve`: a store served as a binary cache over HTTP (docs/formats.md §3).
 //!
 //! Two backends: a `file://` cache is served file by file as it lies on
 //! disk (and can take uploads with `--write`); the local Nix store gets

@@ -1,4 +1,4 @@
-//! Which binary cache file a request names (SPEC §3.1).
+//! Which binary cache file a request names (docs/formats.md §3.1).
 //!
 //! Only the exact name shapes of the layout are accepted, so a request can
 //! never name a file outside the cache: no `..`, no percent escapes (no

@@ -1,6 +1,6 @@
 //! A binary cache served over HTTP or HTTPS (`http://host/path`,
 //! `https://host/path`), in exactly the layout of a `file://` cache
-//! (SPEC §3.1), as Nix's `HttpBinaryCacheStore` reads and writes it.
+//! (docs/formats.md §3.1), as Nix's `HttpBinaryCacheStore` reads and writes it.
 //!
 //! # URL parameters
 //!
@@ -29,7 +29,7 @@
 //! (HTTP/2 where TLS negotiates it). The logic of the binary cache is
 //! shared with `s3://` ([`super::s3`]). A 404 or a 403 means the cache does
 //! not have the path (403: what S3 buckets that cannot be listed answer,
-//! SPEC §3.1), and so does a narinfo whose `StorePath` names another path.
+//! docs/formats.md §3.1), and so does a narinfo whose `StorePath` names another path.
 //! NAR files are streamed and decompressed as `file://` does it (the
 //! declared `none` and `br`, anything else by its magic bytes), on a
 //! blocking thread with a bounded buffer. A narinfo `URL` is relative to
@@ -425,7 +425,7 @@ impl Http {
     }
 
     /// The full URL of a narinfo `URL`: relative to the cache, or an
-    /// absolute HTTP(S) URL (SPEC §3.1).
+    /// absolute HTTP(S) URL (docs/formats.md §3.1).
     fn nar_url(&self, url: &str) -> Result<String, StoreError> {
         if url.starts_with("http://") || url.starts_with("https://") {
             return Ok(url.to_owned());

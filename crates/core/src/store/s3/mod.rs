@@ -1,5 +1,5 @@
 //! A binary cache in an S3 bucket (`s3://bucket[/prefix]`), in exactly the
-//! layout of a `file://` cache (SPEC §3.1), as Nix's `S3BinaryCacheStore`
+//! layout of a `file://` cache (docs/formats.md §3.1), as Nix's `S3BinaryCacheStore`
 //! reads and writes it; any S3-compatible service works (AWS, MinIO, Ceph,
 //! R2, B2). Requests go through the `object_store` crate.
 //!

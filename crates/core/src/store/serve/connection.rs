@@ -1,5 +1,5 @@
 //! [`ServeConnection`]: the client side of `nix-store --serve` over any pair
-//! of streams (SPEC §5.2–§5.4).
+//! of streams (docs/formats.md §5.2–§5.4).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -36,7 +36,7 @@ pub const EXPORT_MAGIC: u64 = 0x4558_494e;
 /// Buffer size of each direction of a connection, and of NAR copies.
 const BUFFER: usize = 64 * 1024;
 
-/// The commands of SPEC §5.3 this client sends.
+/// The commands of docs/formats.md §5.3 this client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
     QueryValidPaths = 1,
@@ -100,7 +100,7 @@ impl Pending {
     }
 }
 
-/// The metadata of one record of an export stream (SPEC §5.4).
+/// The metadata of one record of an export stream (docs/formats.md §5.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportInfo {
     /// The path.
@@ -154,7 +154,7 @@ impl<R, W> fmt::Debug for ServeConnection<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
     /// Opens a session: sends the client's magic number and version back
-    /// to back, then reads the server's (SPEC §5.2). `store_dir` is the
+    /// to back, then reads the server's (docs/formats.md §5.2). `store_dir` is the
     /// server's store directory, used to parse the paths it sends.
     ///
     /// # Errors
@@ -561,7 +561,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
     // --- ImportPaths (4) ---
 
     /// Adds paths from their NARs by sending an export stream (command 4,
-    /// SPEC §5.4), in the order given: references must be valid on the
+    /// docs/formats.md §5.4), in the order given: references must be valid on the
     /// server or come earlier. Each NAR must be exactly `nar_size` bytes
     /// and hash to `nar_hash`, which is checked here: only the path,
     /// references and deriver of each info are sent, and the server

@@ -1,8 +1,8 @@
 //! [`NarFramer`]: finds where a NAR ends in a stream that goes on after it.
 //!
 //! `DumpStorePath` replies and export records carry a bare NAR without a
-//! length (SPEC §5.3, §5.4): the only way to know where it ends is to follow
-//! its grammar (SPEC §1.1). The framer is a push parser with no I/O of its
+//! length (docs/formats.md §5.3, §5.4): the only way to know where it ends is to follow
+//! its grammar (docs/formats.md §1.1). The framer is a push parser with no I/O of its
 //! own: [`NarFramer::feed`] takes whatever bytes have arrived and says how
 //! many of them belong to the NAR. File contents are skipped by their
 //! length without being looked at, so a NAR of any size passes through in

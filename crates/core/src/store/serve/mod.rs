@@ -1,4 +1,4 @@
-//! The `nix-store --serve` protocol (SPEC §5) and the `ssh://` store built
+//! The `nix-store --serve` protocol (docs/formats.md §5) and the `ssh://` store built
 //! on it.
 //!
 //! Two layers:

@@ -1,4 +1,4 @@
-//! The protocol's primitives (SPEC §0) over tokio streams, bounded.
+//! The protocol's primitives (docs/formats.md §0) over tokio streams, bounded.
 //!
 //! Every length the peer sends is checked twice before anything is
 //! allocated: against a limit for its field (a store path, a signature,
@@ -104,7 +104,7 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
     }
 
     /// A `u64` that must fit 32 bits, as Nix reads magic numbers, versions
-    /// and flags (SPEC §0).
+    /// and flags (docs/formats.md §0).
     pub(super) async fn u32(&mut self, what: &'static str) -> Result<u32, ServeError> {
         let n = self.u64(what).await?;
         u32::try_from(n).map_err(|_| ServeError::Protocol {
