@@ -55,7 +55,7 @@
 //! nixferry reads what Nix 2.8 reads (docs/formats.md §3.3, "How the 2.8 reader
 //! tokenises a narinfo"), except where 2.8's leniency would silently misread
 //! a document or let two readers see different values. Every case of
-//! `vectors/narinfo/nix-2.8-narinfo-parser-results.txt` is a test in
+//! `testdata/vectors/narinfo/nix-2.8-narinfo-parser-results.txt` is a test in
 //! `tests/it/narinfo.rs`.
 //!
 //! | input | Nix 2.8 | nixferry |
