@@ -25,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use nixferry::hash::{HashAlgo, Hasher};
 use nixferry::narinfo::{CacheInfo, NarInfo};
 use nixferry::store::verify;
+use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 
 use super::handler::{self, Backend, Body, Server};
@@ -147,13 +148,10 @@ fn authorized(token: &str, header: Option<&HeaderValue>) -> bool {
 }
 
 /// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right.
+/// does not tell how much of a guess was right (only whether its length
+/// was).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
 }
 
 async fn read_body(server: &Server, mut body: Incoming, limit: u64) -> Result<Vec<u8>, Refusal> {
@@ -331,6 +329,8 @@ mod tests {
         assert!(authorized("sekrit", Some(&h("Bearer sekrit"))));
         assert!(authorized("sekrit", Some(&h("bearer  sekrit "))));
         assert!(!authorized("sekrit", Some(&h("Bearer sekrit2"))));
+        assert!(!authorized("sekrit", Some(&h("Bearer sekri"))));
+        assert!(!authorized("sekrit", Some(&h("Bearer sekrid"))));
         assert!(!authorized("sekrit", Some(&h("Bearer"))));
         assert!(!authorized("sekrit", None));
         // user:sekrit
