@@ -1,5 +1,4 @@
-//! The copy engine: copies a closure from any [`Store`] to any other
-//! (DESIGN.md, "How a copy flows").
+//! The copy engine: copies a closure from any [`Store`] to any other.
 //!
 //! 1. The closure of the roots is computed on the source with batched
 //!    queries ([`crate::closure`]).

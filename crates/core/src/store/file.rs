@@ -1,5 +1,5 @@
 //! A binary cache in a local directory (`file:///dir`), in exactly the
-//! layout `nix copy --to file://` writes (SPEC §3.1):
+//! layout `nix copy --to file://` writes (docs/formats.md §3.1):
 //!
 //! ```text
 //! <dir>/nix-cache-info                 StoreDir: /nix/store
@@ -16,7 +16,7 @@
 //! | `compression` | `xz` | `none`, `xz`, `zstd`, `bzip2` or `br` ([`crate::compression`]) |
 //! | `compression-level` | the method's Nix default | see [`crate::compression`] |
 //! | `parallel-compression` | `false` | compress xz and zstd on several threads: a NAR of 8 MiB or more gets the CPUs, shared with the other NARs being written at the time |
-//! | `write-nar-listing` | `false` | write `<hashPart>.ls` beside each narinfo (SPEC §3.6) |
+//! | `write-nar-listing` | `false` | write `<hashPart>.ls` beside each narinfo (docs/formats.md §3.6) |
 //! | `secret-key` | none | a secret key file: sign every narinfo written |
 //! | `want-mass-query`, `priority` | none | override `nix-cache-info`; written into it when the cache is created |
 //! | `trusted` | | accepted and ignored |
@@ -473,7 +473,7 @@ impl Inner {
         };
         let info = NarInfo::parse_in(&text, &self.store_dir)
             .map_err(|e| self.corrupt(format!("'{}': {e}", file.display())))?;
-        // Nix requires the hash part and the name to match (SPEC §3.1).
+        // Nix requires the hash part and the name to match (docs/formats.md §3.1).
         Ok((info.store_path() == path).then_some(info))
     }
 

@@ -9,11 +9,11 @@
 //!
 //! | URL | backend |
 //! |---|---|
-//! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (SPEC §3) |
-//! | `http://host/path`, `https://…` | [`mod@http`]: a binary cache served over HTTP(S) (SPEC §3) |
-//! | `s3://bucket[/prefix]?region=…&endpoint=…` | [`mod@s3`]: a binary cache in an S3 bucket (SPEC §3) |
-//! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (SPEC §6) |
-//! | `ssh://[user@]host[:port]?…` | [`serve`]: a Nix store behind `nix-store --serve` over ssh (SPEC §5) |
+//! | `file:///dir?compression=zstd&…` | [`mod@file`]: a binary cache in a directory (docs/formats.md §3) |
+//! | `http://host/path`, `https://…` | [`mod@http`]: a binary cache served over HTTP(S) (docs/formats.md §3) |
+//! | `s3://bucket[/prefix]?region=…&endpoint=…` | [`mod@s3`]: a binary cache in an S3 bucket (docs/formats.md §3) |
+//! | `local`, `/nix/store`, `local?root=/x` | [`mod@local`]: a Nix store read through its SQLite database (docs/formats.md §6) |
+//! | `ssh://[user@]host[:port]?…` | [`serve`]: a Nix store behind `nix-store --serve` over ssh (docs/formats.md §5) |
 //!
 //! # Design
 //!
@@ -166,7 +166,7 @@ impl PathInfo {
         }
     }
 
-    /// The fingerprint signatures are made over (SPEC §4.2).
+    /// The fingerprint signatures are made over (docs/formats.md §4.2).
     pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
         crate::narinfo::fingerprint(
             store_dir,
@@ -178,7 +178,7 @@ impl PathInfo {
     }
 
     /// Whether the path's content-address claim holds, which makes it
-    /// trusted without signatures (SPEC §2.7, §4.4).
+    /// trusted without signatures (docs/formats.md §2.7, §4.4).
     pub fn ca_verifies(&self, store_dir: &StoreDir) -> bool {
         self.ca
             .as_ref()

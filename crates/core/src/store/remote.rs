@@ -1,13 +1,13 @@
 //! What binary caches kept away from the local file system have in common:
 //! HTTP servers and S3 buckets hold the same files as a `file://` cache
-//! (SPEC §3.1) and differ only in how a file is fetched, looked for and
+//! (docs/formats.md §3.1) and differ only in how a file is fetched, looked for and
 //! uploaded. [`RemoteCache`] implements the binary cache on top of the
 //! few operations of [`Blobs`] that each of them provides.
 //!
 //! Reading: `nix-cache-info` on first use (its `StoreDir` must be this
 //! store's; a cache without one is read as one for `/nix/store`), then
 //! narinfos, [`PARALLEL_REQUESTS`] at a time, a narinfo naming another path
-//! with the same hash part counting as absent (SPEC §3.1), and NAR files
+//! with the same hash part counting as absent (docs/formats.md §3.1), and NAR files
 //! streamed and decompressed on a blocking thread as `file://` does it.
 //!
 //! Writing, as Nix does: the NAR is first read through the strict NAR
@@ -140,7 +140,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A narinfo `URL` that is a path inside the cache: relative, without
-/// `..` components or a scheme (SPEC §3.1).
+/// `..` components or a scheme (docs/formats.md §3.1).
 pub(crate) fn relative_key(url: &str) -> Option<&str> {
     let inside = !url.is_empty()
         && !url.contains("://")
@@ -276,7 +276,7 @@ impl<B: Blobs> RemoteCache<B> {
 
     async fn fetch_narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
         let info = self.fetch_by_hash_part(path.hash_part()).await?;
-        // Nix requires the hash part and the name to match (SPEC §3.1).
+        // Nix requires the hash part and the name to match (docs/formats.md §3.1).
         Ok(info.filter(|info| info.store_path() == path))
     }
 

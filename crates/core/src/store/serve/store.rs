@@ -30,7 +30,7 @@ const MAX_CONNECTIONS: usize = 1024;
 
 /// A Nix store on another machine (`ssh://[user@]host[:port]`), or one
 /// reached by a local `nix-store --serve --write` process, spoken to with
-/// the serve protocol (SPEC §5).
+/// the serve protocol (docs/formats.md §5).
 ///
 /// Connections are opened when first needed, up to `max-connections`
 /// (default 1) at a time, and kept for reuse; each is one `ssh` (or local)
@@ -39,7 +39,7 @@ const MAX_CONNECTIONS: usize = 1024;
 ///
 /// Paths are added with AddToStoreNar (ImportPaths for servers older than
 /// protocol 2.5). The server checks each NAR's hash but not signatures
-/// (SPEC §5.1, trust note), so write access over ssh amounts to write
+/// (docs/formats.md §5.1, trust note), so write access over ssh amounts to write
 /// access to the remote store; signatures are kept as given.
 ///
 /// ```no_run
