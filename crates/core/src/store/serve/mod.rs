@@ -74,7 +74,7 @@ pub enum ServeError {
     },
     /// The server sent something that breaks the protocol or exceeds a
     /// limit.
-    #[error("invalid {what} from the server: {reason}")]
+    #[error("{what} from the server is invalid: {reason}")]
     Protocol {
         /// What was being read.
         what: &'static str,
