@@ -6,6 +6,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+from typing import NoReturn
 
 import pytest
 
@@ -28,21 +29,30 @@ def vectors() -> pathlib.Path:
     return VECTORS
 
 
+def required() -> bool:
+    """Whether every test must run: in CI, or when NIXFERRY_REQUIRE_NIX is
+    set (the test command sets it). A test that lacks what it needs then
+    fails instead of skipping."""
+    return any(os.environ.get(var) for var in ("CI", "NIXFERRY_REQUIRE_NIX"))
+
+
+def skip(what: str) -> NoReturn:
+    """Skips the test for want of ``what``; fails it when :func:`required`."""
+    if required():
+        pytest.fail(f"{what}: the test cannot run, and CI or NIXFERRY_REQUIRE_NIX is set")
+    pytest.skip(what)
+
+
 def have_nix() -> bool:
-    """Whether Nix is here; with NIXFERRY_REQUIRE_NIX set, its absence fails
-    the test instead of skipping it."""
-    if shutil.which("nix-store") and shutil.which("nix"):
-        return True
-    if os.environ.get("NIXFERRY_REQUIRE_NIX"):
-        pytest.fail("Nix is required (NIXFERRY_REQUIRE_NIX is set) but not installed")
-    return False
+    """Whether Nix is here."""
+    return bool(shutil.which("nix-store") and shutil.which("nix"))
 
 
 @pytest.fixture
 def nix() -> object:
     """Runs a Nix command with the test configuration; skips without Nix."""
     if not have_nix():
-        pytest.skip("Nix is not installed")
+        skip("Nix is not installed")
 
     def run(*args: str | os.PathLike[str], input: bytes | None = None) -> bytes:
         env = dict(os.environ, NIX_CONFIG=NIX_CONFIG)

@@ -6,6 +6,12 @@ import io
 import json
 import os
 import pathlib
+import pwd
+import shutil
+import signal
+import tempfile
+import time
+import warnings
 
 import pytest
 
@@ -215,6 +221,8 @@ def test_os_errors(tmp_path: pathlib.Path) -> None:
                 nar.dump_bytes(locked)
         finally:
             locked.chmod(0o755)
+    else:
+        assert _dump_as_nobody_a_directory_nobody_may_read() == "PermissionError"
     sock_dir = tmp_path / "fifo"
     sock_dir.mkdir()
     os.mkfifo(sock_dir / "f")
@@ -222,6 +230,47 @@ def test_os_errors(tmp_path: pathlib.Path) -> None:
         nar.dump_bytes(sock_dir)
     with pytest.raises(TypeError):
         nar.validate(42)  # type: ignore[arg-type]
+
+
+def _dump_as_nobody_a_directory_nobody_may_read() -> str:
+    """What ``nar.dump_bytes`` raises for the user nobody (root reads
+    anything) on a directory of mode 0: in a child process that gives up
+    root, and that is killed if it does not answer within two minutes."""
+    nobody = pwd.getpwnam("nobody")
+    outer = pathlib.Path(tempfile.mkdtemp())
+    try:
+        outer.chmod(0o755)
+        locked = outer / "locked"
+        locked.mkdir(mode=0)
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            # Forking a process with threads: the child only calls nixferry.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            outcome = "nothing"
+            try:
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                nar.dump_bytes(locked)
+            except BaseException as e:
+                outcome = type(e).__name__
+            finally:
+                os.write(write_end, outcome.encode())
+                os._exit(0)
+        os.close(write_end)
+        deadline = time.monotonic() + 120
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the child running as nobody hung")
+            time.sleep(0.01)
+        with os.fdopen(read_end, "rb") as r:
+            return r.read().decode()
+    finally:
+        shutil.rmtree(outer)
 
 
 def test_stream_exceptions_propagate(tmp_path: pathlib.Path) -> None:

@@ -37,18 +37,34 @@ pub(crate) fn run_text(cmd: &mut Command) -> String {
         .to_owned()
 }
 
-/// Whether Nix is usable. When the test suite requires Nix (CI, or the
-/// README test command) a missing Nix is a failure, not a skip.
+/// Whether the test suite must run every test: in CI, or when
+/// `NIXFERRY_REQUIRE_NIX` is set (the test command sets it). A test that
+/// lacks what it needs then fails instead of skipping.
+pub(crate) fn required() -> bool {
+    ["CI", "NIXFERRY_REQUIRE_NIX"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+}
+
+/// Says that a test skips (the caller returns next) for want of `what`;
+/// fails it instead when [`required`].
+#[track_caller]
+pub(crate) fn skip(what: &str) {
+    assert!(
+        !required(),
+        "{what}: the test cannot run, and CI or NIXFERRY_REQUIRE_NIX is set"
+    );
+    eprintln!("note: {what}; skipping a test");
+}
+
+/// Whether Nix is usable; when it is not, the test [skips](skip).
 pub(crate) fn have_nix() -> bool {
     let found = Command::new("nix-store")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-        || std::env::var_os("NIXFERRY_REQUIRE_NIX").is_some_and(|v| !v.is_empty());
-    assert!(found || !required, "nix-store is required but not found");
     if !found {
-        eprintln!("note: nix-store not found; skipping a test that compares with Nix");
+        skip("nix-store not found");
     }
     found
 }

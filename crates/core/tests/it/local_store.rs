@@ -20,7 +20,7 @@ use nixferry::store_path::{ContentAddress, StoreDir, StorePath};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt as _;
 
-use crate::common::{have_nix, nix_command, read_vector, vector};
+use crate::common::{have_nix, nix_command, read_vector, skip, vector};
 
 fn open(url: &str) -> LocalStore {
     LocalStore::open(&StoreUrl::parse(url).unwrap()).unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -517,7 +517,7 @@ async fn unprivileged_reader_gets_a_clear_error() {
             .is_ok_and(|o| o.status.success())
     };
     if !is_root || !can_run(&["test", "-x", exe.to_str().unwrap()]) {
-        eprintln!("note: needs root, runuser and a test binary that nobody can run; skipped");
+        skip("needs root, runuser, and a test binary that the user nobody can run");
         return;
     }
     let root = vector_chroot();
