@@ -250,7 +250,7 @@ fn decode_hex_into(s: &[u8], out: &mut [u8]) -> Option<()> {
 
 /// Decodes hex of any even length.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let mut out = vec![0u8; s.len() / 2];

@@ -258,7 +258,7 @@ mod tests {
     fn file(size: u64) -> Node {
         Node::File {
             contents: (0..size).map(|i| (i * 131 % 251) as u8).collect(),
-            executable: size % 3 == 0,
+            executable: size.is_multiple_of(3),
         }
     }
 
