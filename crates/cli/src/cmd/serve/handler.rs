@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
 use super::metrics::Metrics;
+use super::range::{ByteRange, Requested};
 use super::route::{self, Kind, Route};
 
 /// A response body.
@@ -325,10 +326,13 @@ impl Server {
                 self.cache_info().await.into(),
             )),
             Route::Metrics => Ok(full(CT_METRICS, "no-store", self.metrics.render().into())),
-            _ => match &self.backend {
-                Backend::Files { root } => self.get_file(root, route, req).await,
-                Backend::Store(s) => self.get_from_store(s, route, head).await,
-            },
+            _ => {
+                let range = Requested::of(req.method(), req.headers());
+                match &self.backend {
+                    Backend::Files { root } => self.get_file(root, route, range.as_ref()).await,
+                    Backend::Store(s) => self.get_from_store(s, route, head, range.as_ref()).await,
+                }
+            }
         }
     }
 
@@ -336,7 +340,7 @@ impl Server {
         &self,
         root: &Path,
         route: &Route,
-        req: &Request<Incoming>,
+        range: Option<&Requested>,
     ) -> anyhow::Result<Response<Body>> {
         let Some(rel) = route.relative() else {
             return Ok(not_found());
@@ -368,38 +372,18 @@ impl Server {
             Route::Listing(_) => (CT_JSON, CACHE_DAY),
             _ => (CT_TEXT, CACHE_DAY),
         };
-        let range = match req.headers().get(header::RANGE) {
-            Some(h) if matches!(route, Route::Nar { .. }) => {
-                h.to_str().ok().and_then(|h| parse_range(h, len))
-            }
-            _ => None,
-        };
-        let mut builder = Response::builder()
+        let builder = Response::builder()
             .header(header::CONTENT_TYPE, ctype)
-            .header(header::CACHE_CONTROL, cache);
-        if matches!(route, Route::Nar { .. }) {
-            builder = builder.header(header::ACCEPT_RANGES, "bytes");
-        }
-        let response = match range {
-            None => builder
-                .header(header::CONTENT_LENGTH, len)
-                .body(stream_body(Box::pin(file))),
-            Some(Err(())) => builder
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
-                .header(header::CONTENT_LENGTH, 0)
-                .body(empty()),
-            Some(Ok((start, end))) => {
-                file.seek(io::SeekFrom::Start(start)).await?;
-                let n = end - start + 1;
-                builder
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
-                    .header(header::CONTENT_LENGTH, n)
-                    .body(stream_body(Box::pin(file.take(n))))
-            }
+            .header(header::CACHE_CONTROL, cache)
+            .header(header::ACCEPT_RANGES, "bytes");
+        let (builder, send) = ByteRange::of(range, len).respond(builder, len);
+        let Some((start, n)) = send else {
+            return Ok(builder.body(empty())?);
         };
-        Ok(response?)
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start)).await?;
+        }
+        Ok(builder.body(stream_body(Box::pin(file.take(n))))?)
     }
 
     async fn get_from_store(
@@ -407,6 +391,7 @@ impl Server {
         s: &StoreBackend,
         route: &Route,
         head: bool,
+        range: Option<&Requested>,
     ) -> anyhow::Result<Response<Body>> {
         match route {
             Route::NarInfo(hash) => {
@@ -432,13 +417,26 @@ impl Server {
                     .header(header::CACHE_CONTROL, CACHE_IMMUTABLE);
                 match ext.as_str() {
                     "" => {
-                        let builder = builder.header(header::CONTENT_LENGTH, info.nar_size);
-                        if head {
+                        // A range is dumped from the start, its first
+                        // bytes skipped: costly for a range far into a big
+                        // NAR, but no more than the whole NAR.
+                        let len = info.nar_size;
+                        let builder = builder.header(header::ACCEPT_RANGES, "bytes");
+                        let (builder, send) = ByteRange::of(range, len).respond(builder, len);
+                        let Some((start, n)) = send.filter(|_| !head) else {
                             return Ok(builder.body(empty())?);
+                        };
+                        let mut nar = s.store.nar(&info).await?;
+                        let skipped =
+                            tokio::io::copy(&mut (&mut nar).take(start), &mut tokio::io::sink())
+                                .await?;
+                        if skipped < start {
+                            anyhow::bail!("the NAR of {} ended early", info.path);
                         }
-                        let nar = s.store.nar(&info).await?;
-                        Ok(builder.body(stream_body(nar))?)
+                        Ok(builder.body(stream_body(Box::pin(nar.take(n))))?)
                     }
+                    // Compressed on the fly: the length is unknown, so a
+                    // `Range` is ignored and the whole file sent.
                     ".zst" => {
                         if head {
                             return Ok(builder.body(empty())?);
@@ -534,39 +532,6 @@ fn absent(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(36) // ENAMETOOLONG
 }
 
-/// A single byte range of a `Range` header: `None` to ignore the header
-/// (malformed, or several ranges: the whole file is sent), `Err` for a
-/// range outside the file (416).
-pub(super) fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = header.trim().strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 || len == 0 {
-            return Some(Err(()));
-        }
-        return Some(Ok((len.saturating_sub(n), len - 1)));
-    }
-    let start: u64 = a.parse().ok()?;
-    let end = if b.is_empty() {
-        None
-    } else {
-        Some(b.parse::<u64>().ok()?)
-    };
-    if end.is_some_and(|e| e < start) {
-        return None;
-    }
-    if start >= len {
-        return Some(Err(()));
-    }
-    let end = end.map_or(len - 1, |e| e.min(len - 1));
-    Some(Ok((start, end)))
-}
-
 /// A body streaming what `reader` gives. Its length is in the response's
 /// `Content-Length`, so a reader that fails or ends early shows as a
 /// truncated transfer.
@@ -648,7 +613,7 @@ pub(super) fn not_found() -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, Bytes, RecentNarinfos, MAX_RECENT_NARINFOS, RECENT_NARINFO_TTL};
+    use super::{Bytes, RecentNarinfos, MAX_RECENT_NARINFOS, RECENT_NARINFO_TTL};
 
     #[test]
     fn recent_narinfos_expire_and_stay_bounded() {
@@ -662,20 +627,5 @@ mod tests {
         assert!(recent.map.lock().unwrap().len() <= MAX_RECENT_NARINFOS);
         std::thread::sleep(RECENT_NARINFO_TTL + std::time::Duration::from_millis(100));
         assert_eq!(recent.get("1"), None);
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
-        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
-        assert_eq!(parse_range("bytes=90-200", 100), Some(Ok((90, 99))));
-        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
-        assert_eq!(parse_range("bytes=-200", 100), Some(Ok((0, 99))));
-        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
-        assert_eq!(parse_range("bytes=-0", 100), Some(Err(())));
-        assert_eq!(parse_range("bytes=5-1", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        assert_eq!(parse_range("bytes=x-1", 100), None);
     }
 }

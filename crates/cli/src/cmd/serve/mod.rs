@@ -13,6 +13,7 @@
 
 mod handler;
 mod metrics;
+mod range;
 mod route;
 mod upload;
 
