@@ -140,12 +140,15 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A narinfo `URL` that is a path inside the cache: relative, without
-/// `..` components or a scheme (docs/formats.md §3.1).
+/// `..` components or a scheme (docs/formats.md §3.1). URL parsers (the
+/// HTTP client's among them) also read `\` as `/` and `%2e` as `.`, so
+/// those spellings of a climb out of the cache are refused too.
 pub(crate) fn relative_key(url: &str) -> Option<&str> {
+    let dot_dot = |c: &str| c.to_ascii_lowercase().replace("%2e", ".") == "..";
     let inside = !url.is_empty()
         && !url.contains("://")
-        && !url.starts_with('/')
-        && !url.split('/').any(|c| c == "..");
+        && !url.starts_with(['/', '\\'])
+        && !url.split(['/', '\\']).any(dot_dot);
     inside.then_some(url)
 }
 
@@ -561,13 +564,19 @@ mod tests {
 
     #[test]
     fn relative_keys() {
-        assert_eq!(relative_key("nar/a.nar.xz"), Some("nar/a.nar.xz"));
+        for good in ["nar/a.nar.xz", "nar/a..b.nar", "nar/%2e.nar", "nar/./a.nar"] {
+            assert_eq!(relative_key(good), Some(good));
+        }
         for bad in [
             "",
             "file:///etc/passwd",
             "/abs",
             "nar/../../x",
             "http://o/n",
+            "nar/%2e%2e/%2E%2e/x",
+            "nar/.%2e/x",
+            "nar\\..\\..\\x",
+            "\\x",
         ] {
             assert_eq!(relative_key(bad), None, "{bad}");
         }
