@@ -11,11 +11,15 @@ Options to check the client:
   --fail N             answer the first N requests with --fail-status
   --fail-status CODE   (default 503), with "Retry-After: --retry-after"
   --retry-after S      seconds (default: no header)
+  --early FILE         append "METHOD PATH" per request that comes before
+                       the Retry-After of the last failure has passed
   --drop N             close the connection without an answer, N times
                        (after the --fail ones)
   --put-status CODE    answer every PUT with this status, writing nothing
   --tls-cert FILE      speak HTTPS, with this certificate chain (PEM)
   --tls-key FILE       and this key (PEM)
+  --connections FILE   append a line per connection accepted, whether its
+                       TLS handshake succeeds or not
 """
 
 import argparse
@@ -25,10 +29,14 @@ import os
 import ssl
 import sys
 import threading
+import time
 
 args = None
 lock = threading.Lock()
 counts = {"fail": 0, "drop": 0}
+# When the client may ask again, after a failure answered with Retry-After
+# (time.monotonic()).
+retry_not_before = [0.0]
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -41,6 +49,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def record(self):
+        if args.early and time.monotonic() < retry_not_before[0]:
+            with lock, open(args.early, "a") as f:
+                f.write(f"{self.command} {self.path}\n")
         if args.log:
             with lock, open(args.log, "a") as f:
                 ct = self.headers.get("Content-Type", "-")
@@ -75,6 +86,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 extra = []
                 if args.retry_after is not None:
                     extra.append(("Retry-After", str(args.retry_after)))
+                    retry_not_before[0] = time.monotonic() + args.retry_after
                 self.answer(args.fail_status, extra)
                 return True, body
             if counts["drop"] < args.drop:
@@ -122,6 +134,24 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.answer(201)
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def get_request(self):
+        # With TLS, accepting includes the handshake, which may fail.
+        outcome = "accepted"
+        try:
+            return super().get_request()
+        except ssl.SSLError as e:
+            outcome = e.reason or "tls-error"
+            raise
+        except OSError:
+            outcome = "closed"
+            raise
+        finally:
+            if args.connections:
+                with lock, open(args.connections, "a") as f:
+                    f.write(f"{outcome}\n")
+
+
 def main():
     global args
     p = argparse.ArgumentParser()
@@ -133,12 +163,14 @@ def main():
     p.add_argument("--fail", type=int, default=0)
     p.add_argument("--fail-status", type=int, default=503)
     p.add_argument("--retry-after", type=int)
+    p.add_argument("--early")
     p.add_argument("--drop", type=int, default=0)
     p.add_argument("--put-status", type=int)
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--connections")
     args = p.parse_args()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key)
