@@ -172,14 +172,20 @@ impl S3 {
 
     /// A boto3 helper of the harness, its JSON output parsed.
     fn query(&self, what: &str, bucket: &str) -> Vec<serde_json::Value> {
-        let out = run(Command::new(python())
-            .arg(harness())
+        let out = run(&mut self.boto(what, bucket));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The harness's boto3 command `what` on `bucket` of this server.
+    fn boto(&self, what: &str, bucket: &str) -> Command {
+        let mut c = Command::new(python());
+        c.arg(harness())
             .args([what, "--endpoint"])
             .arg(format!("http://127.0.0.1:{}", self.server.port))
             .arg("--creds-file")
             .arg(self.dir.path().join("creds.json"))
-            .args(["--bucket", bucket]));
-        serde_json::from_slice(&out.stdout).unwrap()
+            .args(["--bucket", bucket]);
+        c
     }
 
     /// The keys in `bucket`.
@@ -196,13 +202,9 @@ impl S3 {
     /// Uploads `file` as the object `key` of `bucket`, behind nixferry's
     /// back.
     pub(crate) fn put(&self, bucket: &str, key: &str, file: &Path) {
-        run(Command::new(python())
-            .arg(harness())
-            .args(["put", "--endpoint"])
-            .arg(format!("http://127.0.0.1:{}", self.server.port))
-            .arg("--creds-file")
-            .arg(self.dir.path().join("creds.json"))
-            .args(["--bucket", bucket, "--key", key, "--file"])
+        run(self
+            .boto("put", bucket)
+            .args(["--key", key, "--file"])
             .arg(file));
     }
 
@@ -220,13 +222,9 @@ impl S3 {
             .filter(|k| k.starts_with(prefix) && k.ends_with(".narinfo"));
         for key in narinfos {
             let file = dir.path().join("n");
-            run(Command::new(python())
-                .arg(harness())
-                .args(["get", "--endpoint"])
-                .arg(format!("http://127.0.0.1:{}", self.server.port))
-                .arg("--creds-file")
-                .arg(self.dir.path().join("creds.json"))
-                .args(["--bucket", bucket, "--key", key, "--out"])
+            run(self
+                .boto("get", bucket)
+                .args(["--key", key, "--out"])
                 .arg(&file));
             let text = fs::read_to_string(&file).unwrap();
             let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
