@@ -263,10 +263,12 @@ impl Server {
             },
             (Some(r), &Method::PUT) => super::upload::put(&self, &r, req).await,
             (Some(_), _) => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
-                r
+                let allow = if self.write {
+                    "GET, HEAD, PUT"
+                } else {
+                    "GET, HEAD"
+                };
+                method_not_allowed(allow, "method not allowed\n")
             }
         };
         let status = response.status().as_u16();
@@ -475,7 +477,15 @@ pub(super) async fn open_in(root: &Path, rel: &str) -> io::Result<Option<(tokio:
     Ok(found.map(|(file, len)| (tokio::fs::File::from_std(file), len)))
 }
 
-/// Reads a small file under `root` (at most 1 MiB), as [`open_in`].
+/// The largest file [`read_small`] reads: the longest narinfo nixferry
+/// accepts.
+const MAX_SMALL_FILE: u64 = nixferry::narinfo::MAX_NARINFO_LEN as u64;
+
+/// Reads a small file under `root`, as [`open_in`].
+///
+/// # Errors
+/// As [`open_in`], and for a file over [`MAX_SMALL_FILE`] (never served
+/// cut short).
 pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
     let (root, rel) = (root.to_owned(), rel.to_owned());
     blocking(move || {
@@ -483,7 +493,13 @@ pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<
             return Ok(None);
         };
         let mut buf = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(file, 1 << 20), &mut buf)?;
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_SMALL_FILE + 1), &mut buf)?;
+        if buf.len() as u64 > MAX_SMALL_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("'{rel}' is larger than {MAX_SMALL_FILE} bytes"),
+            ));
+        }
         Ok(Some(buf))
     })
     .await
@@ -604,6 +620,14 @@ pub(super) fn full(ctype: &'static str, cache: &'static str, body: Bytes) -> Res
 pub(super) fn text(status: StatusCode, message: impl Into<Bytes>) -> Response<Body> {
     let mut r = full(CT_TEXT, CACHE_NONE, message.into());
     *r.status_mut() = status;
+    r
+}
+
+/// A 405 answer, with the methods that are allowed (as `Allow` must).
+pub(super) fn method_not_allowed(allow: &'static str, message: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, message);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 

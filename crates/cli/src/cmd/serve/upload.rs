@@ -42,14 +42,14 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Answers a `PUT`.
 pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) -> Response<Body> {
     if !server.write {
-        return handler::text(
-            StatusCode::METHOD_NOT_ALLOWED,
+        return handler::method_not_allowed(
+            "GET, HEAD",
             "this cache is read-only (the server was not started with --write)\n",
         );
     }
     let Backend::Files { root } = &server.backend else {
-        return handler::text(
-            StatusCode::METHOD_NOT_ALLOWED,
+        return handler::method_not_allowed(
+            "GET, HEAD",
             "uploads need a file:// store behind the server\n",
         );
     };
@@ -66,7 +66,7 @@ pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) 
         return r;
     }
     let Some(rel) = route.relative() else {
-        return handler::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        return handler::method_not_allowed("GET, HEAD", "method not allowed\n");
     };
     let result = match route {
         Route::NarInfo(hash) => put_narinfo(server, root, &rel, hash, req.into_body()).await,
