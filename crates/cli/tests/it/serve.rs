@@ -215,6 +215,8 @@ pub(crate) fn narinfo_field(narinfo: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Hostile requests the load test mixes in (all of them, each with its
+/// answer, are in `security::requests`).
 const HOSTILE: &[&str] = &[
     "/../../../../etc/passwd",
     "/%2e%2e/%2e%2e/etc/passwd",
@@ -233,13 +235,6 @@ const HOSTILE: &[&str] = &[
 fn serves_a_file_cache_safely() {
     let tmp = tempfile::tempdir().unwrap();
     let (cache, pk, paths) = cache_with_paths(tmp.path());
-    // A symlink out of the cache, with a name of the layout.
-    let secret = tmp.path().join("secret");
-    fs::write(&secret, "do not serve\n").unwrap();
-    let evil = "0000000000000000000000000000000a";
-    std::os::unix::fs::symlink(&secret, cache.join(format!("{evil}.narinfo"))).unwrap();
-    std::os::unix::fs::symlink(&secret, cache.join(format!("log/{evil}-x.drv"))).unwrap();
-
     let server = Server::start(&[
         "--store",
         &format!("file://{}", cache.display()),
@@ -322,31 +317,7 @@ fn serves_a_file_cache_safely() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.header("cache-control"), Some("no-cache"));
 
-    // Hostile requests.
-    for bad in HOSTILE {
-        let r = server.get(bad);
-        assert!(r.status == 404 || r.status == 400, "{bad}: {}", r.status);
-        assert!(!String::from_utf8_lossy(&r.body).contains("root:"), "{bad}");
-    }
-    for bad in [format!("/{evil}.narinfo"), format!("/log/{evil}-x.drv")] {
-        let r = server.get(&bad);
-        assert_eq!(r.status, 404, "{bad}");
-        assert!(!String::from_utf8_lossy(&r.body).contains("do not serve"));
-    }
-    let long = format!("/{}.narinfo", "a".repeat(100_000));
-    let r = server.get(&long);
-    assert!(r.status >= 400 && r.status < 500, "{}", r.status);
-    // Read-only: uploads refused.
-    let r = request(
-        server.port,
-        "PUT",
-        "/nix-cache-info",
-        &[],
-        Some(b"StoreDir: /nix/store\n"),
-    );
-    assert_eq!(r.status, 405);
-    // Still answering.
-    assert_eq!(server.get(&format!("/{hash}.narinfo")).status, 200);
+    // Hostile requests and ranges, on every backend: security::requests.
 
     // nixferry's own HTTP client copies everything back, verified.
     let back = tmp.path().join("back");
@@ -383,8 +354,8 @@ fn serves_a_file_cache_safely() {
     };
     assert!(counter("nixferry_http_sent_bytes_total") > nar_bytes.len() as u64);
     assert!(counter("nixferry_narinfo_hits_total") >= 5);
-    assert!(counter("nixferry_narinfo_misses_total") >= 2);
-    assert!(counter("nixferry_http_request_duration_seconds_count") > 20);
+    assert!(counter("nixferry_narinfo_misses_total") >= 1);
+    assert!(counter("nixferry_http_request_duration_seconds_count") > 15);
 
     assert!(server.terminate().success());
 }
