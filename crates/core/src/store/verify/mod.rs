@@ -9,9 +9,9 @@
 //! hashed, and compared with `NarHash` and `NarSize` before the path
 //! becomes visible there:
 //!
-//! - [`Verified`] wraps a NAR stream and fails at its end (or as soon as it
-//!   runs past `narSize`) when the bytes do not match; the copy engine
-//!   reads every source through it.
+//! - `Verified` (crate-private) wraps a NAR stream and fails at its end
+//!   (or as soon as it runs past `narSize`) when the bytes do not match;
+//!   the copy engine reads every source through it.
 //! - [`NarFileCheck`] runs beside code that copies a *compressed* NAR file
 //!   byte for byte (a copy between binary caches of the same compression):
 //!   a second thread decompresses each chunk and decodes the NAR, so the
