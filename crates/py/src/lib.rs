@@ -24,6 +24,10 @@
 //!   `FileNotFoundError`, `PermissionError` and the other `OSError`
 //!   subclasses, with `errno` and `filename`.
 
+// The crate has no Rust API: these docs are for the module's maintainers
+// and point them to its private modules.
+#![allow(rustdoc::private_intra_doc_links)]
+
 use std::sync::OnceLock;
 
 use pyo3::prelude::*;
