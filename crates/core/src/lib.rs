@@ -16,6 +16,7 @@
 //! slices, never panic on any input, and bound every length and depth that
 //! comes from untrusted data.
 
+pub mod atomic;
 mod backoff;
 pub mod closure;
 pub mod compression;

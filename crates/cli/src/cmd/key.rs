@@ -1,11 +1,10 @@
 //! `nixferry key ...`
 
-use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use nixferry::atomic::AtomicFile;
 use nixferry::signing::SecretKey;
 
 use crate::cli::KeyCommand;
@@ -33,16 +32,15 @@ pub(super) fn run(cmd: KeyCommand) -> Result<(), Failure> {
     }
 }
 
-/// Creates `path` (which must not exist) with `mode` and writes `text`.
+/// Creates `path` (which must not exist) with `mode` and writes `text`,
+/// whole or not at all (a temporary file, put in place only if `path` is
+/// still free).
 fn write_new(path: &Path, mode: u32, text: &str) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating '{}'", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    let mut tmp = AtomicFile::create_with_mode(path, mode)?;
+    tmp.as_file_mut()
+        .write_all(text.as_bytes())
+        .with_context(|| format!("writing '{}'", tmp.path().display()))?;
+    tmp.commit_new(path)?;
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub(super) fn run(cmd: NarinfoCommand) -> Result<(), Failure> {
             }
             let text = info.render();
             if in_place {
-                nixferry::store::file::write_atomic(&file, text.as_bytes())?;
+                nixferry::atomic::write_atomic(&file, text.as_bytes())?;
             } else {
                 super::print(&text)?;
             }

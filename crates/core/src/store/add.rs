@@ -1,9 +1,8 @@
 //! Adding content that Nix never saw, as `nix-store --add` would.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Seek as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::io::{BufWriter, Seek as _, Write as _};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{PathInfo, Store, StoreError};
@@ -79,47 +78,20 @@ pub async fn add_to_store(
 
 /// Dumps `source` as a NAR into an unlinked temporary file, rewound.
 fn dump_to_temp(source: &Path) -> Result<(File, nar::NarSummary), StoreError> {
-    let (mut file, tmp) = anonymous_temp()?;
-    let io_err = |source| StoreError::Io {
-        what: "writing",
-        path: tmp.display().to_string(),
-        source,
+    // Already removed from the temporary directory, so that nothing is
+    // left behind whatever happens.
+    let io_err = |what| {
+        move |source| StoreError::Io {
+            what,
+            path: format!("a temporary file in '{}'", std::env::temp_dir().display()),
+            source,
+        }
     };
+    let mut file = tempfile::tempfile().map_err(io_err("creating"))?;
     let mut w = BufWriter::with_capacity(BUFFER, &mut file);
     let summary = nar::dump(source, &mut w)?;
-    w.flush().map_err(io_err)?;
+    w.flush().map_err(io_err("writing"))?;
     drop(w);
-    file.rewind().map_err(io_err)?;
+    file.rewind().map_err(io_err("writing"))?;
     Ok((file, summary))
-}
-
-/// A new file in the temporary directory, already removed from it so that
-/// nothing is left behind whatever happens.
-fn anonymous_temp() -> Result<(File, PathBuf), StoreError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir();
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("nixferry-add.{}.{n}.nar", std::process::id()));
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => {
-                let _ = fs::remove_file(&path);
-                return Ok((file, path));
-            }
-            // A leftover of another process with the same pid: next name.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    what: "creating",
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        }
-    }
 }

@@ -28,12 +28,12 @@
 //! A NAR handed to [`Store::add_path`] is untrusted. It is read on a
 //! blocking thread through the strict NAR decoder (as Nix 2.8 does, which
 //! parses every NAR it adds to a binary cache), and on the way hashed,
-//! compressed and written to `nar/<hashPart>.tmp.<pid>.<n>`, whose own hash
-//! gives the final name. The file is flushed to disk and renamed to
+//! compressed and written to `nar/<hashPart>.tmp.<pid>.<random>`, whose own
+//! hash gives the final name. The file is flushed to disk and renamed to
 //! `nar/<fileHash>.nar<ext>` (unless a file of that name is there already:
 //! NAR files are content-addressed), then the listing is written if asked,
-//! and the narinfo last, atomically (temporary file, fsync, rename, fsync of
-//! the directory). So a reader never sees a narinfo whose NAR is missing,
+//! and the narinfo last, atomically ([`crate::atomic`]: temporary file,
+//! fsync, rename, fsync of the directory). So a reader never sees a narinfo whose NAR is missing,
 //! and a crash leaves at most temporary files and unreferenced NAR files.
 //! With `fsync=false` (Nix itself never flushes binary cache files), the
 //! order of renames still protects against the process dying, but not
@@ -74,10 +74,10 @@
 //! must be a relative path inside the cache without `..` components.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio_util::io::SyncIoBridge;
@@ -88,6 +88,7 @@ use super::{
     url::Scheme, Capabilities, CompressedNar, NarFile, NarStream, PathInfo, Store, StoreError,
     StoreUrl, UrlError,
 };
+use crate::atomic;
 use crate::compression::{self, Compression};
 use crate::hash::{HashingWriter, NixHash};
 use crate::nar::{self, NarError, NarSummary};
@@ -427,7 +428,7 @@ fn read_or_create_cache_info(
             let mut info = CacheInfo::new(store_dir.clone());
             info.want_mass_query = want_mass_query.unwrap_or(false);
             info.priority = priority;
-            write_atomic(&path, info.render().as_bytes())?;
+            atomic::write_atomic(&path, info.render().as_bytes())?;
             info
         }
         Err(e) => return Err(io_err("reading", &path)(e)),
@@ -556,26 +557,27 @@ impl Inner {
         } else {
             tmp.persist(&nar_path)?;
             if self.fsync {
-                sync_dir(&self.root.join("nar"))?;
+                atomic::sync_dir(&self.root.join("nar"))?;
             }
         }
         if let Some(listing) = listing {
             let ls = self.root.join(format!("{}.ls", info.path.hash_part()));
-            write_file(&ls, listing.to_json().as_bytes(), self.fsync)?;
+            atomic::write(&ls, listing.to_json().as_bytes(), self.fsync)?;
         }
         let narinfo = self.writer.narinfo(info, file)?;
-        write_file(
+        atomic::write(
             &self.narinfo_path(&info.path),
             narinfo.as_str().as_bytes(),
             self.fsync,
-        )
+        )?;
+        Ok(())
     }
 }
 
 impl NarWriter {
     /// Reads the NAR in `src` strictly, checks it against `info`, and
-    /// writes it compressed to a temporary file `<tmp_base>.tmp.<pid>.<n>`.
-    /// Nothing is left behind on failure.
+    /// writes it compressed to a temporary file
+    /// `<tmp_base>.tmp.<pid>.<random>`. Nothing is left behind on failure.
     pub(crate) fn encode(
         &self,
         info: &PathInfo,
@@ -656,8 +658,8 @@ impl NarWriter {
     }
 
     /// Copies a NAR file compressed as this store writes them from `src`
-    /// to a temporary file `<tmp_base>.tmp.<pid>.<n>`, byte for byte. The
-    /// file's own hash and size, which the caller gives but no signature
+    /// to a temporary file `<tmp_base>.tmp.<pid>.<random>`, byte for byte.
+    /// The file's own hash and size, which the caller gives but no signature
     /// covers, are only checked; what makes the file trusted is its
     /// content: a second thread ([`NarFileCheck`]) decompresses and decodes
     /// it while it is copied, and its NAR must match `info`'s `narHash` and
@@ -912,7 +914,10 @@ impl FileSink {
     /// `fsync` says whether the file goes to disk before `finish`
     /// returns.
     fn new(tmp: &TempFile, is_nar: bool, fsync: bool) -> Result<Self, StoreError> {
-        let f = tmp.file.try_clone().map_err(io_err("opening", &tmp.path))?;
+        let f = tmp
+            .as_file()
+            .try_clone()
+            .map_err(io_err("opening", &tmp.path))?;
         Ok(Self {
             out: BufWriter::with_capacity(CHUNK_SIZE, f),
             hasher: (!is_nar).then(|| HashingWriter::new(io::sink())),
@@ -981,50 +986,9 @@ impl Write for FileSink {
     }
 }
 
-/// A temporary file, removed when dropped unless persisted.
-pub(crate) struct TempFile {
-    path: PathBuf,
-    file: File,
-    keep: bool,
-}
-
-impl TempFile {
-    /// Its path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Creates `<base>.tmp.<pid>.<n>`.
-    fn create(base: &Path) -> Result<Self, StoreError> {
-        let path = temp_name(base);
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("creating", &path))?;
-        Ok(Self {
-            path,
-            file,
-            keep: false,
-        })
-    }
-
-    /// Renames the file to `dest`.
-    fn persist(mut self, dest: &Path) -> Result<(), StoreError> {
-        fs::rename(&self.path, dest).map_err(io_err("renaming", dest))?;
-        self.keep = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
+/// A temporary file (`<base>.tmp.<pid>.<random>`), removed when dropped
+/// unless persisted.
+pub(crate) type TempFile = atomic::AtomicFile;
 
 #[async_trait::async_trait]
 impl Store for FileStore {
@@ -1170,47 +1134,6 @@ fn read_limited(path: &Path, limit: usize) -> io::Result<String> {
         .take(limit as u64 + 1)
         .read_to_end(&mut bytes)?;
     String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
-}
-
-/// A fresh temporary name beside `base`: `<base>.tmp.<pid>.<n>`, the scheme
-/// Nix uses, so leftovers of a crash are recognisable.
-fn temp_name(base: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut s = base.as_os_str().to_owned();
-    s.push(format!(".tmp.{}.{n}", std::process::id()));
-    PathBuf::from(s)
-}
-
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync,
-/// rename, fsync of the directory.
-///
-/// # Errors
-/// [`StoreError::Io`]; the temporary file is removed on failure.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    write_file(path, data, true)
-}
-
-/// Writes `path` through a temporary file renamed into place, flushing
-/// both to disk if `fsync`.
-fn write_file(path: &Path, data: &[u8], fsync: bool) -> Result<(), StoreError> {
-    let mut tmp = TempFile::create(path)?;
-    tmp.file
-        .write_all(data)
-        .and_then(|()| if fsync { tmp.file.sync_all() } else { Ok(()) })
-        .map_err(io_err("writing", &tmp.path))?;
-    tmp.persist(path)?;
-    match path.parent() {
-        Some(dir) if fsync => sync_dir(dir),
-        _ => Ok(()),
-    }
-}
-
-/// Makes renames in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing", dir))
 }
 
 /// The name, relative to the cache root, of a NAR file: `nar/<file hash>.nar<ext>`.

@@ -13,8 +13,7 @@
 //! never holds a narinfo without its NAR, nor one whose NAR is another.
 
 use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -22,6 +21,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use nixferry::atomic::{AtomicFile, WriteError};
 use nixferry::hash::{HashAlgo, Hasher};
 use nixferry::narinfo::{CacheInfo, NarInfo};
 use nixferry::store::verify;
@@ -35,9 +35,6 @@ use super::route::{self, Route};
 const MAX_SMALL: u64 = 64 * 1024;
 /// The largest listing or log accepted.
 const MAX_MEDIUM: u64 = 256 << 20;
-
-/// Numbers temporary files apart.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Answers a `PUT`.
 pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) -> Response<Body> {
@@ -260,12 +257,13 @@ async fn write_streamed(
     tmp.commit().await
 }
 
-/// A temporary file beside its target, removed unless committed.
+/// An upload's temporary file beside its target: the shared
+/// [`AtomicFile`], written through an async handle, flushed to disk and
+/// renamed into place (the directory flushed too) when committed.
 struct TempFile {
+    tmp: AtomicFile,
     file: tokio::fs::File,
-    tmp: std::path::PathBuf,
-    target: std::path::PathBuf,
-    committed: bool,
+    target: PathBuf,
 }
 
 impl TempFile {
@@ -281,42 +279,34 @@ impl TempFile {
         if !real_dir.starts_with(root) {
             return Err(Refusal::Bad("bad file name\n"));
         }
-        let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
+        let Some(name) = target.file_name() else {
             return Err(Refusal::Bad("bad file name\n"));
         };
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = real_dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .await?;
-        Ok(Self {
-            file,
-            tmp,
-            target: real_dir.join(name),
-            committed: false,
+        let target = real_dir.join(name);
+        let tmp = blocking({
+            let target = target.clone();
+            move || AtomicFile::create(&target)
         })
+        .await?;
+        let file = tokio::fs::File::from_std(tmp.as_file().try_clone()?);
+        Ok(Self { tmp, file, target })
     }
 
     async fn commit(mut self) -> Result<(), Refusal> {
         self.file.flush().await?;
-        self.file.sync_all().await?;
-        tokio::fs::rename(&self.tmp, &self.target).await?;
-        self.committed = true;
-        if let Some(dir) = self.target.parent() {
-            tokio::fs::File::open(dir).await?.sync_all().await?;
-        }
-        Ok(())
+        let Self { tmp, target, .. } = self;
+        blocking(move || tmp.commit(&target, true)).await
     }
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
+/// Runs a step of the shared [`AtomicFile`] on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let done = tokio::task::spawn_blocking(step)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(done.map_err(io::Error::from)?)
 }
 
 #[cfg(test)]

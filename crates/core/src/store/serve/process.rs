@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -171,45 +171,15 @@ pub(super) fn ssh_args(
 }
 
 /// A private temporary directory, removed on drop.
-#[derive(Debug)]
-pub(super) struct TempDir {
-    path: PathBuf,
-}
+pub(super) use tempfile::TempDir;
 
-impl TempDir {
-    /// Creates `nixferry-ssh-<pid>-<random>` in the temporary directory,
-    /// readable by the owner only.
-    pub(super) fn new() -> io::Result<Self> {
-        let base = std::env::temp_dir();
-        for _ in 0..16 {
-            let mut random = [0u8; 8];
-            getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-            let path = base.join(format!(
-                "nixferry-ssh-{}-{}",
-                std::process::id(),
-                crate::hash::to_hex(&random)
-            ));
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(Self { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "no free name for a temporary directory",
-        ))
-    }
-
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// Creates `nixferry-ssh-<random>` in the temporary directory, readable by
+/// the owner only.
+fn private_temp_dir() -> io::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("nixferry-ssh-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
 }
 
 /// Writes a `known_hosts` file naming `host_key` (the decoded
@@ -219,7 +189,7 @@ pub(super) fn known_hosts_file(
     target: &SshTarget,
     host_key: &str,
 ) -> io::Result<(TempDir, PathBuf)> {
-    let dir = TempDir::new()?;
+    let dir = private_temp_dir()?;
     let file = dir.path().join("known_hosts");
     fs::write(
         &file,
@@ -631,6 +601,8 @@ mod tests {
             "[h]:2222 ssh-ed25519 AAAAC3Nz\n"
         );
         let path = dir.path().to_owned();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
         drop(dir);
         assert!(!path.exists());
     }
