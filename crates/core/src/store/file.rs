@@ -687,19 +687,13 @@ impl NarWriter {
         let (summary, listing) = checked?;
         verify::check_info(info, &self.store_dir, &summary)?;
         let (file_hash, file_size) = sink.finish(&tmp.path, info.nar_hash)?;
-        let mismatch =
-            |what: &str, expected: &dyn std::fmt::Display, got: &dyn std::fmt::Display| {
-                StoreError::NarMismatch {
-                    path: self.store_dir.display(&info.path).to_string(),
-                    message: format!("{what} of the NAR file: expected {expected}, got {got}"),
-                }
-            };
-        if let Some(expected) = nar.file_hash.filter(|h| *h != file_hash) {
-            return Err(mismatch("hash", &expected, &file_hash));
-        }
-        if let Some(expected) = nar.file_size.filter(|s| *s != file_size) {
-            return Err(mismatch("size", &expected, &file_size));
-        }
+        verify::check_file(
+            &self.store_dir.full(&info.path),
+            nar.file_hash.as_ref(),
+            nar.file_size,
+            &file_hash,
+            file_size,
+        )?;
         let file = NarFile {
             url: nar_file_name(&file_hash, &self.compression),
             compression: self.compression.clone(),

@@ -260,36 +260,48 @@ pub fn verify_nar_file(
 ) -> Result<NarFileSummary, StoreError> {
     let path = narinfo.store_path();
     let got = check_nar_file(file, narinfo.compression())?;
-    let mismatch = |message: String| StoreError::NarMismatch {
-        path: store_dir.full(path),
-        message,
-    };
-    if let Some(expected) = narinfo.file_hash().filter(|h| **h != got.file_hash) {
-        return Err(mismatch(format!(
-            "hash of the NAR file: expected {expected}, got {}",
-            got.file_hash
-        )));
-    }
-    if let Some(expected) = narinfo.file_size().filter(|s| *s != got.file_size) {
-        return Err(mismatch(format!(
-            "size of the NAR file: expected {expected}, got {}",
-            got.file_size
-        )));
-    }
+    let full = store_dir.full(path);
+    check_file(
+        &full,
+        narinfo.file_hash(),
+        narinfo.file_size(),
+        &got.file_hash,
+        got.file_size,
+    )?;
     let name = super::file::nar_file_name(&got.file_hash, narinfo.compression());
     if narinfo.url() != name {
-        return Err(mismatch(format!(
-            "the NAR file is named '{}', but its hash makes it '{name}'",
-            narinfo.url()
-        )));
+        return Err(StoreError::NarMismatch {
+            path: full,
+            message: format!(
+                "the NAR file is named '{}', but its hash makes it '{name}'",
+                narinfo.url()
+            ),
+        });
     }
-    check_nar(
-        &store_dir.full(path),
-        narinfo.nar_hash(),
-        narinfo.nar_size(),
-        &got.nar,
-    )?;
+    check_nar(&full, narinfo.nar_hash(), narinfo.nar_size(), &got.nar)?;
     Ok(got)
+}
+
+/// Checks a NAR file's hash and size against those declared for it,
+/// where they are declared.
+pub(crate) fn check_file(
+    path: &str,
+    declared_hash: Option<&NixHash>,
+    declared_size: Option<u64>,
+    file_hash: &NixHash,
+    file_size: u64,
+) -> Result<(), StoreError> {
+    let message = if let Some(expected) = declared_hash.filter(|h| *h != file_hash) {
+        format!("hash of the NAR file: expected {expected}, got {file_hash}")
+    } else if let Some(expected) = declared_size.filter(|s| *s != file_size) {
+        format!("size of the NAR file: expected {expected}, got {file_size}")
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::NarMismatch {
+        path: path.to_owned(),
+        message,
+    })
 }
 
 /// Checks a NAR's hash and size against a path info's.
@@ -330,4 +342,72 @@ fn check_nar(
         path: path.to_owned(),
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small NAR (one regular file) and its summary.
+    fn nar() -> (Vec<u8>, NarSummary) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"hello").unwrap();
+        let mut out = Vec::new();
+        let summary = nar::dump(&file, &mut out).unwrap();
+        (out, summary)
+    }
+
+    fn compress(c: &Compression, data: &[u8]) -> Vec<u8> {
+        let mut enc = compression::encoder(c, None, 1, Vec::new()).unwrap();
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn checks_what_a_file_holds() {
+        let (nar, summary) = nar();
+        for c in [Compression::None, Compression::Zstd, Compression::Xz] {
+            let file = compress(&c, &nar);
+            let got = check_nar_file(&file[..], &c).unwrap();
+            assert_eq!(got.nar, summary, "{c:?}");
+            assert_eq!(got.file_size, file.len() as u64);
+            assert_eq!(got.file_hash, NixHash::sha256(crate::hash::sha256(&file)));
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_nar_of_that_compression() {
+        let (nar, _) = nar();
+        // Not zstd at all.
+        assert!(check_nar_file(&nar[..], &Compression::Zstd).is_err());
+        // zstd, but not a NAR.
+        let junk = compress(&Compression::Zstd, b"not a NAR at all");
+        assert!(check_nar_file(&junk[..], &Compression::Zstd).is_err());
+        // A NAR cut short.
+        let cut = compress(&Compression::Zstd, &nar[..nar.len() - 8]);
+        assert!(check_nar_file(&cut[..], &Compression::Zstd).is_err());
+        // A NAR with bytes after its end.
+        let mut long = nar.clone();
+        long.extend_from_slice(&[0; 8]);
+        let long = compress(&Compression::Zstd, &long);
+        assert!(check_nar_file(&long[..], &Compression::Zstd).is_err());
+    }
+
+    #[test]
+    fn a_large_invalid_file_stops_the_writer() {
+        // Far more than the channel holds: writing fails once the check
+        // has stopped, rather than blocking.
+        let mut check = NarFileCheck::start(&Compression::None, false).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut failed = false;
+        for _ in 0..1000 {
+            if check.write_all(&chunk).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed && check.stopped());
+        assert!(check.finish().is_err());
+    }
 }
