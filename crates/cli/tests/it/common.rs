@@ -202,6 +202,19 @@ pub(crate) fn generate_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (sk, fs::read_to_string(pk).unwrap())
 }
 
+/// Packs `src` with `nixferry add` into the binary cache `cache_url`,
+/// signed with the secret key file `sk`; returns the store path.
+pub(crate) fn add_signed(src: &Path, cache_url: &str, sk: &Path) -> String {
+    run_text(
+        nixferry()
+            .arg("add")
+            .arg(src)
+            .args(["--to", cache_url])
+            .arg("--secret-key-file")
+            .arg(sk),
+    )
+}
+
 /// A command's stderr as text.
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run,
-    run_text,
+    add_signed, assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos,
+    nixferry, run, run_text,
 };
 
 /// A `nixferry serve` process, killed when dropped.
@@ -189,16 +189,11 @@ fn cache_with_paths(tmp: &Path) -> (PathBuf, String, Vec<String>) {
         fs::create_dir_all(src.join("sub")).unwrap();
         fs::write(src.join("a"), format!("file {i}\n")).unwrap();
         fs::write(src.join("sub/big"), vec![i as u8; 100_000 * (i + 1)]).unwrap();
-        let out = run_text(
-            nixferry()
-                .arg("add")
-                .arg(&src)
-                .arg("--to")
-                .arg(format!("file://{}", cache.display()))
-                .arg("--secret-key-file")
-                .arg(&sk),
-        );
-        paths.push(out);
+        paths.push(add_signed(
+            &src,
+            &format!("file://{}", cache.display()),
+            &sk,
+        ));
     }
     (cache, pk.trim().to_owned(), paths)
 }

@@ -44,7 +44,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::common::{generate_key, nixferry, run_text, stderr};
+use crate::common::{add_signed, generate_key, stderr};
 use crate::serve::{hash_part, narinfo_field};
 
 /// A `file://` cache with one signed path (a directory with a 100 kB
@@ -74,15 +74,7 @@ impl Cache {
         let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         fs::write(src.join("sub/big"), big).unwrap();
         let root = tmp.path().join("cache");
-        let path = run_text(
-            nixferry()
-                .arg("add")
-                .arg(&src)
-                .arg("--to")
-                .arg(format!("file://{}?{params}", root.display()))
-                .arg("--secret-key-file")
-                .arg(&sk),
-        );
+        let path = add_signed(&src, &format!("file://{}?{params}", root.display()), &sk);
         let hash = hash_part(&path).to_owned();
         let narinfo = fs::read_to_string(root.join(format!("{hash}.narinfo"))).unwrap();
         let url = narinfo_field(&narinfo, "URL");

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::common::{generate_key, have_nix, nix, nixferry, run, run_text, stderr};
+use crate::common::{add_signed, generate_key, have_nix, nix, nixferry, run, stderr};
 use crate::s3::{self, S3};
 use crate::serve::{hash_part, narinfo_field, request, writable_server, Server};
 
@@ -40,14 +40,10 @@ impl Tampered {
             let tree = dir.join(name);
             fs::create_dir_all(&tree).unwrap();
             fs::write(tree.join("file"), content).unwrap();
-            run_text(
-                nixferry()
-                    .arg("add")
-                    .arg(&tree)
-                    .arg("--to")
-                    .arg(format!("file://{}?compression=zstd", to.display()))
-                    .arg("--secret-key-file")
-                    .arg(&sk),
+            add_signed(
+                &tree,
+                &format!("file://{}?compression=zstd", to.display()),
+                &sk,
             )
         };
         // Of the same size: only the hash can tell them apart.
