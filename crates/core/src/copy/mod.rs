@@ -323,12 +323,7 @@ pub async fn copy_to_many(
         .collect();
     let mut present: Vec<Option<BTreeSet<StorePath>>> = vec![None; plan.dsts.len()];
     while let Some((dest, joined)) = asks.next().await {
-        let result = joined.unwrap_or_else(|e| {
-            Err(CopyError::Store(StoreError::task_died(
-                "asking the destination what it has",
-                e,
-            )))
-        });
+        let result = tasks::or_died(joined, "asking the destination what it has");
         match result {
             Ok(set) => present[dest] = Some(set),
             Err(CopyError::Cancelled) => summaries[dest].cancelled = true,
@@ -683,12 +678,7 @@ impl Plan {
             }
         }
         while let Some((dest, joined)) = retries.next().await {
-            let r = joined.unwrap_or_else(|e| {
-                Err(CopyError::Store(StoreError::task_died(
-                    format_args!("retrying '{full}'"),
-                    e,
-                )))
-            });
+            let r = tasks::or_died(joined, format_args!("retrying '{full}'"));
             results.push((dest, r));
         }
         for (dest, r) in results {
@@ -838,12 +828,7 @@ impl Plan {
         let collect = async {
             let mut added = Vec::new();
             while let Some((dest, joined)) = adds.next().await {
-                let r = joined.unwrap_or_else(|e| {
-                    Err(CopyError::Store(StoreError::task_died(
-                        format_args!("adding '{full}'"),
-                        e,
-                    )))
-                });
+                let r = tasks::or_died(joined, format_args!("adding '{full}'"));
                 added.push((dest, r));
             }
             added

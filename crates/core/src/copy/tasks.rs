@@ -4,7 +4,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use std::fmt;
+
 use tokio::task::{Id, JoinError, JoinSet};
+
+use super::CopyError;
+use crate::store::StoreError;
 
 /// A [`JoinSet`] whose tasks each carry a key saying what they are for.
 pub(super) struct Keyed<K, T> {
@@ -42,4 +47,12 @@ impl<K, T: Send + 'static> Keyed<K, T> {
             }
         }
     }
+}
+
+/// A task's result, or the failure of a task that died while doing `what`.
+pub(super) fn or_died<T>(
+    joined: Result<Result<T, CopyError>, JoinError>,
+    what: impl fmt::Display,
+) -> Result<T, CopyError> {
+    joined.unwrap_or_else(|e| Err(CopyError::Store(StoreError::task_died(what, e))))
 }
