@@ -508,7 +508,7 @@ pub(super) async fn read_small(root: &Path, rel: &str) -> io::Result<Option<Vec<
 /// Runs file-system work on one blocking thread: resolving, opening and
 /// reading a small file in one go costs one hand-over instead of one per
 /// step.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     tokio::task::spawn_blocking(work)

@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use nixferry::atomic::{AtomicFile, WriteError};
+use nixferry::atomic::AtomicFile;
 use nixferry::hash::{HashAlgo, Hasher};
 use nixferry::narinfo::{CacheInfo, NarInfo};
 use nixferry::store::verify;
@@ -198,11 +198,14 @@ async fn put_narinfo(
     };
     let file = file.into_std().await;
     let store_dir = server.store_dir.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        verify::verify_nar_file(io::BufReader::new(file), &info, &store_dir)
+    let checked = handler::blocking(move || {
+        Ok(verify::verify_nar_file(
+            io::BufReader::new(file),
+            &info,
+            &store_dir,
+        ))
     })
-    .await
-    .map_err(io::Error::other)?;
+    .await?;
     if let Err(e) = checked {
         return Err(Refusal::Mismatch(format!(
             "the narinfo does not match its NAR file: {e}"
@@ -283,9 +286,9 @@ impl TempFile {
             return Err(Refusal::Bad("bad file name\n"));
         };
         let target = real_dir.join(name);
-        let tmp = blocking({
+        let tmp = handler::blocking({
             let target = target.clone();
-            move || AtomicFile::create(&target)
+            move || AtomicFile::create(&target).map_err(io::Error::from)
         })
         .await?;
         let file = tokio::fs::File::from_std(tmp.as_file().try_clone()?);
@@ -295,18 +298,9 @@ impl TempFile {
     async fn commit(mut self) -> Result<(), Refusal> {
         self.file.flush().await?;
         let Self { tmp, target, .. } = self;
-        blocking(move || tmp.commit(&target, true)).await
+        handler::blocking(move || tmp.commit(&target, true).map_err(io::Error::from)).await?;
+        Ok(())
     }
-}
-
-/// Runs a step of the shared [`AtomicFile`] on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    step: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
-) -> Result<T, Refusal> {
-    let done = tokio::task::spawn_blocking(step)
-        .await
-        .map_err(io::Error::other)?;
-    Ok(done.map_err(io::Error::from)?)
 }
 
 #[cfg(test)]
