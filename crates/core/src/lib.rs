@@ -1,8 +1,9 @@
 //! nixferry moves Nix store closures around: between a local Nix store,
 //! binary caches (a directory, HTTP, S3) and remote machines over SSH.
 //!
-//! This crate is the core. Its format layer reads and writes what Nix does,
-//! byte for byte:
+//! This crate is the core. Its format layer, the `nixferry-formats` crate
+//! (re-exported here under the same module names), reads and writes what
+//! Nix does, byte for byte:
 //!
 //! - [`hash`]: Nix base-32, hex, SRI, and [`hash::NixHash`];
 //! - [`store_path`]: store paths and content-addressed path computation;
@@ -21,13 +22,9 @@ mod backoff;
 pub mod closure;
 pub mod compression;
 pub mod copy;
-pub mod hash;
-pub mod nar;
-pub mod narinfo;
-pub mod refscan;
-pub mod signing;
 pub mod store;
-pub mod store_path;
+
+pub use nixferry_formats::{hash, nar, narinfo, refscan, signing, store_path};
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -60,4 +57,27 @@ pub enum Error {
     /// An I/O error outside any format.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Lets `?` turn a [`signing::VerifyError`] straight into the crate error.
+impl From<signing::VerifyError> for Error {
+    fn from(e: signing::VerifyError) -> Self {
+        Error::Signing(signing::SigningError::Verify(e))
+    }
+}
+
+/// An error of the format layer, as this crate's error.
+impl From<nixferry_formats::Error> for Error {
+    fn from(e: nixferry_formats::Error) -> Self {
+        match e {
+            nixferry_formats::Error::Hash(e) => Error::Hash(e),
+            nixferry_formats::Error::StorePath(e) => Error::StorePath(e),
+            nixferry_formats::Error::Nar(e) => Error::Nar(e),
+            nixferry_formats::Error::NarInfo(e) => Error::NarInfo(e),
+            nixferry_formats::Error::Signing(e) => Error::Signing(e),
+            nixferry_formats::Error::Io(e) => Error::Io(e),
+            // The format error is non-exhaustive.
+            e => Error::Io(std::io::Error::other(e)),
+        }
+    }
 }

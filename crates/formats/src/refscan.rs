@@ -8,8 +8,8 @@
 //! are found too.
 //!
 //! ```
-//! use nixferry::refscan::RefScanner;
-//! use nixferry::store_path::StorePath;
+//! use nixferry_formats::refscan::RefScanner;
+//! use nixferry_formats::store_path::StorePath;
 //!
 //! let dep = StorePath::from_base_name("3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-hi").unwrap();
 //! let mut scan = RefScanner::new([&dep]);

@@ -5,7 +5,7 @@
 //! path and back, and computes new paths (docs/formats.md §2.5, §2.6).
 //!
 //! ```
-//! use nixferry::store_path::StoreDir;
+//! use nixferry_formats::store_path::StoreDir;
 //!
 //! let dir = StoreDir::default();
 //! let p = dir.parse("/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt").unwrap();

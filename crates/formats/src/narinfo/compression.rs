@@ -7,7 +7,7 @@ use std::str::FromStr;
 /// How a binary cache stores a NAR: the narinfo `Compression` value.
 ///
 /// ```
-/// use nixferry::narinfo::Compression;
+/// use nixferry_formats::narinfo::Compression;
 ///
 /// assert_eq!(Compression::parse("xz"), Compression::Xz);
 /// assert_eq!(Compression::Xz.extension(), ".nar.xz");

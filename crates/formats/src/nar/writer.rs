@@ -48,7 +48,7 @@ const KERNEL_COPY_MIN: u64 = 64 * 1024;
 /// NAR and should be discarded.
 ///
 /// ```
-/// use nixferry::nar::NarWriter;
+/// use nixferry_formats::nar::NarWriter;
 ///
 /// let mut w = NarWriter::new(Vec::new());
 /// w.regular_bytes(false, b"hi")?;
@@ -58,7 +58,7 @@ const KERNEL_COPY_MIN: u64 = 64 * 1024;
 ///     summary.nar_hash.to_string(),
 ///     "sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2"
 /// );
-/// # Ok::<(), nixferry::nar::NarError>(())
+/// # Ok::<(), nixferry_formats::nar::NarError>(())
 /// ```
 pub struct NarWriter<W: Write> {
     encoder: Encoder<HashingWriter<W>>,

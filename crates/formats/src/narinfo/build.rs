@@ -16,9 +16,9 @@ use crate::store_path::{ContentAddress, StoreDir, StorePath};
 /// Nix's sets are.
 ///
 /// ```
-/// use nixferry::hash::NixHash;
-/// use nixferry::narinfo::{Compression, NarInfo, NarInfoFields};
-/// use nixferry::store_path::StorePath;
+/// use nixferry_formats::hash::NixHash;
+/// use nixferry_formats::narinfo::{Compression, NarInfo, NarInfoFields};
+/// use nixferry_formats::store_path::StorePath;
 ///
 /// let path = StorePath::from_base_name("3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")?;
 /// let nar_hash = NixHash::parse("sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2")?;
@@ -37,7 +37,7 @@ use crate::store_path::{ContentAddress, StoreDir, StorePath};
 /// NarHash: sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2
 /// NarSize: 120
 /// References: \n");
-/// # Ok::<(), nixferry::Error>(())
+/// # Ok::<(), nixferry_formats::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfoFields {

@@ -57,13 +57,13 @@ pub enum CacheInfoError {
 /// The contents of `nix-cache-info`.
 ///
 /// ```
-/// use nixferry::narinfo::CacheInfo;
+/// use nixferry_formats::narinfo::CacheInfo;
 ///
 /// let info = CacheInfo::parse("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")?;
 /// assert!(info.want_mass_query);
 /// assert_eq!(info.priority, Some(40));
 /// assert_eq!(info.render(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
-/// # Ok::<(), nixferry::Error>(())
+/// # Ok::<(), nixferry_formats::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheInfo {

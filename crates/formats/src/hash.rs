@@ -5,7 +5,7 @@
 //! form Nix accepts and prints each of them.
 //!
 //! ```
-//! use nixferry::hash::{HashAlgo, NixHash};
+//! use nixferry_formats::hash::{HashAlgo, NixHash};
 //!
 //! let h = NixHash::digest(HashAlgo::Sha256, b"abc");
 //! assert_eq!(

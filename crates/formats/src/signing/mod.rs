@@ -17,7 +17,7 @@
 //! not count, as in Nix (docs/formats.md §4.4).
 //!
 //! ```
-//! use nixferry::signing::{SecretKey, TrustedKeys};
+//! use nixferry_formats::signing::{SecretKey, TrustedKeys};
 //!
 //! let key = SecretKey::from_seed("example-1", &[7; 32]).unwrap();
 //! let sig = key.sign(b"1;/nix/store/...").to_string();

@@ -6,8 +6,8 @@
 //! signatures, and writes it back.
 //!
 //! ```
-//! use nixferry::narinfo::{Compression, NarInfo};
-//! use nixferry::signing::TrustedKeys;
+//! use nixferry_formats::narinfo::{Compression, NarInfo};
+//! use nixferry_formats::signing::TrustedKeys;
 //!
 //! let text = "\
 //! StorePath: /nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt
@@ -28,7 +28,7 @@
 //!
 //! let trusted = TrustedKeys::parse_list("nixspec-test-1:bc946palCUVXUEMoh7m7Xalyuy4ehrYSOGKw+xESEGo=")?;
 //! assert_eq!(info.verify(&trusted)?, "nixspec-test-1");
-//! # Ok::<(), nixferry::Error>(())
+//! # Ok::<(), nixferry_formats::Error>(())
 //! ```
 //!
 //! # Design
@@ -548,9 +548,9 @@ impl std::str::FromStr for NarInfo {
 /// [`NarInfo`] never has one.
 ///
 /// ```
-/// use nixferry::hash::NixHash;
-/// use nixferry::narinfo::fingerprint;
-/// use nixferry::store_path::{StoreDir, StorePath};
+/// use nixferry_formats::hash::NixHash;
+/// use nixferry_formats::narinfo::fingerprint;
+/// use nixferry_formats::store_path::{StoreDir, StorePath};
 ///
 /// let path = StorePath::from_base_name("3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")?;
 /// let hash = NixHash::parse("sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2")?;
@@ -559,7 +559,7 @@ impl std::str::FromStr for NarInfo {
 ///     "1;/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt;\
 ///      sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2;120;"
 /// );
-/// # Ok::<(), nixferry::Error>(())
+/// # Ok::<(), nixferry_formats::Error>(())
 /// ```
 pub fn fingerprint(
     store_dir: &StoreDir,

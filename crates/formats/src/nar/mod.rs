@@ -39,7 +39,7 @@
 //! `~nix~case~hack~` are ordinary bytes.
 //!
 //! ```
-//! use nixferry::nar::{self, Event, EntryKind, NarWriter};
+//! use nixferry_formats::nar::{self, Event, EntryKind, NarWriter};
 //!
 //! // Build a NAR in memory...
 //! let mut w = NarWriter::new(Vec::new());
@@ -86,7 +86,7 @@ pub use decode::{validate, Contents, Decoder, Entry, EntryKind, Event};
 pub use encode::{dump, dump_unhashed, hash_path};
 pub use listing::{list, Listing};
 pub use restore::{restore, restore_from_decoder, RestoreOptions};
-pub(crate) use wire::is_valid_name;
+pub use wire::is_valid_name;
 pub use writer::NarWriter;
 
 /// The longest keyword token a decoder reads, such as `directory` (9 bytes).

@@ -81,7 +81,7 @@ pub(super) const CLOSE: &[u8] = tokens!(b")");
 
 /// Whether `name` may name a directory entry (docs/formats.md §1.4): not empty, not `.`
 /// or `..`, and without `/` or NUL. Length limits are checked separately.
-pub(crate) fn is_valid_name(name: &[u8]) -> bool {
+pub fn is_valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.iter().any(|&b| b == b'/' || b == 0)
 }
 

@@ -46,7 +46,7 @@ pub enum VerifyError {
 /// added under a name stays.
 ///
 /// ```
-/// use nixferry::signing::TrustedKeys;
+/// use nixferry_formats::signing::TrustedKeys;
 ///
 /// let keys = TrustedKeys::parse_list(
 ///     "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
