@@ -54,5 +54,11 @@ pub(super) fn or_died<T>(
     joined: Result<Result<T, CopyError>, JoinError>,
     what: impl fmt::Display,
 ) -> Result<T, CopyError> {
-    joined.unwrap_or_else(|e| Err(CopyError::Store(StoreError::task_died(what, e))))
+    joined.unwrap_or_else(|e| Err(died(e, what)))
+}
+
+/// The failure of a task that died (panicked or was cancelled) while
+/// doing `what`.
+pub(super) fn died(e: JoinError, what: impl fmt::Display) -> CopyError {
+    CopyError::Store(StoreError::task_died(what, e))
 }
