@@ -57,12 +57,18 @@ use std::io::{self, BufRead, Cursor, Read, Write};
 
 pub use crate::narinfo::Compression;
 
-/// The methods this module can write and read, in the order of docs/formats.md §3.4.
-pub const SUPPORTED: [Compression; 5] = [
+/// The methods this build can write and read: `none` always, the others
+/// with their cargo features (`xz`, `zstd`, `bzip2`, `brotli`), all on by
+/// default.
+pub const SUPPORTED: &[Compression] = &[
     Compression::None,
+    #[cfg(feature = "xz")]
     Compression::Xz,
-    Compression::Bzip2,
+    #[cfg(feature = "zstd")]
     Compression::Zstd,
+    #[cfg(feature = "bzip2")]
+    Compression::Bzip2,
+    #[cfg(feature = "brotli")]
     Compression::Br,
 ];
 
@@ -76,15 +82,18 @@ pub const MAX_XZ_DECODER_MEMORY: u64 = 512 << 20;
 
 /// Brotli's window (log2 of its size): `BROTLI_DEFAULT_WINDOW`, what Nix's
 /// brotli encoder uses.
+#[cfg(feature = "brotli")]
 const BROTLI_WINDOW: u32 = 22;
 
 /// Input per job of multi-threaded zstd. zstd's default is 4 × the window
 /// (8 MiB at level 3), and it keeps several jobs' input and output in
 /// memory per worker; 2 MiB jobs keep that around 20 MiB for two workers,
 /// and cost about 0.2% of compressed size (measured on 1 GiB of binaries).
+#[cfg(feature = "zstd")]
 const ZSTD_JOB_SIZE: u32 = 2 << 20;
 
 /// Buffer of the brotli encoder and decoder.
+#[cfg(feature = "brotli")]
 const BROTLI_BUFFER: usize = 64 * 1024;
 
 /// Errors from setting up or running a codec.
@@ -92,7 +101,7 @@ const BROTLI_BUFFER: usize = 64 * 1024;
 #[non_exhaustive]
 pub enum CompressionError {
     /// The method is known but nixferry cannot write or read it.
-    #[error("compression method '{method}' is not supported for {what}; supported: none, xz, zstd, bzip2, br")]
+    #[error("compression method '{method}' is not supported for {what}; supported: {}", supported_names())]
     Unsupported {
         /// The method's name.
         method: String,
@@ -150,10 +159,33 @@ pub fn is_supported(c: &Compression) -> bool {
 /// docs](self)); `None` for `none` and unsupported methods.
 pub fn default_level(c: &Compression) -> Option<i32> {
     match c {
+        #[cfg(feature = "xz")]
         Compression::Xz => Some(6),
-        Compression::Zstd => Some(zstd::DEFAULT_COMPRESSION_LEVEL),
+        // ZSTD_CLEVEL_DEFAULT.
+        #[cfg(feature = "zstd")]
+        Compression::Zstd => Some(3),
+        #[cfg(feature = "bzip2")]
         Compression::Bzip2 => Some(9),
+        #[cfg(feature = "brotli")]
         Compression::Br => Some(11),
+        _ => None,
+    }
+}
+
+/// The name and the range of levels of `c`, if this build writes it.
+fn level_range(c: &Compression) -> Option<(&'static str, i32, i32)> {
+    match c {
+        #[cfg(feature = "xz")]
+        Compression::Xz => Some(("xz", 0, 9)),
+        #[cfg(feature = "zstd")]
+        Compression::Zstd => {
+            let range = zstd::compression_level_range();
+            Some(("zstd", *range.start(), *range.end()))
+        }
+        #[cfg(feature = "bzip2")]
+        Compression::Bzip2 => Some(("bzip2", 1, 9)),
+        #[cfg(feature = "brotli")]
+        Compression::Br => Some(("br", 0, 11)),
         _ => None,
     }
 }
@@ -165,16 +197,11 @@ pub fn default_level(c: &Compression) -> Option<i32> {
 /// [`CompressionError::BadLevel`] if it is out of range,
 /// [`CompressionError::Unsupported`] if `c` cannot be written.
 pub fn check_level(c: &Compression, level: i32) -> Result<(), CompressionError> {
-    let (method, min, max) = match c {
-        Compression::None => return Ok(()),
-        Compression::Xz => ("xz", 0, 9),
-        Compression::Zstd => {
-            let range = zstd::compression_level_range();
-            ("zstd", *range.start(), *range.end())
-        }
-        Compression::Bzip2 => ("bzip2", 1, 9),
-        Compression::Br => ("br", 0, 11),
-        other => return Err(unsupported(other, "compressing")),
+    let Some((method, min, max)) = level_range(c) else {
+        return match c {
+            Compression::None => Ok(()),
+            other => Err(unsupported(other, "compressing")),
+        };
     };
     if (min..=max).contains(&level) {
         Ok(())
@@ -186,6 +213,12 @@ pub fn check_level(c: &Compression, level: i32) -> Result<(), CompressionError> 
             max,
         })
     }
+}
+
+/// The names of [`SUPPORTED`], for messages: `none, xz, zstd, bzip2, br`
+/// with every codec built in.
+pub fn supported_names() -> String {
+    SUPPORTED.iter().map(Compression::name).collect::<Vec<_>>().join(", ")
 }
 
 fn unsupported(c: &Compression, what: &'static str) -> CompressionError {
@@ -240,10 +273,14 @@ pub struct Encoder<W: Write> {
 
 enum EncoderInner<W: Write> {
     None(W),
+    #[cfg(feature = "xz")]
     Xz(liblzma::write::XzEncoder<W>),
+    #[cfg(feature = "zstd")]
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    #[cfg(feature = "bzip2")]
     Bzip2(bzip2::write::BzEncoder<W>),
     // Boxed: the brotli state is several kilobytes.
+    #[cfg(feature = "brotli")]
     Br(Box<brotli::CompressorWriter<ErrorTrap<W>>>),
 }
 
@@ -258,6 +295,10 @@ enum EncoderInner<W: Write> {
 /// [`CompressionError::Unsupported`] for a method other than `none`, `xz`,
 /// `zstd`, `bzip2` and `br`; [`CompressionError::BadLevel`];
 /// [`CompressionError::Init`] if the codec library fails to start.
+#[cfg_attr(
+    not(all(feature = "xz", feature = "zstd", feature = "bzip2", feature = "brotli")),
+    allow(unused_variables)
+)]
 pub fn encoder<W: Write>(
     c: &Compression,
     level: Option<i32>,
@@ -272,6 +313,7 @@ pub fn encoder<W: Write>(
     let unsigned = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(0);
     let inner = match c {
         Compression::None => EncoderInner::None(out),
+        #[cfg(feature = "xz")]
         Compression::Xz => {
             let stream = if threads > 1 {
                 liblzma::stream::MtStreamBuilder::new()
@@ -285,8 +327,10 @@ pub fn encoder<W: Write>(
                 liblzma::stream::Stream::new_easy_encoder(unsigned, liblzma::stream::Check::Crc64)
             }
             .map_err(|e| init_err("xz")(e.into()))?;
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(liblzma::write::XzEncoder::new_stream(out, stream))
         }
+        #[cfg(feature = "zstd")]
         Compression::Zstd => {
             let level = level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL);
             let mut enc =
@@ -296,12 +340,15 @@ pub fn encoder<W: Write>(
                 enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
                     .map_err(init_err("zstd"))?;
             }
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(enc)
         }
+        #[cfg(feature = "bzip2")]
         Compression::Bzip2 => EncoderInner::Bzip2(bzip2::write::BzEncoder::new(
             out,
             bzip2::Compression::new(unsigned),
         )),
+        #[cfg(feature = "brotli")]
         Compression::Br => EncoderInner::Br(Box::new(brotli::CompressorWriter::new(
             ErrorTrap::new(out),
             BROTLI_BUFFER,
@@ -318,9 +365,13 @@ impl<W: Write> Encoder<W> {
     pub fn compression(&self) -> Compression {
         match &self.inner {
             EncoderInner::None(_) => Compression::None,
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(_) => Compression::Xz,
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(_) => Compression::Zstd,
+            #[cfg(feature = "bzip2")]
             EncoderInner::Bzip2(_) => Compression::Bzip2,
+            #[cfg(feature = "brotli")]
             EncoderInner::Br(_) => Compression::Br,
         }
     }
@@ -329,9 +380,13 @@ impl<W: Write> Encoder<W> {
     pub fn get_ref(&self) -> &W {
         match &self.inner {
             EncoderInner::None(w) => w,
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(e) => e.get_ref(),
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(e) => e.get_ref(),
+            #[cfg(feature = "bzip2")]
             EncoderInner::Bzip2(e) => e.get_ref(),
+            #[cfg(feature = "brotli")]
             EncoderInner::Br(e) => &e.get_ref().inner,
         }
     }
@@ -344,9 +399,13 @@ impl<W: Write> Encoder<W> {
     pub fn finish(self) -> io::Result<W> {
         match self.inner {
             EncoderInner::None(w) => Ok(w),
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(e) => e.finish(),
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(e) => e.finish(),
+            #[cfg(feature = "bzip2")]
             EncoderInner::Bzip2(e) => e.finish(),
+            #[cfg(feature = "brotli")]
             EncoderInner::Br(e) => e.into_inner().into_result(),
         }
     }
@@ -356,9 +415,13 @@ impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
             EncoderInner::None(w) => w.write(buf),
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(e) => e.write(buf),
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(e) => e.write(buf),
+            #[cfg(feature = "bzip2")]
             EncoderInner::Bzip2(e) => e.write(buf),
+            #[cfg(feature = "brotli")]
             EncoderInner::Br(e) => {
                 let n = e.write(buf);
                 e.get_mut().check(n)
@@ -372,9 +435,13 @@ impl<W: Write> Write for Encoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             EncoderInner::None(w) => w.flush(),
+            #[cfg(feature = "xz")]
             EncoderInner::Xz(e) => e.flush(),
+            #[cfg(feature = "zstd")]
             EncoderInner::Zstd(e) => e.flush(),
+            #[cfg(feature = "bzip2")]
             EncoderInner::Bzip2(e) => e.flush(),
+            #[cfg(feature = "brotli")]
             EncoderInner::Br(e) => {
                 let r = e.flush();
                 e.get_mut().check(r)
@@ -394,11 +461,13 @@ impl<W: Write> fmt::Debug for Encoder<W> {
 /// A writer that remembers the first error of its inner writer. The brotli
 /// encoder drops the errors of its final writes; this keeps them for
 /// [`Encoder::finish`].
+#[cfg(feature = "brotli")]
 struct ErrorTrap<W> {
     inner: W,
     error: Option<io::Error>,
 }
 
+#[cfg(feature = "brotli")]
 impl<W> ErrorTrap<W> {
     fn new(inner: W) -> Self {
         Self { inner, error: None }
@@ -421,6 +490,7 @@ impl<W> ErrorTrap<W> {
     }
 }
 
+#[cfg(feature = "brotli")]
 impl<W: Write> Write for ErrorTrap<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.inner.write(buf).inspect_err(|e| self.trap(e))
@@ -431,6 +501,7 @@ impl<W: Write> Write for ErrorTrap<W> {
     }
 }
 
+#[cfg(feature = "brotli")]
 impl<W> ErrorTrap<W> {
     fn trap(&mut self, e: &io::Error) {
         if self.error.is_none() && e.kind() != io::ErrorKind::Interrupted {
@@ -451,10 +522,14 @@ pub struct Decoder<R: BufRead> {
 
 enum DecoderInner<R: BufRead> {
     None(R),
+    #[cfg(feature = "xz")]
     Xz(liblzma::bufread::XzDecoder<R>),
+    #[cfg(feature = "zstd")]
     Zstd(zstd::stream::read::Decoder<'static, R>),
+    #[cfg(feature = "bzip2")]
     Bzip2(bzip2::bufread::MultiBzDecoder<R>),
     // Boxed: the brotli state is large.
+    #[cfg(feature = "brotli")]
     Br(Box<brotli::Decompressor<R>>),
 }
 
@@ -467,19 +542,25 @@ enum DecoderInner<R: BufRead> {
 pub fn decoder<R: BufRead>(c: &Compression, input: R) -> Result<Decoder<R>, CompressionError> {
     let inner = match c {
         Compression::None => DecoderInner::None(input),
+        #[cfg(feature = "xz")]
         Compression::Xz => {
             let stream = liblzma::stream::Stream::new_stream_decoder(
                 MAX_XZ_DECODER_MEMORY,
                 liblzma::stream::CONCATENATED,
             )
             .map_err(|e| init_err("xz")(e.into()))?;
+            #[cfg(feature = "xz")]
             DecoderInner::Xz(liblzma::bufread::XzDecoder::new_stream(input, stream))
         }
+        #[cfg(feature = "zstd")]
         Compression::Zstd => DecoderInner::Zstd(
             zstd::stream::read::Decoder::with_buffer(input).map_err(init_err("zstd"))?,
         ),
+        #[cfg(feature = "bzip2")]
         Compression::Bzip2 => DecoderInner::Bzip2(bzip2::bufread::MultiBzDecoder::new(input)),
+        #[cfg(feature = "brotli")]
         Compression::Br => {
+            #[cfg(feature = "brotli")]
             DecoderInner::Br(Box::new(brotli::Decompressor::new(input, BROTLI_BUFFER)))
         }
         other => return Err(unsupported(other, "decompressing")),
@@ -530,9 +611,13 @@ impl<R: BufRead> Decoder<R> {
     pub fn compression(&self) -> Compression {
         match &self.inner {
             DecoderInner::None(_) => Compression::None,
+            #[cfg(feature = "xz")]
             DecoderInner::Xz(_) => Compression::Xz,
+            #[cfg(feature = "zstd")]
             DecoderInner::Zstd(_) => Compression::Zstd,
+            #[cfg(feature = "bzip2")]
             DecoderInner::Bzip2(_) => Compression::Bzip2,
+            #[cfg(feature = "brotli")]
             DecoderInner::Br(_) => Compression::Br,
         }
     }
@@ -542,9 +627,13 @@ impl<R: BufRead> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.inner {
             DecoderInner::None(r) => r.read(buf),
+            #[cfg(feature = "xz")]
             DecoderInner::Xz(d) => d.read(buf),
+            #[cfg(feature = "zstd")]
             DecoderInner::Zstd(d) => d.read(buf),
+            #[cfg(feature = "bzip2")]
             DecoderInner::Bzip2(d) => d.read(buf),
+            #[cfg(feature = "brotli")]
             DecoderInner::Br(d) => d.read(buf),
         }
     }
@@ -558,7 +647,7 @@ impl<R: BufRead> fmt::Debug for Decoder<R> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "xz", feature = "zstd", feature = "bzip2", feature = "brotli"))]
 mod tests {
     use super::*;
 
@@ -593,7 +682,7 @@ mod tests {
     #[test]
     fn round_trip_every_codec() {
         let big = sample(3 << 20);
-        for c in SUPPORTED {
+        for c in SUPPORTED.iter().cloned() {
             // Brotli's default quality (11) is slow: give it less.
             let data = if c == Compression::Br {
                 &big[..256 << 10]
@@ -662,7 +751,7 @@ mod tests {
             assert!(e.to_string().contains(&bad.to_string()), "{e}");
         }
         assert!(check_level(&Compression::None, 99).is_ok());
-        for c in SUPPORTED {
+        for c in SUPPORTED.iter().cloned() {
             if let Some(level) = default_level(&c) {
                 check_level(&c, level).unwrap();
             }
@@ -779,7 +868,7 @@ mod tests {
             }
         }
         let data = sample(1 << 20);
-        for c in SUPPORTED {
+        for c in SUPPORTED.iter().cloned() {
             let result = encoder(
                 &c,
                 Some(default_level(&c).unwrap_or(0).min(5)),

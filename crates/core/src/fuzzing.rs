@@ -107,6 +107,7 @@ pub fn signing_parse(data: &[u8]) {
 /// QueryValidPaths, QueryClosure and ExportPaths, each reading on from
 /// where the previous one stopped. Errors are expected and ignored; panics
 /// and allocations beyond the client's limits are bugs.
+#[cfg(any(feature = "ssh", feature = "local"))]
 pub fn serve_client(data: &[u8]) {
     use crate::store::serve::ServeConnection;
     use crate::store_path::StoreDir;
@@ -146,6 +147,7 @@ pub fn serve_client(data: &[u8]) {
 /// must accept or reject `data` alike and, when they accept it, end the
 /// NAR at the same byte; the framer must answer the same however the
 /// bytes are split.
+#[cfg(any(feature = "ssh", feature = "local"))]
 pub fn nar_frame(data: &[u8]) {
     use crate::nar::Decoder;
     use crate::store::serve::framer::NarFramer;

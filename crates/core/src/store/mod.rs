@@ -58,10 +58,15 @@ use crate::store_path::{ContentAddress, StoreDir, StorePath};
 mod add;
 pub(crate) mod chunks;
 pub mod file;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "local")]
 pub mod local;
+#[cfg(any(feature = "http", feature = "s3"))]
 pub(crate) mod remote;
+#[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(any(feature = "ssh", feature = "local"))]
 pub mod serve;
 mod url;
 pub mod verify;
@@ -369,6 +374,7 @@ pub enum StoreError {
     #[error(transparent)]
     Shared(Arc<StoreError>),
     /// The local store database could not be read.
+    #[cfg(feature = "local")]
     #[error("reading the Nix database '{db}': {source}")]
     Database {
         /// The database file.
@@ -572,9 +578,20 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
         url::Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
+        #[cfg(feature = "http")]
         url::Scheme::Http | url::Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
+        #[cfg(feature = "local")]
         url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
+        #[cfg(feature = "ssh")]
         url::Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
+        #[cfg(feature = "s3")]
         url::Scheme::S3 => Ok(Arc::new(s3::S3Store::open(&parsed)?)),
+        #[allow(unreachable_patterns)]
+        scheme => Err(UrlError::NotBuilt {
+            url: url.to_owned(),
+            scheme: scheme.name(),
+            feature: scheme.feature(),
+        }
+        .into()),
     }
 }

@@ -39,6 +39,7 @@ use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
 use crate::store_path::{StoreDir, StorePath, HASH_PART_LEN};
 
 /// Requests of one batched question that run at once.
+#[cfg_attr(not(feature = "http"), allow(unreachable_pub))]
 pub const PARALLEL_REQUESTS: usize = 32;
 
 /// Default of the `retries` parameter.

@@ -14,6 +14,17 @@ pub enum UrlError {
         /// The URL.
         url: String,
     },
+    /// The scheme is known, but this build of nixferry leaves its store out
+    /// (see the crate's cargo features).
+    #[error("store type '{scheme}' in '{url}' needs nixferry built with the cargo feature '{feature}'")]
+    NotBuilt {
+        /// The URL.
+        url: String,
+        /// The scheme.
+        scheme: &'static str,
+        /// The cargo feature that brings the store in.
+        feature: &'static str,
+    },
     /// A parameter this kind of store does not have.
     #[error("unknown parameter '{param}' in store URL '{url}'; {scheme} stores take: {known}")]
     UnknownParam {
@@ -80,6 +91,18 @@ const BINARY_CACHE_PARAMS: &[&str] = &[
 ];
 
 impl Scheme {
+    /// The cargo feature of this crate that builds the scheme's store in
+    /// (`file` stores are always there).
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::File => "default",
+            Self::Http | Self::Https => "http",
+            Self::S3 => "s3",
+            Self::Ssh => "ssh",
+        }
+    }
+
     /// The scheme's name, as in URLs.
     pub fn name(self) -> &'static str {
         match self {
