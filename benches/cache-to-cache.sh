@@ -23,8 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 compressions=${*:-zstd xz}
 
-cargo build --release --locked -q -p nixferry-cli
-nf=$PWD/target/release/nixferry
+# NIXFERRY_BIN times another build of nixferry (an older one, say) on the
+# same data instead of this tree's.
+if [ -z "${NIXFERRY_BIN:-}" ]; then cargo build --release --locked -q -p nixferry-cli; fi
+nf=${NIXFERRY_BIN:-$PWD/target/release/nixferry}
+
 work=${NIXFERRY_BENCH_DIR:-$PWD/target/bench-cache-to-cache}
 mkdir -p "$work"
 

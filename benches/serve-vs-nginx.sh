@@ -21,8 +21,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='
-cargo build --release --locked -q -p nixferry-cli
-nf=$PWD/target/release/nixferry
+
+# NIXFERRY_BIN times another build of nixferry (an older one, say) on the
+# same data instead of this tree's.
+if [ -z "${NIXFERRY_BIN:-}" ]; then cargo build --release --locked -q -p nixferry-cli; fi
+nf=${NIXFERRY_BIN:-$PWD/target/release/nixferry}
 top=$(nix-build --no-out-link benches/closure.nix)
 work=$(mktemp -d /tmp/nixferry-serve-bench.XXXXXX)
 pids=()
