@@ -8,11 +8,17 @@
 //! never replaces a file); then, if asked, the directory is flushed too, so
 //! that the rename survives a crash. A temporary file dropped before that
 //! is removed.
+//!
+//! A large file can be flushed while it is written, by a thread of its own
+//! (`BackgroundSync`), so that the flush before the rename finds little
+//! left to do.
 
 use std::fs::{File, Permissions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
 
 use tempfile::NamedTempFile;
 
@@ -195,6 +201,46 @@ fn sync_parent(path: &Path) -> Result<(), WriteError> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
         _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// A thread that flushes a file's data to disk each time it is asked to,
+/// while the file is being written.
+#[derive(Debug)]
+pub(crate) struct BackgroundSync {
+    requests: mpsc::SyncSender<()>,
+    thread: thread::JoinHandle<io::Result<()>>,
+}
+
+impl BackgroundSync {
+    /// Starts the thread for `file` (a handle to the file being written).
+    pub(crate) fn start(file: File) -> io::Result<Self> {
+        // One request may wait while a flush runs; more would be no use.
+        let (requests, rx) = mpsc::sync_channel::<()>(1);
+        let thread = thread::Builder::new()
+            .name("nixferry-fsync".into())
+            .spawn(move || {
+                for () in rx {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Self { requests, thread })
+    }
+
+    /// Asks for what is written so far to go to disk, without waiting.
+    pub(crate) fn request(&self) {
+        // Full: a flush is pending, which will cover this data too.
+        // Disconnected: it failed, and `finish` reports why.
+        let _ = self.requests.try_send(());
+    }
+
+    /// Waits for the flushes asked for so far.
+    pub(crate) fn finish(self) -> io::Result<()> {
+        drop(self.requests);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")))
     }
 }
 

@@ -56,6 +56,7 @@ use crate::signing::{TrustedKeys, VerifyError};
 use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
 mod add;
+pub(crate) mod cache_writer;
 pub(crate) mod chunks;
 pub mod file;
 #[cfg(feature = "http")]

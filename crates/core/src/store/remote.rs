@@ -30,8 +30,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::OnceCell;
 use tokio_util::io::SyncIoBridge;
 
+use super::cache_writer::{CacheWriter, FileFacts, StagedNar};
 use super::chunks::{blocking_stream, CHUNK_SIZE};
-use super::file::{FileFacts, NarWriter, StagedNar};
 use super::{Capabilities, CompressedNar, NarStream, PathInfo, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
 use crate::hash::nix32;
@@ -158,7 +158,7 @@ pub(crate) fn relative_key(url: &str) -> Option<&str> {
 pub(crate) struct RemoteCache<B> {
     pub(crate) blobs: B,
     store_dir: StoreDir,
-    writer: NarWriter,
+    writer: CacheWriter,
     want_mass_query: Option<bool>,
     priority: Option<i64>,
     /// A prefix for the names of temporary NAR files.
@@ -174,7 +174,7 @@ impl<B: Blobs> RemoteCache<B> {
     /// `priority` from the URL, if given, override the cache's.
     pub(crate) fn new(
         blobs: B,
-        writer: NarWriter,
+        writer: CacheWriter,
         want_mass_query: Option<bool>,
         priority: Option<i64>,
         tmp_prefix: &'static str,

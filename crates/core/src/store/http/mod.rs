@@ -71,8 +71,8 @@ use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::cache_writer::{io_err, CacheWriter};
 use super::chunks::CHUNK_SIZE;
-use super::file::{io_err, NarWriter};
 use super::remote::{
     error_chain, relative_key, remote_store, retries_param, Blobs, Body, Download, RemoteCache,
 };
@@ -173,7 +173,7 @@ impl HttpStore {
             .host_str()
             .ok_or_else(|| malformed("no host"))?
             .to_owned();
-        let (writer, want_mass_query, priority) = NarWriter::for_remote(url)?;
+        let (writer, want_mass_query, priority) = CacheWriter::for_remote(url)?;
         let seconds = |name: &str, default: u64| -> Result<Duration, UrlError> {
             match url.int_param(name)? {
                 None => Ok(Duration::from_secs(default)),

@@ -95,7 +95,7 @@ use tokio::sync::Semaphore;
 mod failure;
 mod upload;
 
-use super::file::{io_err, NarWriter};
+use super::cache_writer::{io_err, CacheWriter};
 use super::remote::{
     content_type, error_chain, relative_key, remote_store, retries_param, Blobs, Body, Download,
     RemoteCache,
@@ -216,7 +216,7 @@ impl S3Store {
             }
             .into());
         }
-        let (writer, want_mass_query, priority) = NarWriter::for_remote(url)?;
+        let (writer, want_mass_query, priority) = CacheWriter::for_remote(url)?;
         let retries = retries_param(url)?;
         let part_size = match url.int_param("buffer-size")? {
             None => DEFAULT_PART_SIZE,

@@ -24,7 +24,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{StoreError, MAX_PARTS, S3};
-use crate::store::file::io_err;
+use crate::store::cache_writer::io_err;
 
 /// Where running uploads are written down.
 #[derive(Debug)]
