@@ -22,17 +22,14 @@ use base64::Engine as _;
 use sha2::Digest as _;
 
 /// Errors from parsing hashes and hash encodings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HashError {
     /// The algorithm name is not one of md5, sha1, sha256, sha512.
-    #[error("unknown hash algorithm '{0}'")]
     UnknownAlgo(String),
     /// The string has no algorithm prefix where one is required.
-    #[error("hash '{0}' does not include a type")]
     MissingAlgo(String),
     /// The encoded digest has a length that fits no encoding of this algorithm.
-    #[error("hash '{hash}' has wrong length for hash type '{algo}'")]
     BadLength {
         /// The hash text as given.
         hash: String,
@@ -40,7 +37,6 @@ pub enum HashError {
         algo: HashAlgo,
     },
     /// A character outside the encoding's alphabet, or non-zero excess bits.
-    #[error("invalid {encoding} hash '{hash}'")]
     BadEncoding {
         /// `base16`, `base-32` or `base64`.
         encoding: &'static str,
@@ -48,6 +44,21 @@ pub enum HashError {
         hash: String,
     },
 }
+
+impl fmt::Display for HashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownAlgo(algo) => write!(f, "unknown hash algorithm '{algo}'"),
+            Self::MissingAlgo(hash) => write!(f, "hash '{hash}' does not include a type"),
+            Self::BadLength { hash, algo } => {
+                write!(f, "hash '{hash}' has wrong length for hash type '{algo}'")
+            }
+            Self::BadEncoding { encoding, hash } => write!(f, "invalid {encoding} hash '{hash}'"),
+        }
+    }
+}
+
+impl std::error::Error for HashError {}
 
 /// A hash algorithm Nix supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

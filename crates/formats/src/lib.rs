@@ -37,25 +37,81 @@ pub mod signing;
 pub mod store_path;
 
 /// Any error from this crate.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// A hash could not be parsed.
-    #[error(transparent)]
-    Hash(#[from] hash::HashError),
+    Hash(hash::HashError),
     /// A store path could not be parsed or made.
-    #[error(transparent)]
-    StorePath(#[from] store_path::StorePathError),
+    StorePath(store_path::StorePathError),
     /// A NAR could not be read, written or restored.
-    #[error(transparent)]
-    Nar(#[from] nar::NarError),
+    Nar(nar::NarError),
     /// A narinfo or nix-cache-info could not be parsed.
-    #[error(transparent)]
-    NarInfo(#[from] narinfo::NarInfoError),
+    NarInfo(narinfo::NarInfoError),
     /// A key or signature problem.
-    #[error(transparent)]
-    Signing(#[from] signing::SigningError),
+    Signing(signing::SigningError),
     /// An I/O error outside any format.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl Error {
+    /// The wrapped error: every variant is transparent.
+    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            Self::Hash(e) => e,
+            Self::StorePath(e) => e,
+            Self::Nar(e) => e,
+            Self::NarInfo(e) => e,
+            Self::Signing(e) => e,
+            Self::Io(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.inner(), f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner().source()
+    }
+}
+
+impl From<hash::HashError> for Error {
+    fn from(e: hash::HashError) -> Self {
+        Self::Hash(e)
+    }
+}
+
+impl From<store_path::StorePathError> for Error {
+    fn from(e: store_path::StorePathError) -> Self {
+        Self::StorePath(e)
+    }
+}
+
+impl From<nar::NarError> for Error {
+    fn from(e: nar::NarError) -> Self {
+        Self::Nar(e)
+    }
+}
+
+impl From<narinfo::NarInfoError> for Error {
+    fn from(e: narinfo::NarInfoError) -> Self {
+        Self::NarInfo(e)
+    }
+}
+
+impl From<signing::SigningError> for Error {
+    fn from(e: signing::SigningError) -> Self {
+        Self::Signing(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }

@@ -27,11 +27,10 @@ pub const HASH_PART_LEN: usize = 32;
 pub const MAX_NAME_LEN: usize = 211;
 
 /// Errors from parsing or making store paths.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StorePathError {
     /// The path is not directly inside the store directory.
-    #[error("path '{path}' is not in the Nix store '{store_dir}'")]
     NotInStore {
         /// The path as given.
         path: String,
@@ -39,19 +38,14 @@ pub enum StorePathError {
         store_dir: String,
     },
     /// The base name is shorter than a hash part, a dash and one character.
-    #[error("store path '{0}' is too short")]
     TooShort(String),
     /// The hash part has a character outside the nix32 alphabet.
-    #[error("store path '{0}' has an invalid hash part")]
     BadHashPart(String),
     /// The character after the hash part is not `-`.
-    #[error("store path '{0}' has no '-' after its hash part")]
     MissingDash(String),
     /// The name is empty or longer than 211 bytes.
-    #[error("store path name '{0}' must be 1 to 211 bytes long")]
     BadNameLength(String),
     /// The name has a character outside `[A-Za-z0-9+-._?=]`.
-    #[error("store path name '{name}' contains the forbidden character {ch:?}")]
     BadNameChar {
         /// The offending name.
         name: String,
@@ -59,15 +53,46 @@ pub enum StorePathError {
         ch: char,
     },
     /// The name is `.` or `..`, or starts with `.-` or `..-`.
-    #[error("store path name '{0}' is not allowed")]
     DotName(String),
     /// The store directory is not an absolute, normalised path.
-    #[error("store directory '{0}' must be an absolute path without a trailing '/'")]
     BadStoreDir(String),
     /// A content address that this kind of path cannot have.
-    #[error("{0}")]
     BadContentAddress(String),
 }
+
+impl fmt::Display for StorePathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotInStore { path, store_dir } => {
+                write!(f, "path '{path}' is not in the Nix store '{store_dir}'")
+            }
+            Self::TooShort(path) => write!(f, "store path '{path}' is too short"),
+            Self::BadHashPart(path) => write!(f, "store path '{path}' has an invalid hash part"),
+            Self::MissingDash(path) => {
+                write!(f, "store path '{path}' has no '-' after its hash part")
+            }
+            Self::BadNameLength(name) => {
+                write!(f, "store path name '{name}' must be 1 to 211 bytes long")
+            }
+            Self::BadNameChar { name, ch } => {
+                write!(
+                    f,
+                    "store path name '{name}' contains the forbidden character {ch:?}"
+                )
+            }
+            Self::DotName(name) => write!(f, "store path name '{name}' is not allowed"),
+            Self::BadStoreDir(dir) => {
+                write!(
+                    f,
+                    "store directory '{dir}' must be an absolute path without a trailing '/'"
+                )
+            }
+            Self::BadContentAddress(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for StorePathError {}
 
 /// Checks a store path name against Nix's rules (docs/formats.md §2.5, with the newer
 /// rule that rejects `.`/`..` names).

@@ -139,29 +139,24 @@ pub struct NarSummary {
 }
 
 /// Errors from writing, reading, restoring or listing NARs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum NarError {
     /// The NAR breaks a rule of the format: the data is at fault.
-    #[error(transparent)]
     Invalid(Box<InvalidNar>),
     /// Reading the NAR, or writing the NAR (or, for [`cat`], the file
     /// contents) to the caller's writer, failed.
-    #[error(transparent)]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// A file-system operation failed while dumping or restoring.
-    #[error("{op} '{}'", path.display())]
     Fs {
         /// What was being done, such as `"creating directory"`.
         op: &'static str,
         /// The file it was done to.
         path: PathBuf,
         /// The underlying error.
-        #[source]
         source: io::Error,
     },
     /// [`dump`] met a file that a NAR cannot hold (docs/formats.md §1.1 rule 5).
-    #[error("file '{}' has an unsupported type ({kind})", path.display())]
     UnsupportedFileType {
         /// The file.
         path: PathBuf,
@@ -171,7 +166,6 @@ pub enum NarError {
     },
     /// A file changed size while [`dump`] was reading it. The output written
     /// so far is not a valid NAR and must be discarded.
-    #[error("file '{}' changed size while it was being archived (expected {expected} bytes)", path.display())]
     FileChanged {
         /// The file.
         path: PathBuf,
@@ -179,11 +173,9 @@ pub enum NarError {
         expected: u64,
     },
     /// The reader given to [`NarWriter::regular`] failed.
-    #[error("reading file contents")]
-    ContentsRead(#[source] io::Error),
+    ContentsRead(io::Error),
     /// The reader given to [`NarWriter::regular`] did not yield exactly the
     /// declared number of bytes.
-    #[error("file contents are {} than the declared {declared} bytes", if *.longer { "longer" } else { "shorter" })]
     ContentsSize {
         /// The size given to [`NarWriter::regular`].
         declared: u64,
@@ -192,19 +184,16 @@ pub enum NarError {
     },
     /// [`restore`] was asked to write over an existing path without
     /// [`RestoreOptions::overwrite`].
-    #[error("'{}' already exists", path.display())]
     TargetExists {
         /// The destination.
         path: PathBuf,
     },
     /// [`cat`] did not find the path in the NAR.
-    #[error("'{}' does not exist in the NAR", Escaped(path))]
     NotFound {
         /// The path looked for, without a leading `/`.
         path: Vec<u8>,
     },
     /// [`cat`] found the path, but not as a regular file.
-    #[error("'{}' is a {kind}, not a regular file", Escaped(path))]
     NotRegular {
         /// The path looked for, without a leading `/`.
         path: Vec<u8>,
@@ -213,15 +202,71 @@ pub enum NarError {
     },
     /// [`Listing::to_json_strict`] met a name or target that is not UTF-8,
     /// which JSON cannot hold (Nix fails the same way).
-    #[error("'{}' is not valid UTF-8 and cannot be written as JSON", Escaped(path))]
     NotUtf8 {
         /// The entry whose name or target is not UTF-8.
         path: Vec<u8>,
     },
     /// The API was used out of order, or would produce a non-canonical NAR
     /// (for example, directory entries not in ascending order).
-    #[error("NAR API misuse: {0}")]
     Misuse(String),
+}
+
+impl fmt::Display for NarError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(e) => e.fmt(f),
+            Self::Io(e) => e.fmt(f),
+            Self::Fs { op, path, .. } => write!(f, "{op} '{}'", path.display()),
+            Self::UnsupportedFileType { path, kind } => {
+                write!(
+                    f,
+                    "file '{}' has an unsupported type ({kind})",
+                    path.display()
+                )
+            }
+            Self::FileChanged { path, expected } => write!(
+                f,
+                "file '{}' changed size while it was being archived (expected {expected} bytes)",
+                path.display()
+            ),
+            Self::ContentsRead(_) => f.write_str("reading file contents"),
+            Self::ContentsSize { declared, longer } => write!(
+                f,
+                "file contents are {} than the declared {declared} bytes",
+                if *longer { "longer" } else { "shorter" }
+            ),
+            Self::TargetExists { path } => write!(f, "'{}' already exists", path.display()),
+            Self::NotFound { path } => write!(f, "'{}' does not exist in the NAR", Escaped(path)),
+            Self::NotRegular { path, kind } => {
+                write!(f, "'{}' is a {kind}, not a regular file", Escaped(path))
+            }
+            Self::NotUtf8 { path } => {
+                write!(
+                    f,
+                    "'{}' is not valid UTF-8 and cannot be written as JSON",
+                    Escaped(path)
+                )
+            }
+            Self::Misuse(message) => write!(f, "NAR API misuse: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for NarError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid(e) => e.source(),
+            Self::Io(e) => e.source(),
+            Self::Fs { source, .. } | Self::ContentsRead(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for NarError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 impl NarError {

@@ -6,11 +6,10 @@ use super::{NarInfoError, MAX_NARINFO_LEN};
 use crate::store_path::{StoreDir, StorePathError};
 
 /// Errors from `nix-cache-info`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheInfoError {
     /// The file is longer than [`MAX_NARINFO_LEN`].
-    #[error("nix-cache-info is {len} bytes, more than the limit of {max}")]
     TooLarge {
         /// The file length.
         len: usize,
@@ -18,7 +17,6 @@ pub enum CacheInfoError {
         max: usize,
     },
     /// `StoreDir` is not a valid store directory.
-    #[error("nix-cache-info line {line}: invalid StoreDir: {error}")]
     InvalidStoreDir {
         /// The line number.
         line: usize,
@@ -27,7 +25,6 @@ pub enum CacheInfoError {
     },
     /// Two `StoreDir` lines disagree (Nix checks each against its own store
     /// directory, so it would reject the cache too).
-    #[error("nix-cache-info line {line}: StoreDir '{second}' contradicts '{first}'")]
     ConflictingStoreDir {
         /// The line of the second value.
         line: usize,
@@ -37,7 +34,6 @@ pub enum CacheInfoError {
         second: String,
     },
     /// `Priority` is not an integer (Nix's `std::stoi` throws).
-    #[error("nix-cache-info line {line}: Priority '{value}' is not an integer")]
     InvalidPriority {
         /// The line number.
         line: usize,
@@ -45,7 +41,6 @@ pub enum CacheInfoError {
         value: String,
     },
     /// The cache is for another store directory (Nix's error message).
-    #[error("binary cache is for Nix stores with prefix '{cache}', not '{ours}'")]
     StoreDirMismatch {
         /// The cache's `StoreDir`.
         cache: String,
@@ -53,6 +48,42 @@ pub enum CacheInfoError {
         ours: String,
     },
 }
+
+impl fmt::Display for CacheInfoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "nix-cache-info is {len} bytes, more than the limit of {max}"
+                )
+            }
+            Self::InvalidStoreDir { line, error } => {
+                write!(f, "nix-cache-info line {line}: invalid StoreDir: {error}")
+            }
+            Self::ConflictingStoreDir {
+                line,
+                first,
+                second,
+            } => write!(
+                f,
+                "nix-cache-info line {line}: StoreDir '{second}' contradicts '{first}'"
+            ),
+            Self::InvalidPriority { line, value } => {
+                write!(
+                    f,
+                    "nix-cache-info line {line}: Priority '{value}' is not an integer"
+                )
+            }
+            Self::StoreDirMismatch { cache, ours } => write!(
+                f,
+                "binary cache is for Nix stores with prefix '{cache}', not '{ours}'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CacheInfoError {}
 
 /// The contents of `nix-cache-info`.
 ///

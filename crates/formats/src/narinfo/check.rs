@@ -1,5 +1,7 @@
 //! Consistency checks across fields ([`NarInfo::check`]).
 
+use std::fmt;
+
 use super::{Compression, NarInfo, NarInfoError};
 use crate::hash::HashAlgo;
 use crate::store_path::{ContentAddress, FileIngestion};
@@ -9,14 +11,12 @@ use crate::store_path::{ContentAddress, FileIngestion};
 ///
 /// Hashes and content addresses are kept as text, which keeps the error
 /// small (a `NixHash` has room for 64 bytes).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Inconsistency {
     /// `NarHash` is not SHA-256; Nix only makes SHA-256 NAR hashes.
-    #[error("NarHash uses {0}, but NAR hashes are sha256")]
     NarHashNotSha256(HashAlgo),
     /// `Compression: none` but the file hash is not the NAR hash.
-    #[error("Compression is none, but FileHash {file_hash} differs from NarHash {nar_hash}")]
     FileHashNotNarHash {
         /// The `FileHash`.
         file_hash: String,
@@ -24,7 +24,6 @@ pub enum Inconsistency {
         nar_hash: String,
     },
     /// `Compression: none` but the file size is not the NAR size.
-    #[error("Compression is none, but FileSize {file_size} differs from NarSize {nar_size}")]
     FileSizeNotNarSize {
         /// The `FileSize`.
         file_size: u64,
@@ -32,7 +31,6 @@ pub enum Inconsistency {
         nar_size: u64,
     },
     /// The CA claim, with the name and references, gives another path.
-    #[error("CA {ca} does not give the store path {path}")]
     CaDoesNotGivePath {
         /// The `CA`.
         ca: String,
@@ -41,7 +39,6 @@ pub enum Inconsistency {
     },
     /// A recursive CA hash with the NAR hash's algorithm differs from it
     /// (both hash the same NAR).
-    #[error("CA {ca} hashes the NAR but differs from NarHash {nar_hash}")]
     CaNotNarHash {
         /// The `CA`.
         ca: String,
@@ -49,7 +46,6 @@ pub enum Inconsistency {
         nar_hash: String,
     },
     /// `URL` is not a plain relative path inside the cache.
-    #[error("URL '{url}' is not a plain relative path: {reason}")]
     UnsafeUrl {
         /// The `URL`.
         url: String,
@@ -57,9 +53,49 @@ pub enum Inconsistency {
         reason: &'static str,
     },
     /// `Deriver` does not name a `.drv`.
-    #[error("Deriver '{0}' is not a derivation (.drv)")]
     DeriverNotDerivation(String),
 }
+
+impl fmt::Display for Inconsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NarHashNotSha256(algo) => {
+                write!(f, "NarHash uses {algo}, but NAR hashes are sha256")
+            }
+            Self::FileHashNotNarHash {
+                file_hash,
+                nar_hash,
+            } => write!(
+                f,
+                "Compression is none, but FileHash {file_hash} differs from NarHash {nar_hash}"
+            ),
+            Self::FileSizeNotNarSize {
+                file_size,
+                nar_size,
+            } => write!(
+                f,
+                "Compression is none, but FileSize {file_size} differs from NarSize {nar_size}"
+            ),
+            Self::CaDoesNotGivePath { ca, path } => {
+                write!(f, "CA {ca} does not give the store path {path}")
+            }
+            Self::CaNotNarHash { ca, nar_hash } => {
+                write!(
+                    f,
+                    "CA {ca} hashes the NAR but differs from NarHash {nar_hash}"
+                )
+            }
+            Self::UnsafeUrl { url, reason } => {
+                write!(f, "URL '{url}' is not a plain relative path: {reason}")
+            }
+            Self::DeriverNotDerivation(deriver) => {
+                write!(f, "Deriver '{deriver}' is not a derivation (.drv)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Inconsistency {}
 
 impl NarInfo {
     /// Checks that the fields agree with each other and with what Nix

@@ -96,17 +96,14 @@ impl std::fmt::Display for Kind {
 ///
 /// Messages start like Nix's (`secret key is not valid`) and then say why.
 /// They never contain secret key material.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SigningError {
     /// There is no `:` between the name and the base64 data.
-    #[error("{0} is not valid: no ':' after the key name")]
     MissingColon(Kind),
     /// The name before the `:` is empty.
-    #[error("{0} is not valid: the key name is empty")]
     EmptyName(Kind),
     /// Nothing follows the `:`.
-    #[error("{kind} '{name}' is not valid: no data after the key name")]
     EmptyData {
         /// What was being parsed.
         kind: Kind,
@@ -114,7 +111,6 @@ pub enum SigningError {
         name: String,
     },
     /// The data after the `:` is not canonical standard base64.
-    #[error("{kind} '{name}' is not valid: bad base64")]
     BadBase64 {
         /// What was being parsed.
         kind: Kind,
@@ -122,7 +118,6 @@ pub enum SigningError {
         name: String,
     },
     /// The data decodes to the wrong number of bytes.
-    #[error("{kind} '{name}' is not valid: {found} bytes instead of {expected}")]
     WrongLength {
         /// What was being parsed.
         kind: Kind,
@@ -134,28 +129,81 @@ pub enum SigningError {
         found: usize,
     },
     /// A secret key's last 32 bytes are not the public key of its seed.
-    #[error("secret key '{name}' is not valid: its public half does not match its seed")]
     PublicHalfMismatch {
         /// The key name.
         name: String,
     },
     /// A public key is not the canonical encoding of a curve point of large
     /// order, so no signature could ever verify with it.
-    #[error("public key '{name}' is not valid: not a usable ed25519 point")]
     InvalidPublicKey {
         /// The key name.
         name: String,
     },
     /// A name for a new key is empty or has `:`, whitespace or control
     /// characters.
-    #[error("key name '{0}' is not valid: it must be non-empty, without ':' or whitespace")]
     InvalidName(String),
     /// The operating system could not provide random bytes for a new key.
-    #[error("cannot get random bytes for a new key: {0}")]
     Randomness(String),
     /// A verification failed.
-    #[error(transparent)]
-    Verify(#[from] VerifyError),
+    Verify(VerifyError),
+}
+
+impl std::fmt::Display for SigningError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MissingColon(kind) => write!(f, "{kind} is not valid: no ':' after the key name"),
+            Self::EmptyName(kind) => write!(f, "{kind} is not valid: the key name is empty"),
+            Self::EmptyData { kind, name } => {
+                write!(
+                    f,
+                    "{kind} '{name}' is not valid: no data after the key name"
+                )
+            }
+            Self::BadBase64 { kind, name } => write!(f, "{kind} '{name}' is not valid: bad base64"),
+            Self::WrongLength {
+                kind,
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{kind} '{name}' is not valid: {found} bytes instead of {expected}"
+            ),
+            Self::PublicHalfMismatch { name } => write!(
+                f,
+                "secret key '{name}' is not valid: its public half does not match its seed"
+            ),
+            Self::InvalidPublicKey { name } => {
+                write!(
+                    f,
+                    "public key '{name}' is not valid: not a usable ed25519 point"
+                )
+            }
+            Self::InvalidName(name) => write!(
+                f,
+                "key name '{name}' is not valid: it must be non-empty, without ':' or whitespace"
+            ),
+            Self::Randomness(reason) => {
+                write!(f, "cannot get random bytes for a new key: {reason}")
+            }
+            Self::Verify(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SigningError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Verify(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<VerifyError> for SigningError {
+    fn from(e: VerifyError) -> Self {
+        Self::Verify(e)
+    }
 }
 
 /// Lets `?` turn a [`VerifyError`] straight into the crate error.

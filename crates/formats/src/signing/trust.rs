@@ -1,5 +1,7 @@
 //! [`TrustedKeys`]: checking a path's signatures the way Nix does (docs/formats.md §4.4).
 
+use std::fmt;
+
 use super::{PublicKey, Signature, SigningError};
 
 /// Why no signature on a path verified.
@@ -9,35 +11,49 @@ use super::{PublicKey, Signature, SigningError};
 /// not match: tampering or corruption), then
 /// [`UntrustedKeys`](Self::UntrustedKeys), then
 /// [`Unnamed`](Self::Unnamed), then [`NoSignatures`](Self::NoSignatures).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerifyError {
     /// There are no signatures at all.
-    #[error("no signatures")]
     NoSignatures,
     /// Every signature is by a key that is not trusted.
-    #[error("not signed by a trusted key (signed by {})", .key_names.join(", "))]
     UntrustedKeys {
         /// The names of the keys that signed, each once, in order of appearance.
         key_names: Vec<String>,
     },
     /// A trusted key's signature does not verify, or is malformed.
-    #[error(
-        "the signature by trusted key '{key_name}' does not match \
-         (the signed data or the signature was altered)"
-    )]
     BadSignature {
         /// The first trusted key whose signature failed.
         key_name: String,
     },
     /// Every signature is malformed so that it names no key (no `:` or an
     /// empty name).
-    #[error("no signature names a key ({count} malformed)")]
     Unnamed {
         /// How many such signatures there were.
         count: usize,
     },
 }
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSignatures => f.write_str("no signatures"),
+            Self::UntrustedKeys { key_names } => write!(
+                f,
+                "not signed by a trusted key (signed by {})",
+                key_names.join(", ")
+            ),
+            Self::BadSignature { key_name } => write!(
+                f,
+                "the signature by trusted key '{key_name}' does not match \
+                 (the signed data or the signature was altered)"
+            ),
+            Self::Unnamed { count } => write!(f, "no signature names a key ({count} malformed)"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
 
 /// The public keys whose signatures count: Nix's `trusted-public-keys`.
 ///
