@@ -101,7 +101,10 @@ const BROTLI_BUFFER: usize = 64 * 1024;
 #[non_exhaustive]
 pub enum CompressionError {
     /// The method is known but nixferry cannot write or read it.
-    #[error("compression method '{method}' is not supported for {what}; supported: {}", supported_names())]
+    #[error(
+        "compression method '{method}' is not supported for {what}; supported: {}",
+        supported_names()
+    )]
     Unsupported {
         /// The method's name.
         method: String,
@@ -218,7 +221,11 @@ pub fn check_level(c: &Compression, level: i32) -> Result<(), CompressionError> 
 /// The names of [`SUPPORTED`], for messages: `none, xz, zstd, bzip2, br`
 /// with every codec built in.
 pub fn supported_names() -> String {
-    SUPPORTED.iter().map(Compression::name).collect::<Vec<_>>().join(", ")
+    SUPPORTED
+        .iter()
+        .map(Compression::name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unsupported(c: &Compression, what: &'static str) -> CompressionError {
@@ -296,7 +303,12 @@ enum EncoderInner<W: Write> {
 /// `zstd`, `bzip2` and `br`; [`CompressionError::BadLevel`];
 /// [`CompressionError::Init`] if the codec library fails to start.
 #[cfg_attr(
-    not(all(feature = "xz", feature = "zstd", feature = "bzip2", feature = "brotli")),
+    not(all(
+        feature = "xz",
+        feature = "zstd",
+        feature = "bzip2",
+        feature = "brotli"
+    )),
     allow(unused_variables)
 )]
 pub fn encoder<W: Write>(
@@ -559,7 +571,8 @@ pub fn decoder<R: BufRead>(c: &Compression, input: R) -> Result<Decoder<R>, Comp
         #[cfg(feature = "bzip2")]
         Compression::Bzip2 => DecoderInner::Bzip2(bzip2::bufread::MultiBzDecoder::new(input)),
         #[cfg(feature = "brotli")]
-        Compression::Br => {
+        Compression::Br =>
+        {
             #[cfg(feature = "brotli")]
             DecoderInner::Br(Box::new(brotli::Decompressor::new(input, BROTLI_BUFFER)))
         }
@@ -647,7 +660,13 @@ impl<R: BufRead> fmt::Debug for Decoder<R> {
     }
 }
 
-#[cfg(all(test, feature = "xz", feature = "zstd", feature = "bzip2", feature = "brotli"))]
+#[cfg(all(
+    test,
+    feature = "xz",
+    feature = "zstd",
+    feature = "bzip2",
+    feature = "brotli"
+))]
 mod tests {
     use super::*;
 

@@ -16,7 +16,9 @@ pub enum UrlError {
     },
     /// The scheme is known, but this build of nixferry leaves its store out
     /// (see the crate's cargo features).
-    #[error("store type '{scheme}' in '{url}' needs nixferry built with the cargo feature '{feature}'")]
+    #[error(
+        "store type '{scheme}' in '{url}' needs nixferry built with the cargo feature '{feature}'"
+    )]
     NotBuilt {
         /// The URL.
         url: String,
