@@ -139,6 +139,7 @@ impl CacheWriter {
     /// The writing parameters of a remote binary cache's URL, whose NAR
     /// files are staged in temporary files (never flushed: they only live
     /// until uploaded), with its `want-mass-query` and `priority`.
+    #[cfg(any(feature = "http", feature = "s3"))]
     pub(crate) fn for_remote(
         url: &StoreUrl,
     ) -> Result<(Self, Option<bool>, Option<i64>), StoreError> {
