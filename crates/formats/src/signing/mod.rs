@@ -69,7 +69,7 @@ mod keys;
 mod trust;
 
 pub use keys::{PublicKey, SecretKey, Signature};
-pub use trust::{TrustedKeys, VerifyError};
+pub use trust::{TrustedKeys, VerifyError, DEFAULT_TRUSTED_PUBLIC_KEYS};
 
 /// Which kind of `NAME:BASE64` item a [`SigningError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

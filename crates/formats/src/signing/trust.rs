@@ -55,6 +55,14 @@ impl fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
+/// The default of Nix's `trusted-public-keys` setting (Nix 2.8): the key
+/// cache.nixos.org signs with.
+///
+/// A whitespace-separated list, as the setting is written, so that
+/// [`TrustedKeys::parse_list`] reads it; today it holds one key.
+pub const DEFAULT_TRUSTED_PUBLIC_KEYS: &str =
+    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
 /// The public keys whose signatures count: Nix's `trusted-public-keys`.
 ///
 /// Keys are looked up by name, so a signature is checked only against the
@@ -88,6 +96,20 @@ impl TrustedKeys {
     /// No keys: nothing verifies.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The keys Nix trusts when nothing is configured: the default of
+    /// `trusted-public-keys` ([`DEFAULT_TRUSTED_PUBLIC_KEYS`]).
+    ///
+    /// ```
+    /// use nixferry_formats::signing::TrustedKeys;
+    ///
+    /// let keys = TrustedKeys::nix_default();
+    /// assert_eq!(keys.iter().map(|k| k.name()).collect::<Vec<_>>(), ["cache.nixos.org-1"]);
+    /// ```
+    pub fn nix_default() -> Self {
+        // A constant that parses: a test below checks it.
+        Self::parse_list(DEFAULT_TRUSTED_PUBLIC_KEYS).unwrap_or_default()
     }
 
     /// The given keys (later duplicates of a name are ignored).
@@ -285,6 +307,17 @@ mod tests {
         assert_eq!(trusted.count_valid(msg, [sa.as_str(), sa.as_str()]), 1);
         assert_eq!(trusted.count_valid(msg, [sa.as_str(), "x", sb.as_str()]), 2);
         assert_eq!(trusted.count_valid(b"other", [sa.as_str()]), 0);
+    }
+
+    #[test]
+    fn nix_default_is_cache_nixos_org() {
+        let keys = TrustedKeys::parse_list(DEFAULT_TRUSTED_PUBLIC_KEYS).unwrap();
+        assert_eq!(keys.len(), 1);
+        let default = TrustedKeys::nix_default();
+        assert_eq!(default.len(), 1);
+        let key = default.get("cache.nixos.org-1").unwrap();
+        assert_eq!(key, keys.get("cache.nixos.org-1").unwrap());
+        assert_eq!(key.to_string(), DEFAULT_TRUSTED_PUBLIC_KEYS);
     }
 
     #[test]
