@@ -44,6 +44,7 @@ mod retry;
 mod schedule;
 mod tasks;
 mod transfer;
+mod trust;
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -54,10 +55,14 @@ pub struct CopyOptions {
     /// Refuse paths from an untrusted source that carry no valid signature
     /// by one of [`CopyOptions::trusted_keys`] (Nix's `require-sigs`).
     /// Content-addressed paths whose address verifies need none.
+    /// Default: `true`, as in Nix.
     pub check_sigs: bool,
-    /// Keys whose signatures are trusted.
+    /// Keys whose signatures are trusted (Nix's `trusted-public-keys`).
+    /// Default: Nix's, [`TrustedKeys::nix_default`]; set with
+    /// [`CopyOptions::with_trusted_keys`].
     pub trusted_keys: TrustedKeys,
-    /// Keys to sign copied paths with.
+    /// Keys to sign copied paths with; set with
+    /// [`CopyOptions::with_secret_keys`], which trusts them too.
     pub secret_keys: Vec<SecretKey>,
     /// Move compressed NAR files as they are between binary caches of the
     /// same compression.
@@ -82,7 +87,7 @@ impl Default for CopyOptions {
         Self {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             check_sigs: true,
-            trusted_keys: TrustedKeys::new(),
+            trusted_keys: TrustedKeys::nix_default(),
             secret_keys: Vec::new(),
             passthrough: true,
             substitute_on_destination: false,
