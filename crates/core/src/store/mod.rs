@@ -61,6 +61,7 @@ pub(crate) mod chunks;
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod json;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(any(feature = "http", feature = "s3"))]
