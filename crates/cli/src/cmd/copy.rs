@@ -16,9 +16,6 @@ use super::paths;
 use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning};
 use crate::exit::Failure;
 
-/// The key Nix trusts by default (`trusted-public-keys`).
-const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
-
 pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     let src = paths::open(&args.from)?;
     let dsts = args
@@ -160,31 +157,29 @@ fn copy_and_report(
     }
 }
 
+/// The options of `nixferry copy`: Nix's signature policy
+/// ([`CopyOptions`]'s default and builders), with the trusted keys given
+/// on the command line replacing Nix's default ones.
 fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
-    let mut trusted = TrustedKeys::new();
-    let keys = if args.trusted_keys.is_empty() {
-        vec![CACHE_NIXOS_ORG.to_owned()]
-    } else {
-        args.trusted_keys.clone()
-    };
-    for k in &keys {
-        trusted.add(PublicKey::parse(k).with_context(|| format!("trusted key '{k}'"))?);
+    let mut opts = CopyOptions::default();
+    if !args.trusted_keys.is_empty() {
+        opts = opts.with_trusted_keys(parse_trusted_keys(&args.trusted_keys)?);
     }
     let secret_keys = args
         .secret_key_files
         .iter()
         .map(|f| super::key::load_secret_key(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // Like Nix, the public halves of our own signing keys are trusted.
-    for k in &secret_keys {
-        trusted.add(k.public());
-    }
-    Ok(CopyOptions {
-        check_sigs: !args.no_check_sigs,
-        trusted_keys: trusted,
-        secret_keys,
-        ..CopyOptions::default()
-    })
+    opts = opts.with_secret_keys(secret_keys);
+    opts.check_sigs = !args.no_check_sigs;
+    Ok(opts)
+}
+
+/// Parses `--trusted-key` values (`name:base64`), saying which one is bad.
+pub(super) fn parse_trusted_keys(keys: &[String]) -> anyhow::Result<TrustedKeys> {
+    keys.iter()
+        .map(|k| PublicKey::parse(k).with_context(|| format!("trusted key '{k}'")))
+        .collect()
 }
 
 /// Shows events: JSON Lines on stdout, or a progress bar on a terminal.

@@ -97,11 +97,11 @@ fn show_json(info: &NarInfo) -> serde_json::Value {
     })
 }
 
+/// The keys `--trusted-key` and `--trusted-key-file` name. Unlike `copy`,
+/// `narinfo verify` has no default keys: it checks against exactly the
+/// keys it is given.
 fn trusted_keys(args: &VerifyArgs) -> anyhow::Result<TrustedKeys> {
-    let mut keys = TrustedKeys::new();
-    for k in &args.trusted_keys {
-        keys.add(PublicKey::parse(k).with_context(|| format!("trusted key '{k}'"))?);
-    }
+    let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
     for f in &args.trusted_key_files {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading public key '{}'", f.display()))?;
