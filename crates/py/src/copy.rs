@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use nixferry::closure::ClosureError;
 use nixferry::copy::{copy_closure, CancellationToken, CopyOptions, Event, Summary};
-use nixferry::signing::PublicKey;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
@@ -14,9 +13,6 @@ use crate::errors;
 use crate::signing::{self, PySigningKey};
 use crate::store::store_arg;
 use crate::store_path as sp;
-
-/// The key Nix trusts by default (`trusted-public-keys`).
-const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 /// The plan: paths in the closure, paths some destination lacks, and
 /// their total NAR size.
@@ -229,9 +225,12 @@ enum Msg {
 /// URL), as `nixferry copy` does, and returns a `CopySummary`.
 ///
 /// Paths from a store other than the local one need a valid signature by
-/// one of `trusted_keys` (default: cache.nixos.org's key, plus the public
-/// halves of `secret_keys`) unless `check_sigs=False`. Copied paths are
-/// signed with `secret_keys`. `jobs` paths are copied at once.
+/// a trusted key, or a content address that verifies, unless
+/// `check_sigs=False` (Nix's `require-sigs`). The trusted keys are
+/// `trusted_keys` (default: Nix's default `trusted-public-keys`,
+/// cache.nixos.org's key) and, as in Nix, the public halves of
+/// `secret_keys`. Copied paths are signed with `secret_keys`. `jobs` paths
+/// are copied at once.
 ///
 /// `progress`, if given, is called in the calling thread with one event
 /// object per step (`CopyPlanned`, `PathStarted`, `BytesCopied`,
@@ -278,23 +277,16 @@ fn copy(
             .map(|p| sp::extract(&p?, &dir))
             .collect::<PyResult<Vec<_>>>()?
     };
-    let mut trusted = match &trusted_keys {
-        Some(k) => signing::trusted_keys(k)?,
-        None => nixferry::signing::TrustedKeys::from_keys([
-            PublicKey::parse(CACHE_NIXOS_ORG).map_err(|e| errors::signing(&e))?
-        ]),
-    };
-    // As in Nix, the public halves of our own signing keys are trusted.
-    for k in &secret_keys {
-        trusted.add(k.0.public());
-    }
+    // Nix's signature policy, as the command-line tool sets it up.
     let mut opts = CopyOptions {
         check_sigs,
-        trusted_keys: trusted,
-        secret_keys: secret_keys.into_iter().map(|k| k.0).collect(),
         retries,
         ..CopyOptions::default()
     };
+    if let Some(k) = &trusted_keys {
+        opts = opts.with_trusted_keys(signing::trusted_keys(k)?);
+    }
+    opts = opts.with_secret_keys(secret_keys.into_iter().map(|k| k.0));
     if let Some(j) = jobs {
         opts.jobs = j.max(1);
     }

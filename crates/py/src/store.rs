@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use nixferry::closure;
+use nixferry::store::json::{path_info_json, PathInfoQuery};
 use nixferry::store::{self, PathInfo, Store};
 use nixferry::store_path::{StoreDir, StorePath};
 use pyo3::prelude::*;
@@ -117,6 +118,12 @@ impl PyPathInfo {
     /// The string signatures sign.
     fn fingerprint(&self) -> String {
         self.info.fingerprint(&self.dir)
+    }
+
+    /// The path's object in `nix path-info --json`, compact, fields in
+    /// Nix's order.
+    fn to_json(&self) -> String {
+        self.info.to_json(&self.dir)
     }
 
     /// Checks that the path is trusted: a valid signature by one of
@@ -245,6 +252,37 @@ impl PyStore {
         })?
         .map_err(|e| errors::closure(&e))?;
         Ok(c.into_infos().into_iter().map(|i| self.info(i)).collect())
+    }
+
+    /// What `nix path-info --json` prints about `paths` (and `nixferry
+    /// path-info --json`): a JSON array with an object per path, in the
+    /// order given; `{"path": ..., "valid": false}` for a path the store
+    /// does not have. With `recursive=True`, the closure of `paths`
+    /// instead, references first; with `closure_size=True`, each object
+    /// has `closureSize` (and `closureDownloadSize` for binary caches that
+    /// know every file size).
+    ///
+    /// Raises `PathNotFoundError` (with `recursive=True`) or `ClosureError`
+    /// when a closure needed lacks a path.
+    #[pyo3(signature = (paths, *, recursive = false, closure_size = false))]
+    fn path_info_json(
+        &self,
+        py: Python<'_>,
+        paths: &Bound<'_, PyAny>,
+        recursive: bool,
+        closure_size: bool,
+    ) -> PyResult<String> {
+        let ps = self.paths(paths)?;
+        let store = Arc::clone(&self.store);
+        let query = PathInfoQuery {
+            recursive,
+            closure_size,
+        };
+        let entries = blocking::run(py, move |_| {
+            crate::runtime().block_on(query.run(&*store, &ps))
+        })?
+        .map_err(|e| errors::closure(&e))?;
+        Ok(path_info_json(self.store.store_dir(), &entries))
     }
 
     fn __repr__(&self) -> String {

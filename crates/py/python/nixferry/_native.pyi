@@ -442,6 +442,8 @@ class PathInfo:
         """The NAR file's size (binary caches)."""
     def fingerprint(self) -> str:
         """The string signatures sign."""
+    def to_json(self) -> str:
+        """The path's object in ``nix path-info --json``."""
     def verify(self, trusted_keys: _TrustedKeys) -> str | None:
         """The key that verified, or ``None`` for a content address."""
 
@@ -463,6 +465,8 @@ class Store:
         """Those of ``paths`` the store has."""
     def closure(self, paths: _Paths) -> builtins.list[PathInfo]:
         """The closure of ``paths``, references first."""
+    def path_info_json(self, paths: _Paths, *, recursive: bool = False, closure_size: bool = False) -> str:
+        """What ``nix path-info --json`` prints about ``paths``."""
 
 def open_store(url: str) -> Store:
     """Opens the store a URL names."""
