@@ -180,16 +180,16 @@ impl PathInfoQuery {
                 .map(|p| found.get(p).cloned().ok_or_else(|| p.clone()))
                 .collect()
         };
-        // Every closure asked about at once, then each one's sizes within.
-        let closures = if self.closure_size {
-            let valid: Vec<StorePath> = infos
-                .iter()
-                .filter_map(|i| i.as_ref().ok())
-                .map(|i| i.path.clone())
-                .collect();
-            Some(closure::infos(store, &valid).await?)
-        } else {
-            None
+        // Every closure at once (a recursive query has them already), then
+        // each one's sizes within.
+        let valid = infos.iter().filter_map(|i| i.as_ref().ok());
+        let closures = match (self.closure_size, self.recursive) {
+            (false, _) => None,
+            (true, true) => Some(valid.map(|i| (i.path.clone(), i.clone())).collect()),
+            (true, false) => {
+                let roots: Vec<StorePath> = valid.map(|i| i.path.clone()).collect();
+                Some(closure::infos(store, &roots).await?)
+            }
         };
         Ok(infos
             .into_iter()
