@@ -86,7 +86,7 @@ pub use decode::{validate, Contents, Decoder, Entry, EntryKind, Event};
 pub use encode::{dump, dump_unhashed, hash_path};
 pub use listing::{list, Listing};
 pub use restore::{restore, restore_from_decoder, RestoreOptions};
-pub use wire::is_valid_name;
+pub use wire::{is_valid_name, padding_len};
 pub use writer::NarWriter;
 
 /// The longest keyword token a decoder reads, such as `directory` (9 bytes).

@@ -4,8 +4,18 @@
 //! zero padding to a multiple of 8. The fixed token sequences the writer
 //! emits are encoded once, at compile time.
 
-/// `bytes(s)` padding: zero bytes after `len` bytes of data.
-pub(super) const fn padding_len(len: u64) -> usize {
+/// The padding of `bytes(s)`, the string primitive of NARs and of Nix's
+/// wire protocols (docs/formats.md §0): how many zero bytes follow `len`
+/// bytes of data to reach a multiple of 8 (0 to 7).
+///
+/// ```
+/// use nixferry_formats::nar::padding_len;
+///
+/// assert_eq!(padding_len(0), 0);
+/// assert_eq!(padding_len(13), 3);
+/// assert_eq!(padding_len(16), 0);
+/// ```
+pub const fn padding_len(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 

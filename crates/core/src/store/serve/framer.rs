@@ -16,7 +16,7 @@
 //! vector, and a fuzz target (`nar_frame`) on any input. The hash is
 //! checked by the receiver against the path info.
 
-use crate::nar::{is_valid_name, Limits, MAX_TAG_LEN};
+use crate::nar::{is_valid_name, padding_len, Limits, MAX_TAG_LEN};
 
 /// Why a NAR could not be framed, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,7 +261,7 @@ impl NarFramer {
     }
 
     fn end_data(&mut self) -> Result<(), FrameError> {
-        let pad = (8 - self.len % 8) % 8;
+        let pad = padding_len(self.len);
         if pad == 0 {
             self.end_token()
         } else {

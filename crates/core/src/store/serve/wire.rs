@@ -13,6 +13,7 @@ use tokio::io::{
 };
 
 use super::ServeError;
+use crate::nar::padding_len;
 
 /// Longest store path string accepted (Linux `PATH_MAX`; a valid one has
 /// at most a store directory, 33 bytes and a 211-byte name).
@@ -37,11 +38,6 @@ pub(super) const MAX_CLOSURE: u64 = 1 << 24;
 pub(super) const REPLY_BUDGET_BASE: u64 = 64 << 20;
 /// See [`REPLY_BUDGET_BASE`].
 pub(super) const REPLY_BUDGET_PER_PATH: u64 = 16 << 10;
-
-/// Padding after `len` bytes of data.
-pub(super) fn padding_len(len: u64) -> usize {
-    ((8 - len % 8) % 8) as usize
-}
 
 /// The reading side of a connection: a buffered stream and the budget of
 /// the reply being read.
