@@ -94,6 +94,22 @@ impl fmt::Display for StorePathError {
 
 impl std::error::Error for StorePathError {}
 
+/// Whether `s` is a store path hash part: exactly [`HASH_PART_LEN`]
+/// characters of Nix's base-32 alphabet ([`nix32::is_digit`]), as the
+/// hash part of a [`StorePath`] and the name of a binary cache's
+/// `<hashPart>.narinfo` are.
+///
+/// ```
+/// use nixferry_formats::store_path::is_hash_part;
+///
+/// assert!(is_hash_part("7rjj86a15146cq1d3qy068lml7n8ykzm"));
+/// assert!(!is_hash_part("7rjj86a15146cq1d3qy068lml7n8ykz")); // 31
+/// assert!(!is_hash_part("7rjj86a15146cq1d3qy068lml7n8ykze")); // no 'e'
+/// ```
+pub fn is_hash_part(s: &str) -> bool {
+    s.len() == HASH_PART_LEN && s.bytes().all(nix32::is_digit)
+}
+
 /// Checks a store path name against Nix's rules (docs/formats.md §2.5, with the newer
 /// rule that rejects `.`/`..` names).
 ///
@@ -221,7 +237,7 @@ impl StorePath {
         if b.len() < HASH_PART_LEN + 2 {
             return Err(StorePathError::TooShort(base.to_owned()));
         }
-        if !b[..HASH_PART_LEN].iter().all(|&c| nix32::is_digit(c)) {
+        if !base.get(..HASH_PART_LEN).is_some_and(is_hash_part) {
             return Err(StorePathError::BadHashPart(base.to_owned()));
         }
         if b[HASH_PART_LEN] != b'-' {

@@ -34,9 +34,8 @@ use super::cache_writer::{CacheWriter, FileFacts, StagedNar};
 use super::chunks::{blocking_stream, CHUNK_SIZE};
 use super::{Capabilities, CompressedNar, NarStream, PathInfo, StoreError, StoreUrl, UrlError};
 use crate::compression::{self, Compression};
-use crate::hash::nix32;
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
-use crate::store_path::{StoreDir, StorePath, HASH_PART_LEN};
+use crate::store_path::{is_hash_part, StoreDir, StorePath};
 
 /// Requests of one batched question that run at once.
 #[cfg_attr(not(feature = "http"), allow(unreachable_pub))]
@@ -301,8 +300,7 @@ impl<B: Blobs> RemoteCache<B> {
         hash: &str,
     ) -> Result<Option<PathInfo>, StoreError> {
         // Only a hash part can name a narinfo: nothing else is fetched.
-        let valid = hash.len() == HASH_PART_LEN && hash.bytes().all(nix32::is_digit);
-        if !valid {
+        if !is_hash_part(hash) {
             return Ok(None);
         }
         self.cache_info().await?;
