@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use nixferry::signing::{PublicKey, SecretKey, Signature, TrustedKeys};
+use nixferry::signing::{KeyFileError, PublicKey, SecretKey, Signature, TrustedKeys};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
@@ -18,9 +18,15 @@ fn parse_public(text: &str) -> PyResult<PublicKey> {
     PublicKey::parse(text.trim()).map_err(|e| errors::signing(&e))
 }
 
-/// Reads a key file.
-fn read_file(path: &PathBuf) -> PyResult<String> {
-    std::fs::read_to_string(path).map_err(|e| errors::os_error(&e, "reading key file", Some(path)))
+/// A key file that could not be loaded: `OSError` if it could not be
+/// read, `SignatureError` if it holds no key.
+fn key_file_error(e: KeyFileError) -> PyErr {
+    match e {
+        KeyFileError::Read { path, source, .. } => {
+            errors::os_error(&source, "reading key file", Some(&path))
+        }
+        KeyFileError::Parse { source, .. } => errors::signing(&source),
+    }
 }
 
 /// A secret ed25519 key with its name, as in the files
@@ -57,7 +63,7 @@ impl PySigningKey {
     /// Reads a secret key file.
     #[staticmethod]
     fn from_file(path: PathBuf) -> PyResult<Self> {
-        parse_secret(&read_file(&path)?).map(Self)
+        SecretKey::from_file(path).map(Self).map_err(key_file_error)
     }
 
     /// Makes the key with a 32-byte seed (deterministic).
@@ -142,7 +148,7 @@ impl PyVerifyingKey {
     /// Reads a public key file.
     #[staticmethod]
     fn from_file(path: PathBuf) -> PyResult<Self> {
-        parse_public(&read_file(&path)?).map(Self)
+        PublicKey::from_file(path).map(Self).map_err(key_file_error)
     }
 
     /// The key's name.

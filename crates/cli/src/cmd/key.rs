@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use nixferry::atomic::AtomicFile;
-use nixferry::signing::SecretKey;
+use nixferry::signing::{KeyFileError, SecretKey};
 
 use crate::cli::KeyCommand;
 use crate::exit::Failure;
@@ -47,16 +47,18 @@ fn write_new(path: &Path, mode: u32, text: &str) -> anyhow::Result<()> {
 /// Loads a secret key file, warning when others can read it.
 pub(super) fn load_secret_key(path: &Path) -> anyhow::Result<SecretKey> {
     use std::os::unix::fs::MetadataExt as _;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading secret key '{}'", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.mode() & 0o077 != 0 {
-            eprintln!(
-                "nixferry: warning: secret key file '{}' is readable by other users (mode {:o})",
-                path.display(),
-                meta.mode() & 0o777
-            );
+    let loaded = SecretKey::from_file(path);
+    // A file that could be read is worth the warning, even if it is not a key.
+    if !matches!(loaded, Err(KeyFileError::Read { .. })) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.mode() & 0o077 != 0 {
+                eprintln!(
+                    "nixferry: warning: secret key file '{}' is readable by other users (mode {:o})",
+                    path.display(),
+                    meta.mode() & 0o777
+                );
+            }
         }
     }
-    SecretKey::parse(&text).with_context(|| format!("secret key '{}'", path.display()))
+    Ok(loaded?)
 }

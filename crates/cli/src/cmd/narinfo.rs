@@ -103,9 +103,7 @@ fn show_json(info: &NarInfo) -> serde_json::Value {
 fn trusted_keys(args: &VerifyArgs) -> anyhow::Result<TrustedKeys> {
     let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
     for f in &args.trusted_key_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading public key '{}'", f.display()))?;
-        keys.add(PublicKey::parse(&text).with_context(|| format!("public key '{}'", f.display()))?);
+        keys.add(PublicKey::from_file(f)?);
     }
     if args.trusted_keys.is_empty() && args.trusted_key_files.is_empty() {
         anyhow::bail!("no trusted keys: give --trusted-key or --trusted-key-file");

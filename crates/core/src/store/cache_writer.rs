@@ -12,7 +12,7 @@
 //! See the `file://` store's module docs ([`super::file`]) for the URL
 //! parameters it reads and the order in which files appear.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use crate::compression::{self, Compression};
 use crate::hash::{HashingWriter, NixHash};
 use crate::nar::{self, NarError, NarSummary};
 use crate::narinfo::NarInfo;
-use crate::signing::SecretKey;
+use crate::signing::{KeyFileError, SecretKey};
 use crate::store_path::{StoreDir, StorePath};
 
 /// NARs at least this large are decoded and hashed on one thread while
@@ -360,13 +360,18 @@ impl CacheWriter {
 
 /// Reads and parses a secret key file (`?secret-key=`).
 fn load_secret_key(file: &str) -> Result<SecretKey, StoreError> {
-    let err = |source| StoreError::Io {
+    let source = match SecretKey::from_file(file) {
+        Ok(key) => return Ok(key),
+        Err(KeyFileError::Read { source, .. }) => source,
+        Err(KeyFileError::Parse { source, .. }) => {
+            io::Error::new(io::ErrorKind::InvalidData, source)
+        }
+    };
+    Err(StoreError::Io {
         what: "reading secret key",
         path: file.to_owned(),
         source,
-    };
-    let text = fs::read_to_string(file).map_err(err)?;
-    SecretKey::parse(&text).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+    })
 }
 
 /// The CPUs this process may use.

@@ -1,7 +1,10 @@
 //! [`SecretKey`], [`PublicKey`] and [`Signature`]: parsing, printing, signing
-//! and checking one signature (docs/formats.md §4.1, §4.3).
+//! and checking one signature (docs/formats.md §4.1, §4.3); reading key
+//! files ([`SecretKey::from_file`], [`PublicKey::from_file`]).
 
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
@@ -80,6 +83,17 @@ impl SecretKey {
         })
     }
 
+    /// Reads and parses a secret key file, as
+    /// `nix-store --generate-binary-cache-key` writes them (see
+    /// [`parse`](Self::parse)).
+    ///
+    /// # Errors
+    /// [`KeyFileError::Read`] if the file cannot be read,
+    /// [`KeyFileError::Parse`] if its text is not a secret key.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyFileError> {
+        read_key_file(path.as_ref(), Kind::SecretKey, Self::parse)
+    }
+
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name
@@ -130,6 +144,79 @@ impl FromStr for SecretKey {
     }
 }
 
+/// A key file that could not be loaded ([`SecretKey::from_file`],
+/// [`PublicKey::from_file`]).
+///
+/// Messages name the kind of key and the file, then the cause:
+/// `reading secret key '/etc/nix/key': No such file or directory …`,
+/// `public key 'key.pub': public key is not valid: …`.
+#[derive(Debug)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    Read {
+        /// What the file should hold.
+        kind: Kind,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file's text is not a key of its kind.
+    Parse {
+        /// What the file should hold.
+        kind: Kind,
+        /// The file.
+        path: PathBuf,
+        /// Why the text is not a key.
+        source: SigningError,
+    },
+}
+
+impl fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { kind, path, source } => {
+                write!(f, "reading {kind} '{}': {source}", path.display())
+            }
+            Self::Parse { kind, path, source } => {
+                write!(f, "{kind} '{}': {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for KeyFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read { source, .. } => Some(source),
+            Self::Parse { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Reads the key file `path`, which should hold a `kind`, and parses its
+/// text with `parse`. The text is wiped once parsed (a secret key file
+/// holds the secret).
+fn read_key_file<T>(
+    path: &Path,
+    kind: Kind,
+    parse: fn(&str) -> Result<T, SigningError>,
+) -> Result<T, KeyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        kind,
+        path: path.to_owned(),
+        source,
+    })?;
+    let parsed = parse(&text);
+    let mut bytes = text.into_bytes();
+    wipe(&mut bytes);
+    parsed.map_err(|source| KeyFileError::Parse {
+        kind,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Names for new keys must survive a round trip through a key file and a
 /// space-separated `trusted-public-keys` list.
 fn validate_new_name(name: &str) -> Result<(), SigningError> {
@@ -174,6 +261,15 @@ impl PublicKey {
             name: name.into(),
             key,
         })
+    }
+
+    /// Reads and parses a public key file (see [`parse`](Self::parse)).
+    ///
+    /// # Errors
+    /// [`KeyFileError::Read`] if the file cannot be read,
+    /// [`KeyFileError::Parse`] if its text is not a public key.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyFileError> {
+        read_key_file(path.as_ref(), Kind::PublicKey, Self::parse)
     }
 
     /// The key name.
@@ -334,6 +430,42 @@ mod tests {
     fn pyspec() -> SecretKey {
         let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
         SecretKey::from_seed("pyspec-1", &seed).unwrap()
+    }
+
+    #[test]
+    fn key_files_are_read_and_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("key.sec");
+        let public = dir.path().join("key.pub");
+        std::fs::write(&secret, format!("{}\n", pyspec().to_file_string())).unwrap();
+        std::fs::write(&public, pyspec().public().to_string()).unwrap();
+        assert_eq!(
+            SecretKey::from_file(&secret).unwrap().public(),
+            pyspec().public()
+        );
+        assert_eq!(PublicKey::from_file(&public).unwrap(), pyspec().public());
+
+        let missing = SecretKey::from_file(dir.path().join("missing")).unwrap_err();
+        let KeyFileError::Read { kind, source, .. } = &missing else {
+            panic!("{missing:?}");
+        };
+        assert_eq!(
+            (*kind, source.kind()),
+            (Kind::SecretKey, io::ErrorKind::NotFound)
+        );
+        assert!(
+            missing.to_string().starts_with("reading secret key '"),
+            "{missing}"
+        );
+
+        let not_public = PublicKey::from_file(&secret).unwrap_err();
+        let KeyFileError::Parse { kind, .. } = &not_public else {
+            panic!("{not_public:?}");
+        };
+        assert_eq!(*kind, Kind::PublicKey);
+        let message = not_public.to_string();
+        assert!(message.starts_with("public key '"), "{message}");
+        assert!(message.contains("key.sec"), "{message}");
     }
 
     #[test]

@@ -68,7 +68,7 @@
 mod keys;
 mod trust;
 
-pub use keys::{PublicKey, SecretKey, Signature};
+pub use keys::{KeyFileError, PublicKey, SecretKey, Signature};
 pub use trust::{TrustedKeys, VerifyError, DEFAULT_TRUSTED_PUBLIC_KEYS};
 
 /// Which kind of `NAME:BASE64` item a [`SigningError`] is about.
