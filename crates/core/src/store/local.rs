@@ -327,10 +327,9 @@ impl LocalStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Io {
-            what: "querying the Nix database",
-            path: self.inner.db_path.display().to_string(),
-            source: io::Error::other(e),
+        .map_err(|e| {
+            let db = self.inner.db_path.display();
+            StoreError::task_died(format_args!("querying the Nix database '{db}'"), e)
         })?
     }
 }

@@ -567,11 +567,12 @@ impl S3 {
         Ok(())
     }
 
-    fn join_failed(&self, key: &str, e: &dyn std::fmt::Display) -> StoreError {
+    /// The failure of an upload of `key` for a reason of nixferry's own.
+    fn upload_failed(&self, key: &str, why: &str) -> StoreError {
         StoreError::Io {
             what: "uploading",
             path: self.locate(key),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(why),
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{StoreError, MAX_PARTS, S3};
 use crate::store::cache_writer::io_err;
+use crate::store::remote::Blobs as _;
 
 /// Where running uploads are written down.
 #[derive(Debug)]
@@ -214,7 +215,12 @@ impl S3 {
         let mut left = size;
         let mut collect = |done: Result<object_store::Result<(usize, PartId)>, _>| {
             let (idx, part) = done
-                .map_err(|e| self.join_failed(key, &e))?
+                .map_err(|e| {
+                    StoreError::task_died(
+                        format_args!("uploading a part of {}", self.locate(key)),
+                        e,
+                    )
+                })?
                 .map_err(|e| self.failed("uploading a part of", key, e))?;
             if ids.len() <= idx {
                 ids.resize(idx + 1, None);
@@ -232,7 +238,7 @@ impl S3 {
                 let permit = Arc::clone(&self.parts)
                     .acquire_owned()
                     .await
-                    .map_err(|_| self.join_failed(key, &"semaphore closed"))?;
+                    .map_err(|_| self.upload_failed(key, "semaphore closed"))?;
                 let n = left.min(part_size);
                 let mut buf = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
                 f.read_exact(&mut buf)
