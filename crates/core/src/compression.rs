@@ -770,9 +770,9 @@ mod tests {
             assert!(e.to_string().contains(&bad.to_string()), "{e}");
         }
         assert!(check_level(&Compression::None, 99).is_ok());
-        for c in SUPPORTED.iter().cloned() {
-            if let Some(level) = default_level(&c) {
-                check_level(&c, level).unwrap();
+        for c in SUPPORTED {
+            if let Some(level) = default_level(c) {
+                check_level(c, level).unwrap();
             }
         }
     }
@@ -887,10 +887,10 @@ mod tests {
             }
         }
         let data = sample(1 << 20);
-        for c in SUPPORTED.iter().cloned() {
+        for c in SUPPORTED {
             let result = encoder(
-                &c,
-                Some(default_level(&c).unwrap_or(0).min(5)),
+                c,
+                Some(default_level(c).unwrap_or(0).min(5)),
                 1,
                 Full(100),
             )
