@@ -1,21 +1,97 @@
 //! nixferry moves Nix store closures around: between a local Nix store,
-//! binary caches (a directory, HTTP, S3) and remote machines over SSH.
+//! binary caches (a directory, HTTP, S3) and remote machines over SSH, and
+//! serves binary caches over HTTP.
 //!
-//! This crate is the core. Its format layer, the `nixferry-formats` crate
-//! (re-exported here under the same module names), reads and writes what
-//! Nix does, byte for byte:
+//! # Layers
 //!
-//! - [`hash`]: Nix base-32, hex, SRI, and [`hash::NixHash`];
-//! - [`store_path`]: store paths and content-addressed path computation;
-//! - [`nar`]: the NAR archive format: a streaming encoder, a strict
-//!   streaming decoder, safe restore, `.ls` listings;
-//! - [`narinfo`]: binary cache metadata, parsed and rendered losslessly;
-//! - [`signing`]: Nix's ed25519 keys and narinfo signatures;
-//! - [`refscan`]: finding store path references in content.
+//! | layer | where | what it needs |
+//! |---|---|---|
+//! | formats: [`hash`], [`store_path`], [`nar`], [`narinfo`], [`signing`], [`refscan`] | the `nixferry-formats` crate, re-exported here under the same names | `std` only: no async runtime, no network, no C libraries |
+//! | codecs: [`compression`] | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
+//! | stores: [`store`] (`file://` always; `local`, `ssh`, `http`, `s3` behind features of those names) | here | tokio; SQLite, reqwest, object_store as their features ask |
+//! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
+//! | the HTTP binary cache server: `server` | here, feature `server` | hyper |
 //!
-//! The codecs do no network I/O: they work over `Read`/`Write` and byte
-//! slices, never panic on any input, and bound every length and depth that
-//! comes from untrusted data.
+//! Every feature is on by default. An embedder who only reads and writes
+//! formats depends on `nixferry-formats`; one who copies between binary
+//! caches in directories takes `nixferry` with `default-features = false`
+//! and adds what it needs, e.g. `features = ["http", "zstd"]`.
+//!
+//! # Examples
+//!
+//! Dump a file tree as a NAR and hash it:
+//!
+//! ```
+//! use nixferry::nar;
+//!
+//! let dir = tempfile::tempdir()?;
+//! std::fs::write(dir.path().join("hello.txt"), "hello\n")?;
+//! let mut bytes = Vec::new();
+//! let summary = nar::dump(dir.path(), &mut bytes)?;
+//! assert_eq!(summary.nar_size, bytes.len() as u64);
+//! // The same hash without keeping the NAR:
+//! assert_eq!(nar::hash_path(dir.path())?.nar_hash, summary.nar_hash);
+//! println!("{}", summary.nar_hash.to_sri());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Check a narinfo's signature against a trusted key:
+//!
+//! ```
+//! use nixferry::narinfo::NarInfo;
+//! use nixferry::signing::{SecretKey, TrustedKeys};
+//!
+//! let key = SecretKey::generate("cache.example.org-1")?;
+//! let mut info = NarInfo::parse(
+//!     "StorePath: /nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-hello.txt\n\
+//!      URL: nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar\n\
+//!      Compression: none\n\
+//!      NarHash: sha256:1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3\n\
+//!      NarSize: 120\n\
+//!      References: \n",
+//! )?;
+//! info.sign(&key);
+//!
+//! let mut trusted = TrustedKeys::new();
+//! trusted.add(key.public());
+//! assert_eq!(info.verify(&trusted)?, "cache.example.org-1");
+//! // Nix's default keys do not know this one.
+//! assert!(info.verify(&TrustedKeys::nix_default()).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Add a path to a `file://` binary cache, compute its closure and copy it
+//! into a second cache, signed:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nixferry::copy::{copy_closure, CancellationToken, CopyOptions};
+//! use nixferry::signing::SecretKey;
+//! use nixferry::store::{self, add_to_store};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let src = store::open(&format!("file://{}/a?compression=none", dir.path().display()))?;
+//! let dst = store::open(&format!("file://{}/b?compression=zstd", dir.path().display()))?;
+//! let key = SecretKey::generate("cache.example.org-1")?;
+//!
+//! std::fs::write(dir.path().join("hello.txt"), "hello\n")?;
+//! let info = add_to_store(&*src, &dir.path().join("hello.txt"), "hello.txt", &[key.clone()]).await?;
+//!
+//! let closure = nixferry::closure::compute(&*src, &[info.path.clone()]).await?;
+//! assert_eq!(closure.len(), 1);
+//!
+//! // The source is not trusted: its paths need a signature by a trusted
+//! // key, and paths signed with our own key are.
+//! let opts = CopyOptions::default().with_secret_keys([key]);
+//! let summary = copy_closure(src, dst.clone(), &[info.path.clone()], &opts,
+//!     Arc::new(|_event| {}), CancellationToken::new()).await?;
+//! assert_eq!((summary.copied, summary.failed.len()), (1, 0));
+//! assert!(dst.query_path_infos(&[info.path.clone()]).await?.contains_key(&info.path));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod atomic;
 mod backoff;
