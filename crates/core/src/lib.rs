@@ -98,6 +98,8 @@ mod backoff;
 pub mod closure;
 pub mod compression;
 pub mod copy;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 
 pub use nixferry_formats::{hash, nar, narinfo, refscan, signing, store_path};

@@ -12,4 +12,5 @@ mod nar;
 mod narinfo;
 mod refscan;
 mod serve;
+mod server;
 mod signing;

@@ -13,19 +13,62 @@ use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use nixferry::narinfo::{CacheInfo, Compression, NarInfo};
-use nixferry::signing::SecretKey;
-use nixferry::store::{NarFile, NarStream, PathInfo, Store};
-use nixferry::store_path::{StoreDir, StorePath};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
 use super::metrics::Metrics;
 use super::range::{ByteRange, Requested};
 use super::route::{self, Kind, Route};
+use crate::narinfo::{CacheInfo, Compression, NarInfo};
+use crate::signing::SecretKey;
+use crate::store::{NarFile, NarStream, PathInfo, Store};
+use crate::store_path::{StoreDir, StorePath};
 
 /// A response body.
 pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Why a request could not be answered: logged, and answered with a 500.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// The server's log sink, if it has one.
+#[derive(Clone, Default)]
+pub(super) struct Log(pub(super) Option<super::LogFn>);
+
+impl Log {
+    /// Logs the line `make` makes, if there is a sink (`make` is not
+    /// called otherwise).
+    pub(super) fn line(&self, make: impl FnOnce() -> String) {
+        if let Some(sink) = &self.0 {
+            sink(&make());
+        }
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Log(on)"
+        } else {
+            "Log(off)"
+        })
+    }
+}
+
+/// An error and its causes on one line, skipping a cause whose text the
+/// message already holds (messages often embed their source).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
 
 pub(super) const CT_CACHE_INFO: &str = "text/x-nix-cache-info";
 pub(super) const CT_NARINFO: &str = "text/x-nix-narinfo";
@@ -48,14 +91,14 @@ const MAX_REMEMBERED_NARS: usize = 100_000;
 
 /// The server's state, shared by all connections.
 #[derive(Debug)]
-pub(super) struct Server {
+pub(super) struct State {
     pub(super) backend: Backend,
     pub(super) store_dir: StoreDir,
     pub(super) want_mass_query: Option<bool>,
     pub(super) priority: Option<i64>,
     pub(super) token: Option<String>,
     pub(super) write: bool,
-    pub(super) verbose: bool,
+    pub(super) log: Log,
     pub(super) metrics: Metrics,
     pub(super) recent: RecentNarinfos,
 }
@@ -141,7 +184,7 @@ impl StoreBackend {
     }
 
     /// The path info of the valid path with hash part `hash`.
-    async fn lookup(&self, hash: &str) -> anyhow::Result<Option<PathInfo>> {
+    async fn lookup(&self, hash: &str) -> Result<Option<PathInfo>, Failure> {
         let Some(dir) = &self.real_dir else {
             return Ok(self.store.query_path_from_hash_part(hash).await?);
         };
@@ -159,7 +202,7 @@ impl StoreBackend {
     /// [`LISTING_MISS_AGE`] (a path may have been added since): clients
     /// ask for many narinfos at once, and listing a big store takes a
     /// while.
-    async fn candidates(&self, dir: &Path, hash: &str) -> anyhow::Result<Vec<StorePath>> {
+    async fn candidates(&self, dir: &Path, hash: &str) -> Result<Vec<StorePath>, Failure> {
         let mut listing = self.listing.lock().await;
         let fresh = |l: &Option<DirListing>, max: Duration| {
             l.as_ref().is_some_and(|l| l.made.elapsed() < max)
@@ -181,7 +224,7 @@ impl StoreBackend {
     }
 
     /// The narinfo of `info`, signed with the server's keys.
-    fn narinfo(&self, store_dir: &StoreDir, info: &PathInfo) -> anyhow::Result<String> {
+    fn narinfo(&self, store_dir: &StoreDir, info: &PathInfo) -> Result<String, Failure> {
         let none = self.compression == Compression::None;
         let file = NarFile {
             url: format!(
@@ -241,7 +284,7 @@ fn list_store_dir(dir: &Path) -> io::Result<HashMap<String, Vec<StorePath>>> {
     Ok(by_hash)
 }
 
-impl Server {
+impl State {
     /// Answers one request. Never fails: errors become responses.
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
@@ -255,9 +298,7 @@ impl Server {
             (Some(r), &Method::GET | &Method::HEAD) => match self.get(&r, &req, head).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    if self.verbose {
-                        eprintln!("{method} {path}: {e:#}");
-                    }
+                    self.log.line(|| format!("{method} {path}: {}", chain(&*e)));
                     text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
                 }
             },
@@ -273,12 +314,12 @@ impl Server {
         };
         let status = response.status().as_u16();
         self.metrics.request(kind, status, start.elapsed());
-        if self.verbose {
-            eprintln!(
+        self.log.line(|| {
+            format!(
                 "{method} {path} {status} {:.1}ms",
                 start.elapsed().as_secs_f64() * 1000.0
-            );
-        }
+            )
+        });
         let (parts, body) = response.into_parts();
         if head {
             return Response::from_parts(parts, empty());
@@ -320,7 +361,7 @@ impl Server {
         route: &Route,
         req: &Request<Incoming>,
         head: bool,
-    ) -> anyhow::Result<Response<Body>> {
+    ) -> Result<Response<Body>, Failure> {
         match route {
             Route::CacheInfo => Ok(full(
                 CT_CACHE_INFO,
@@ -343,7 +384,7 @@ impl Server {
         root: &Path,
         route: &Route,
         range: Option<&Requested>,
-    ) -> anyhow::Result<Response<Body>> {
+    ) -> Result<Response<Body>, Failure> {
         let Some(rel) = route.relative() else {
             return Ok(not_found());
         };
@@ -394,7 +435,7 @@ impl Server {
         route: &Route,
         head: bool,
         range: Option<&Requested>,
-    ) -> anyhow::Result<Response<Body>> {
+    ) -> Result<Response<Body>, Failure> {
         match route {
             Route::NarInfo(hash) => {
                 if let Some(text) = self.recent.get(hash) {
@@ -433,7 +474,7 @@ impl Server {
                             tokio::io::copy(&mut (&mut nar).take(start), &mut tokio::io::sink())
                                 .await?;
                         if skipped < start {
-                            anyhow::bail!("the NAR of {} ended early", info.path);
+                            return Err(format!("the NAR of {} ended early", info.path).into());
                         }
                         Ok(builder.body(stream_body(Box::pin(nar.take(n))))?)
                     }
@@ -456,7 +497,7 @@ impl Server {
                 let nar = s.store.nar(&info).await?;
                 let bridge = tokio_util::io::SyncIoBridge::new(nar);
                 let json = tokio::task::spawn_blocking(move || {
-                    nixferry::nar::list(bridge).map(|l| l.to_json())
+                    crate::nar::list(bridge).map(|l| l.to_json())
                 })
                 .await??;
                 Ok(full(CT_JSON, CACHE_DAY, json.into()))
@@ -479,7 +520,7 @@ pub(super) async fn open_in(root: &Path, rel: &str) -> io::Result<Option<(tokio:
 
 /// The largest file [`read_small`] reads: the longest narinfo nixferry
 /// accepts.
-const MAX_SMALL_FILE: u64 = nixferry::narinfo::MAX_NARINFO_LEN as u64;
+const MAX_SMALL_FILE: u64 = crate::narinfo::MAX_NARINFO_LEN as u64;
 
 /// Reads a small file under `root`, as [`open_in`].
 ///
@@ -564,7 +605,7 @@ fn zstd_body(nar: NarStream) -> Body {
     tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter { tx: tx.clone() };
         let result = (|| -> io::Result<()> {
-            let mut enc = nixferry::compression::encoder(&Compression::Zstd, None, 1, writer)?;
+            let mut enc = crate::compression::encoder(&Compression::Zstd, None, 1, writer)?;
             io::copy(&mut reader, &mut enc)?;
             enc.finish()?;
             Ok(())

@@ -83,7 +83,7 @@ impl Route {
 }
 
 fn is_nix32(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(nixferry::hash::nix32::is_digit)
+    s.len() == len && s.bytes().all(crate::hash::nix32::is_digit)
 }
 
 /// Parses a request path (as sent, before any percent-decoding). `None`
@@ -115,7 +115,7 @@ pub(super) fn parse(path: &str) -> Option<Route> {
     }
     if let Some(name) = path.strip_prefix("log/") {
         let ok = name.len() <= MAX_BASE_NAME_LEN
-            && nixferry::store_path::StorePath::from_base_name(name).is_ok();
+            && crate::store_path::StorePath::from_base_name(name).is_ok();
         return ok.then(|| Route::Log(name.to_owned()));
     }
     None

@@ -1,5 +1,4 @@
-//! `PUT`: uploads into a `file://` cache, for servers started with
-//! `--write`.
+//! `PUT`: uploads into a `file://` cache, for writable servers.
 //!
 //! Files are written crash-safely: to a temporary file beside the target,
 //! flushed to disk, renamed into place, and the directory flushed.
@@ -21,15 +20,15 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use nixferry::atomic::AtomicFile;
-use nixferry::hash::{HashAlgo, Hasher};
-use nixferry::narinfo::{CacheInfo, NarInfo};
-use nixferry::store::verify;
 use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 
-use super::handler::{self, Backend, Body, Server};
+use super::handler::{self, Backend, Body, State};
 use super::route::{self, Route};
+use crate::atomic::AtomicFile;
+use crate::hash::{HashAlgo, Hasher};
+use crate::narinfo::{CacheInfo, NarInfo};
+use crate::store::verify;
 
 /// The largest narinfo or `nix-cache-info` accepted.
 const MAX_SMALL: u64 = 64 * 1024;
@@ -37,11 +36,11 @@ const MAX_SMALL: u64 = 64 * 1024;
 const MAX_MEDIUM: u64 = 256 << 20;
 
 /// Answers a `PUT`.
-pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn put(server: &State, route: &Route, req: Request<Incoming>) -> Response<Body> {
     if !server.write {
         return handler::method_not_allowed(
             "GET, HEAD",
-            "this cache is read-only (the server was not started with --write)\n",
+            "this cache is read-only: the server takes no uploads\n",
         );
     }
     let Backend::Files { root } = &server.backend else {
@@ -84,16 +83,14 @@ pub(super) async fn put(server: &Server, route: &Route, req: Request<Incoming>) 
         Ok(()) => handler::text(StatusCode::OK, ""),
         Err(Refusal::Bad(message)) => handler::text(StatusCode::BAD_REQUEST, message),
         Err(Refusal::Mismatch(message)) => {
-            if server.verbose {
-                eprintln!("PUT /{rel}: refused: {message}");
-            }
+            server
+                .log
+                .line(|| format!("PUT /{rel}: refused: {message}"));
             handler::text(StatusCode::BAD_REQUEST, format!("{message}\n"))
         }
         Err(Refusal::TooLarge) => handler::text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
         Err(Refusal::Io(e)) => {
-            if server.verbose {
-                eprintln!("PUT /{rel}: {e}");
-            }
+            server.log.line(|| format!("PUT /{rel}: {e}"));
             handler::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "could not store the file\n",
@@ -151,7 +148,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-async fn read_body(server: &Server, mut body: Incoming, limit: u64) -> Result<Vec<u8>, Refusal> {
+async fn read_body(server: &State, mut body: Incoming, limit: u64) -> Result<Vec<u8>, Refusal> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Refusal::Io(io::Error::other(e)))?;
@@ -167,7 +164,7 @@ async fn read_body(server: &Server, mut body: Incoming, limit: u64) -> Result<Ve
 }
 
 async fn put_narinfo(
-    server: &Server,
+    server: &State,
     root: &Path,
     rel: &str,
     hash: &str,
@@ -224,7 +221,7 @@ async fn write_small(root: &Path, rel: &str, data: &[u8]) -> Result<(), Refusal>
 /// content must hash (SHA-256, in Nix's base-32) to that name, or nothing
 /// is kept.
 async fn write_streamed(
-    server: &Server,
+    server: &State,
     root: &Path,
     rel: &str,
     mut body: Incoming,

@@ -1,0 +1,621 @@
+//! A store served as a Nix binary cache over HTTP (docs/formats.md §3): what
+//! `nixferry serve` runs, for any program to embed.
+//!
+//! Two backends, chosen by the kind of store:
+//!
+//! - a `file://` cache is served file by file as it lies on disk, and can
+//!   take uploads (`PUT`) when the server is [writable](ServerBuilder::writable);
+//! - a Nix store (`local`, `local?root=…`) gets narinfos made from its
+//!   database, signed on the fly with the server's
+//!   [keys](ServerBuilder::secret_keys), and NARs dumped (and optionally
+//!   zstd-compressed, [`ServerBuilder::compression`]) on the fly; other
+//!   binary caches (`s3://`, `http(s)://`) are served the same way,
+//!   narinfos looked up by hash part, NARs decompressed from the cache.
+//!
+//! # Requests
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /nix-cache-info` | the cache's `nix-cache-info` (the `file://` cache's own), with the [priority](ServerBuilder::priority) and [`WantMassQuery`](ServerBuilder::want_mass_query) set on top |
+//! | `GET /<hash>.narinfo` | the path's narinfo |
+//! | `GET /nar/<hash>.nar[.xz\|.zst\|.bz2\|.br]` | the NAR file, with `Range` requests of a single byte range honoured where its length is known |
+//! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
+//! | `GET /metrics` | counters in the Prometheus text format |
+//! | `HEAD` of any of them | the head of the `GET` |
+//! | `PUT` of a cache file | an upload into a writable `file://` cache, with the [token](ServerBuilder::token) as `Authorization: Bearer <token>` or as the password of basic credentials |
+//!
+//! Only the exact file names of the layout are served: no request can name
+//! a file outside the cache. Nothing unverified is published by an upload:
+//! a NAR file is kept only if its content hashes to its name, and a
+//! narinfo only if the NAR file it names is there and decompresses to the
+//! NAR the narinfo describes.
+//!
+//! # Lifecycle
+//!
+//! [`Server::builder`] takes the store (a URL, or a store already open),
+//! [`ServerBuilder::start`] binds the address and serves on a task of the
+//! current tokio runtime, and [`Server::shutdown`] stops it gracefully:
+//! no new connections, requests in flight given
+//! [a grace period](ServerBuilder::shutdown_grace) to finish. The server
+//! speaks HTTP/1.1.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::{Read as _, Write as _};
+//! use nixferry::server::Server;
+//!
+//! // A binary cache in a directory, served on a free port.
+//! let dir = tempfile::tempdir()?;
+//! let cache = format!("file://{}", dir.path().display());
+//! let server = Server::builder(cache)
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .priority(40)
+//!     .start()
+//!     .await?;
+//! assert!(server.url().starts_with("http://127.0.0.1:"));
+//!
+//! // Any HTTP client will do; here a plain HTTP/1.0 request.
+//! let addr = server.local_addr();
+//! let text = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+//!     let mut conn = std::net::TcpStream::connect(addr)?;
+//!     conn.write_all(b"GET /nix-cache-info HTTP/1.0\r\n\r\n")?;
+//!     let mut text = String::new();
+//!     conn.read_to_string(&mut text)?;
+//!     Ok(text)
+//! })
+//! .await??;
+//! assert!(text.starts_with("HTTP/1.0 200 OK\r\n"));
+//! assert!(text.contains("StoreDir: /nix/store\n"));
+//! assert!(text.contains("Priority: 40\n"));
+//!
+//! server.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod handler;
+mod metrics;
+mod range;
+mod route;
+mod upload;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::narinfo::Compression;
+use crate::signing::SecretKey;
+use crate::store::file::FileStore;
+use crate::store::{Store, StoreError, StoreUrl};
+use crate::store_path::StoreDir;
+use handler::{Backend, Log, State, StoreBackend};
+
+/// How long requests in flight get after a shutdown, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send a request head, by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The address a server listens on unless told otherwise: a free port on
+/// the loopback interface.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Errors starting or stopping a [`Server`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The store could not be opened (or its URL is malformed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store is of a kind the server cannot serve.
+    #[error(
+        "cannot serve a store of type '{scheme}': only local, file://, s3:// and http(s):// stores"
+    )]
+    UnsupportedStore {
+        /// The store URL's scheme.
+        scheme: String,
+    },
+    /// [Uploads](ServerBuilder::writable) were asked of a store that is
+    /// not a `file://` cache.
+    #[error("uploads need a file:// store")]
+    WritableNeedsFileStore,
+    /// [Uploads](ServerBuilder::writable) were asked without a
+    /// [token](ServerBuilder::token).
+    #[error("uploads need a token")]
+    WritableNeedsToken,
+    /// The [token](ServerBuilder::token) is empty.
+    #[error("the upload token is empty")]
+    EmptyToken,
+    /// [Secret keys](ServerBuilder::secret_keys) were given for a `file://`
+    /// cache, which is served as it is.
+    #[error("secret keys only apply to served Nix stores and caches served again; sign a file:// cache when filling it")]
+    KeysForFileStore,
+    /// A [compression](ServerBuilder::compression) the server cannot
+    /// apply on the fly (only `none` and `zstd`).
+    #[error("NARs can be compressed on the fly with none or zstd, not '{method}'")]
+    UnsupportedCompression {
+        /// The method's name.
+        method: String,
+    },
+    /// The cache directory of a `file://` store could not be resolved.
+    #[error("opening the cache directory '{}': {source}", path.display())]
+    CacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The address could not be listened on.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server's task panicked or was cancelled (the runtime shutting
+    /// down).
+    #[error("the server task failed: {message}")]
+    Task {
+        /// How it ended.
+        message: String,
+    },
+}
+
+/// The store a server serves: a URL, opened when the server starts, or a
+/// store already open. Made with `into()` from a `&str`, a `String` or an
+/// `Arc<dyn Store>`.
+///
+/// A store already open is served by the kind its [URL](Store::url)
+/// names: a `file://` cache file by file from its directory, a local Nix
+/// store from its database and store directory; any other store (one
+/// whose URL nixferry does not know included) through its
+/// [`Store::query_path_from_hash_part`] and [`Store::nar`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ServedStore {
+    /// A store URL (`local`, `file:///dir`, `s3://bucket`, `https://…`).
+    Url(String),
+    /// A store already open.
+    Store(Arc<dyn Store>),
+}
+
+impl From<&str> for ServedStore {
+    fn from(url: &str) -> Self {
+        Self::Url(url.to_owned())
+    }
+}
+
+impl From<String> for ServedStore {
+    fn from(url: String) -> Self {
+        Self::Url(url)
+    }
+}
+
+impl From<Arc<dyn Store>> for ServedStore {
+    fn from(store: Arc<dyn Store>) -> Self {
+        Self::Store(store)
+    }
+}
+
+/// A sink for the server's log lines.
+type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How to serve a store: made by [`Server::builder`], started with
+/// [`ServerBuilder::start`].
+#[must_use = "a server builder does nothing until started"]
+pub struct ServerBuilder {
+    store: ServedStore,
+    listen: SocketAddr,
+    secret_keys: Vec<SecretKey>,
+    priority: Option<i64>,
+    want_mass_query: Option<bool>,
+    writable: bool,
+    token: Option<String>,
+    compression: Compression,
+    log: Option<LogFn>,
+    header_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("store", &self.store)
+            .field("listen", &self.listen)
+            .field("secret_keys", &self.secret_keys)
+            .field("priority", &self.priority)
+            .field("want_mass_query", &self.want_mass_query)
+            .field("writable", &self.writable)
+            // Never the token itself.
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("compression", &self.compression)
+            .field("log", &self.log.as_ref().map(|_| "…"))
+            .field("header_timeout", &self.header_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// The address to listen on ([`DEFAULT_LISTEN`] unless set: a free
+    /// port on 127.0.0.1). Port 0 picks a free port; the one picked is
+    /// [`Server::local_addr`].
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Keys to sign the narinfos of a served Nix store (or of a binary
+    /// cache served again) with, replacing any given before. A `file://`
+    /// cache is served as it is, so keys for one are an error
+    /// ([`ServerError::KeysForFileStore`]): sign it when filling it.
+    pub fn secret_keys(mut self, keys: impl IntoIterator<Item = SecretKey>) -> Self {
+        self.secret_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// One more key to sign with, as [`ServerBuilder::secret_keys`].
+    pub fn secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_keys.push(key);
+        self
+    }
+
+    /// The `Priority` to announce in `nix-cache-info` (Nix prefers caches
+    /// with lower values); the cache's own, or none, unless set.
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The `WantMassQuery` to announce in `nix-cache-info`; the cache's
+    /// own, or false, unless set.
+    pub fn want_mass_query(mut self, want: bool) -> Self {
+        self.want_mass_query = Some(want);
+        self
+    }
+
+    /// Whether to take uploads (`PUT`) into the store, which must then be
+    /// a `file://` cache, from clients presenting the
+    /// [token](ServerBuilder::token). Off unless set; a server that is not
+    /// writable answers `PUT` with `405`.
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
+        self
+    }
+
+    /// The token uploads must present: `Authorization: Bearer <token>`,
+    /// or basic credentials with the token as password (what Nix sends
+    /// from a netrc file). Compared in constant time. Needed by a
+    /// [writable](ServerBuilder::writable) server.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// How NARs made on the fly (of a Nix store, or of a binary cache
+    /// served again) are compressed: [`Compression::None`] (the default)
+    /// or [`Compression::Zstd`]. A `file://` cache's NAR files are served
+    /// as they are stored.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Where the server's log lines go: one per request answered
+    /// (`GET /nix-cache-info 200 0.1ms`), and one for each request that
+    /// failed or upload that was refused, saying why. None are made unless
+    /// set.
+    pub fn log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.log = Some(Arc::new(log));
+        self
+    }
+
+    /// How long a client may take to send a request head
+    /// ([`DEFAULT_HEADER_TIMEOUT`] unless set).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// How long [`Server::shutdown`] lets requests in flight finish before
+    /// it closes their connections ([`DEFAULT_SHUTDOWN_GRACE`] unless
+    /// set).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Opens the store (for a URL), binds the address and starts serving
+    /// on a task of the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::Store`] if the store cannot be opened,
+    /// [`ServerError::Bind`] if the address cannot be listened on, and
+    /// the other [`ServerError`]s for settings that do not fit the store.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn start(self) -> Result<Server, ServerError> {
+        if self.writable {
+            match &self.token {
+                None => return Err(ServerError::WritableNeedsToken),
+                Some(t) if t.is_empty() => return Err(ServerError::EmptyToken),
+                Some(_) => {}
+            }
+        }
+        let on_the_fly = match self.compression {
+            Compression::None => true,
+            Compression::Zstd => crate::compression::is_supported(&Compression::Zstd),
+            _ => false,
+        };
+        if !on_the_fly {
+            return Err(ServerError::UnsupportedCompression {
+                method: self.compression.name().to_owned(),
+            });
+        }
+        let Self {
+            store,
+            listen,
+            secret_keys,
+            priority,
+            want_mass_query,
+            writable,
+            token,
+            compression,
+            log,
+            header_timeout,
+            shutdown_grace,
+        } = self;
+        // Opening a store reads files (a database, `nix-cache-info`).
+        let (backend, store_dir) =
+            tokio::task::spawn_blocking(move || backend(store, secret_keys, writable, compression))
+                .await
+                .map_err(|e| ServerError::Task {
+                    message: e.to_string(),
+                })??;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let state = Arc::new(State {
+            backend,
+            store_dir,
+            want_mass_query,
+            priority,
+            token,
+            write: writable,
+            log: Log(log),
+            recent: handler::RecentNarinfos::default(),
+            metrics: metrics::Metrics::default(),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(
+            listener,
+            state,
+            stopped,
+            header_timeout,
+            shutdown_grace,
+        ));
+        Ok(Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// Picks the backend for `store` and checks the settings that depend on
+/// it. Blocks.
+fn backend(
+    store: ServedStore,
+    keys: Vec<SecretKey>,
+    writable: bool,
+    compression: Compression,
+) -> Result<(Backend, StoreDir), ServerError> {
+    let (url, open) = match store {
+        ServedStore::Url(url) => (url, None),
+        ServedStore::Store(s) => (s.url().to_owned(), Some(s)),
+    };
+    let parsed = match (StoreUrl::parse(&url), &open) {
+        (Ok(u), _) => Some(u),
+        (Err(e), None) => return Err(StoreError::from(e).into()),
+        // A store of a kind of its own.
+        (Err(_), Some(_)) => None,
+    };
+    let scheme = parsed.as_ref().map(|u| u.scheme().name());
+    let store_backend = |store: Arc<dyn Store>, real_dir: Option<PathBuf>, keys| {
+        let dir = store.store_dir().clone();
+        let backend = StoreBackend::new(store, real_dir, keys, compression);
+        (Backend::Store(Box::new(backend)), dir)
+    };
+    match (scheme, parsed) {
+        (Some("file"), Some(parsed)) => {
+            if !keys.is_empty() {
+                return Err(ServerError::KeysForFileStore);
+            }
+            let files = FileStore::open(&parsed)?;
+            let dir = match &open {
+                Some(s) => s.store_dir().clone(),
+                None => files.store_dir().clone(),
+            };
+            let root = files.root();
+            let root = std::fs::canonicalize(root).map_err(|source| ServerError::CacheDir {
+                path: root.to_path_buf(),
+                source,
+            })?;
+            Ok((Backend::Files { root }, dir))
+        }
+        #[cfg(feature = "local")]
+        (Some("local"), Some(parsed)) => {
+            if writable {
+                return Err(ServerError::WritableNeedsFileStore);
+            }
+            let local = crate::store::local::LocalStore::open(&parsed)?;
+            let real_dir = local.real_store_dir().to_path_buf();
+            let store = open.unwrap_or_else(|| Arc::new(local));
+            Ok(store_backend(store, Some(real_dir), keys))
+        }
+        (Some("s3" | "http" | "https") | None, _) => {
+            if writable {
+                return Err(ServerError::WritableNeedsFileStore);
+            }
+            let store = match open {
+                Some(s) => s,
+                None => crate::store::open(&url)?,
+            };
+            Ok(store_backend(store, None, keys))
+        }
+        (Some(other), _) => Err(ServerError::UnsupportedStore {
+            scheme: other.to_owned(),
+        }),
+    }
+}
+
+/// Accepts connections until told to stop (or the [`Server`] handle is
+/// dropped), then lets the connections finish their requests for at most
+/// `grace`.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    header_timeout: Duration,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a
+                        // little rather than spin.
+                        state.log.line(|| format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = Arc::clone(&state);
+                let service = hyper::service::service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // A client going away mid-request is not the server's
+                    // business.
+                    let _ = conn.await;
+                });
+            }
+            // Told to stop, or the handle is gone.
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    state.log.line(|| "shutting down".to_owned());
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// A running server: made by [`ServerBuilder::start`].
+///
+/// Dropping it stops the server too, as [`Server::shutdown`] does, but
+/// without waiting: requests in flight then finish (for the grace
+/// period) in the background.
+#[derive(Debug)]
+#[must_use = "dropping the server stops it"]
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// A builder for a server of `store`: a store URL (`"local"`,
+    /// `"file:///srv/cache"`, `"s3://bucket?region=…"`) or an
+    /// `Arc<dyn Store>` already open (see [`ServedStore`]).
+    pub fn builder(store: impl Into<ServedStore>) -> ServerBuilder {
+        ServerBuilder {
+            store: store.into(),
+            listen: DEFAULT_LISTEN,
+            secret_keys: Vec::new(),
+            priority: None,
+            want_mass_query: None,
+            writable: false,
+            token: None,
+            compression: Compression::None,
+            log: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// The address the server listens on, with the port picked when
+    /// asked for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's URL, `http://<address>:<port>` (`http://[::1]:<port>`
+    /// for IPv6), as a substituter or an HTTP store URL
+    /// ([`crate::store::open`]) takes it. For a server listening on all
+    /// interfaces (`0.0.0.0`, `::`) it names the loopback address.
+    pub fn url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// Stops the server gracefully: it accepts no more connections, and
+    /// waits until the requests in flight are answered (for at most the
+    /// [grace period](ServerBuilder::shutdown_grace), after which their
+    /// connections are closed).
+    ///
+    /// # Errors
+    /// [`ServerError::Task`] if the server's task panicked.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            // The task may be gone already; then there is nothing to stop.
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| ServerError::Task {
+                message: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
