@@ -39,6 +39,7 @@ mod hash;
 mod io;
 mod nar;
 mod narinfo;
+mod server;
 mod signing;
 mod store;
 mod store_path;
@@ -71,5 +72,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     narinfo::register(m)?;
     store::register(m)?;
     copy::register(m)?;
+    server::register(m)?;
     Ok(())
 }

@@ -10,6 +10,12 @@ The core of the ``nixferry`` Rust library:
   cache metadata, signed and verified as Nix does;
 - :func:`open_store` and :func:`copy`: stores by URL (``local``,
   ``file:///dir``, ``ssh://host``) and closure copies between them;
+- :func:`serve`: a store served as a binary cache over HTTP, as
+  ``nixferry serve`` does, for as long as a ``with`` block lasts::
+
+      with nixferry.serve("file:///srv/cache", listen="127.0.0.1:0") as server:
+          nixferry.copy(server.url, "file:///tmp/mirror", paths)
+
 - :mod:`nixferry.errors`: the exceptions, all :class:`NixferryError`.
 
 Calls that do I/O or heavy work release the GIL, and Ctrl-C interrupts
@@ -44,6 +50,7 @@ from ._native import (
     PathInfo,
     PathSkipped,
     PathStarted,
+    Server,
     SigningKey,
     Store,
     StorePath,
@@ -51,6 +58,7 @@ from ._native import (
     __version__,
     copy,
     open_store,
+    serve,
 )
 from .errors import (
     ClosureError,
@@ -105,6 +113,7 @@ __all__ = [
     "PathNotFoundError",
     "PathSkipped",
     "PathStarted",
+    "Server",
     "SignatureError",
     "SigningKey",
     "Store",
@@ -121,5 +130,6 @@ __all__ = [
     "hash",
     "nar",
     "open_store",
+    "serve",
     "store_path",
 ]

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self, final
 
 __version__: Final[str]
-__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'open_store', 'restore', 'text_path', 'validate', 'validate_name']
+__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
 
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes | bytearray | None: ...
@@ -588,3 +588,43 @@ def copy(
     raise_on_failure: bool = False,
 ) -> CopySummary:
     """Copies the closure of ``paths`` from ``src`` to ``dst``."""
+
+# Serving
+
+@final
+class Server:
+    """A running binary cache server; a context manager that closes it."""
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``."""
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address listened on, ``(host, port)``."""
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+    @property
+    def closed(self) -> bool:
+        """Whether the server was closed."""
+    def close(self) -> None:
+        """Stops the server gracefully."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        *_exc: type[BaseException] | BaseException | TracebackType | None,
+    ) -> bool: ...
+
+def serve(
+    store: Store | str,
+    *,
+    listen: str = "127.0.0.1:0",
+    secret_keys: builtins.list[SigningKey] = ...,
+    priority: int | None = None,
+    want_mass_query: bool | None = None,
+    writable: bool = False,
+    token: str | None = None,
+    compression: str = "none",
+    verbose: bool = False,
+) -> Server:
+    """Serves ``store`` as a Nix binary cache over HTTP."""

@@ -1,0 +1,197 @@
+//! `serve` and `Server`: a store served as a binary cache over HTTP, by
+//! the core's server running on the shared tokio runtime.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use nixferry::narinfo::Compression;
+use nixferry::server::{ServedStore, Server, ServerError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::blocking;
+use crate::errors;
+use crate::signing::PySigningKey;
+use crate::store::PyStore;
+
+/// A server error as a Python exception: the store's errors as the store
+/// calls raise them, an address or directory that fails as `OSError`,
+/// settings that do not fit as `ValueError`.
+fn error(e: &ServerError) -> PyErr {
+    match e {
+        ServerError::Store(s) => errors::store(s),
+        ServerError::Bind { addr, source } => {
+            errors::os_error(source, &format!("listening on {addr}"), None)
+        }
+        ServerError::CacheDir { path, source } => {
+            errors::os_error(source, "opening the cache directory", Some(Path::new(path)))
+        }
+        ServerError::Task { .. } => PyRuntimeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// A running binary cache server, made by `serve()`.
+///
+/// Stop it with `close()`, or use it as a context manager, which closes
+/// it on exit. Closing is graceful: no new connections, requests in
+/// flight given a few seconds to finish. A server that is garbage
+/// collected unclosed stops accepting connections too.
+///
+/// >>> with serve("file:///tmp/cache") as server:  # doctest: +SKIP
+/// ...     copy(server.url, "file:///tmp/other", ["/nix/store/...-hello"])
+#[pyclass(module = "nixferry._native", name = "Server", frozen)]
+pub(crate) struct PyServer {
+    addr: SocketAddr,
+    url: String,
+    /// The running server; `None` once closed.
+    running: Mutex<Option<Server>>,
+}
+
+#[pymethods]
+impl PyServer {
+    /// The server's URL, ``http://127.0.0.1:PORT``: what `open_store`,
+    /// `copy` and Nix (as a substituter) take.
+    #[getter]
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address listened on, ``(host, port)``.
+    #[getter]
+    fn address(&self) -> (String, u16) {
+        (self.addr.ip().to_string(), self.addr.port())
+    }
+
+    /// The port listened on (the one picked, when asked for port 0).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Whether the server was closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.running.lock().map_or(true, |r| r.is_none())
+    }
+
+    /// Stops the server gracefully: it accepts no more connections and
+    /// waits (a few seconds at most) for the requests in flight to be
+    /// answered. Closing a closed server does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let server = self
+            .running
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the server's lock is poisoned"))?
+            .take();
+        let Some(server) = server else {
+            return Ok(());
+        };
+        blocking::run(py, move |_| crate::runtime().block_on(server.shutdown()))?
+            .map_err(|e| error(&e))
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.closed() { "closed" } else { "running" };
+        format!("Server(url='{}', {state})", self.url)
+    }
+}
+
+/// Serves `store` (a `Store` or a URL) as a Nix binary cache over HTTP,
+/// as `nixferry serve` does, and returns the running `Server`.
+///
+/// A ``file://`` cache is served as its files are; with ``writable=True``
+/// it takes uploads (``PUT``) from clients presenting ``token`` (as
+/// ``Authorization: Bearer TOKEN``, or as the password of basic
+/// credentials), each checked before it is published: a NAR file must
+/// hash to its name, a narinfo must describe the NAR file it names. A Nix
+/// store (``local``) or another binary cache (``s3://``, ``http(s)://``)
+/// is served with narinfos made on the fly, signed with ``secret_keys``,
+/// and NARs compressed on the fly with ``compression`` (``"none"`` or
+/// ``"zstd"``).
+///
+/// ``listen`` is ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6); port 0
+/// picks a free port. ``priority`` and ``want_mass_query`` are announced
+/// in ``nix-cache-info``. ``verbose=True`` logs one line per request on
+/// stderr.
+///
+/// Raises ``ValueError`` for settings that do not fit the store (uploads
+/// without a token or to a store that is not a ``file://`` cache, keys
+/// for a ``file://`` cache), ``OSError`` when the address cannot be
+/// listened on, and the store errors of `open_store`.
+///
+/// >>> with serve("file:///tmp/cache", priority=40) as server:  # doctest: +SKIP
+/// ...     print(server.url)
+/// http://127.0.0.1:41023
+#[pyfunction]
+#[pyo3(signature = (
+    store, *, listen = "127.0.0.1:0", secret_keys = Vec::new(), priority = None,
+    want_mass_query = None, writable = false, token = None, compression = "none",
+    verbose = false
+))]
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    py: Python<'_>,
+    store: &Bound<'_, PyAny>,
+    listen: &str,
+    secret_keys: Vec<PySigningKey>,
+    priority: Option<i64>,
+    want_mass_query: Option<bool>,
+    writable: bool,
+    token: Option<String>,
+    compression: &str,
+    verbose: bool,
+) -> PyResult<PyServer> {
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "invalid address to listen on '{listen}': expected HOST:PORT such as 127.0.0.1:0"
+        ))
+    })?;
+    // A URL is opened by the server, as it starts.
+    let store = match store.downcast::<PyStore>() {
+        Ok(s) => ServedStore::Store(Arc::clone(&s.get().store)),
+        Err(_) => ServedStore::Url(store.extract()?),
+    };
+    let mut builder = Server::builder(store)
+        .listen(listen)
+        .secret_keys(secret_keys.into_iter().map(|k| k.0))
+        .writable(writable)
+        .compression(Compression::parse(compression));
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
+    if let Some(p) = priority {
+        builder = builder.priority(p);
+    }
+    if let Some(w) = want_mass_query {
+        builder = builder.want_mass_query(w);
+    }
+    if verbose {
+        builder = builder.log(|line| eprintln!("{line}"));
+    }
+    let server = blocking::run(py, move |_| crate::runtime().block_on(builder.start()))?
+        .map_err(|e| error(&e))?;
+    Ok(PyServer {
+        addr: server.local_addr(),
+        url: server.url(),
+        running: Mutex::new(Some(server)),
+    })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyServer>()?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    Ok(())
+}
