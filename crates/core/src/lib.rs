@@ -10,7 +10,7 @@
 //! | codecs: [`compression`] | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
 //! | stores: [`store`] (`file://` always; `local`, `ssh`, `http`, `s3` behind features of those names) | here | tokio; SQLite, reqwest, object_store as their features ask |
 //! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
-//! | the HTTP binary cache server: `server` | here, feature `server` | hyper |
+//! | the HTTP binary cache server: [`server`] | here, feature `server` | hyper |
 //!
 //! Every feature is on by default. An embedder who only reads and writes
 //! formats depends on `nixferry-formats`; one who copies between binary
@@ -92,6 +92,37 @@
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Serve a cache over HTTP, as `nixferry serve` does, and copy from it:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nixferry::copy::{copy_closure, CancellationToken, CopyOptions};
+//! use nixferry::server::Server;
+//! use nixferry::signing::SecretKey;
+//! use nixferry::store::{self, add_to_store};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let cache = store::open(&format!("file://{}/cache", dir.path().display()))?;
+//! let key = SecretKey::generate("cache.example.org-1")?;
+//! std::fs::write(dir.path().join("hello.txt"), "hello\n")?;
+//! let info = add_to_store(&*cache, &dir.path().join("hello.txt"), "hello.txt", &[key.clone()]).await?;
+//!
+//! let server = Server::builder(cache).listen("127.0.0.1:0".parse()?).start().await?;
+//! let remote = store::open(&server.url())?;
+//! let mirror = store::open(&format!("file://{}/mirror", dir.path().display()))?;
+//! let mut trusted = nixferry::signing::TrustedKeys::new();
+//! trusted.add(key.public());
+//! let opts = CopyOptions::default().with_trusted_keys(trusted);
+//! let summary = copy_closure(remote, mirror, &[info.path], &opts,
+//!     Arc::new(|_event| {}), CancellationToken::new()).await?;
+//! assert_eq!(summary.copied, 1);
+//! server.shutdown().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod atomic;
 mod backoff;
@@ -132,6 +163,10 @@ pub enum Error {
     /// A store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The HTTP binary cache server could not start or stop.
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
     /// An I/O error outside any format.
     #[error(transparent)]
     Io(#[from] std::io::Error),
