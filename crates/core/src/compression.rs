@@ -888,17 +888,12 @@ mod tests {
         }
         let data = sample(1 << 20);
         for c in SUPPORTED {
-            let result = encoder(
-                c,
-                Some(default_level(c).unwrap_or(0).min(5)),
-                1,
-                Full(100),
-            )
-            .map_err(io::Error::from)
-            .and_then(|mut e| {
-                e.write_all(&data)?;
-                e.finish()
-            });
+            let result = encoder(c, Some(default_level(c).unwrap_or(0).min(5)), 1, Full(100))
+                .map_err(io::Error::from)
+                .and_then(|mut e| {
+                    e.write_all(&data)?;
+                    e.finish()
+                });
             let e = result.err().unwrap_or_else(|| panic!("{c}: no error"));
             assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{c}: {e}");
         }
