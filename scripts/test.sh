@@ -26,6 +26,8 @@ export NIXFERRY_TEST_PYTHON="$PWD/target/py-venv/bin/python"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Each feature set of the library that the README offers builds on its own.
+scripts/check-features.sh
 # The binary is named like the library, so its docs (private items
 # included) are checked on their own, before the library's are written.
 RUSTDOCFLAGS='-D warnings' cargo rustdoc -p nixferry-cli --bin nixferry --locked
