@@ -243,13 +243,11 @@ impl CacheWriter {
 
         let sink = enc.finish().map_err(io_err("writing", tmp.path()))?;
         let (file_hash, file_size) = sink.finish(tmp.path(), summary.nar_hash)?;
-        let file = NarFile {
-            url: nar_file_name(&file_hash, &self.compression),
-            compression: self.compression.clone(),
-            file_hash: Some(file_hash),
-            file_size: Some(file_size),
-        };
-        Ok(StagedNar { tmp, file, listing })
+        Ok(StagedNar {
+            tmp,
+            file: self.nar_file(file_hash, file_size),
+            listing,
+        })
     }
 
     /// Reads the NAR in `src` strictly and to its end (so that the
@@ -334,13 +332,21 @@ impl CacheWriter {
             &file_hash,
             file_size,
         )?;
-        let file = NarFile {
+        Ok(StagedNar {
+            tmp,
+            file: self.nar_file(file_hash, file_size),
+            listing,
+        })
+    }
+
+    /// The facts of a NAR file this writer wrote, named by its hash.
+    fn nar_file(&self, file_hash: NixHash, file_size: u64) -> NarFile {
+        NarFile {
             url: nar_file_name(&file_hash, &self.compression),
             compression: self.compression.clone(),
             file_hash: Some(file_hash),
             file_size: Some(file_size),
-        };
-        Ok(StagedNar { tmp, file, listing })
+        }
     }
 
     /// How many threads compress a NAR of `nar_size` bytes while `writing`
