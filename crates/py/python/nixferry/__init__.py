@@ -1,4 +1,4 @@
-"""nixferry: move Nix store closures around, from Python.
+r"""nixferry: move Nix store closures around, from Python.
 
 The core of the ``nixferry`` Rust library:
 
@@ -11,27 +11,102 @@ The core of the ``nixferry`` Rust library:
 - :func:`open_store` and :func:`copy`: stores by URL (``local``,
   ``file:///dir``, ``ssh://host``) and closure copies between them;
 - :func:`serve`: a store served as a binary cache over HTTP, as
-  ``nixferry serve`` does, for as long as a ``with`` block lasts::
-
-      with nixferry.serve("file:///srv/cache", listen="127.0.0.1:0") as server:
-          nixferry.copy(server.url, "file:///tmp/mirror", paths)
-
+  ``nixferry serve`` does, for as long as a ``with`` block lasts;
 - :mod:`nixferry.errors`: the exceptions, all :class:`NixferryError`.
 
 Calls that do I/O or heavy work release the GIL, and Ctrl-C interrupts
 them.
 
+Examples
+--------
+
+The examples build on each other, in a temporary directory; none needs
+Nix.
+
+Dump a tree as a NAR, and hash it:
+
+>>> import pathlib, tempfile
 >>> import nixferry
->>> key = nixferry.SigningKey.generate("example-1")
->>> info = nixferry.NarInfo(
-...     "/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt",
-...     "nar/x.nar",
-...     nixferry.NixHash.parse("sha256:1z63q11s9hppsav4x9kh767bqr7ypmw7ncg3wjncgs4lijvx8li2"),
-...     120,
-... )
+>>> from nixferry import nar, store_path
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> tree = tmp / "hello"
+>>> tree.mkdir()
+>>> _ = (tree / "hello.txt").write_text("hello\n")
+>>> nar.dump(tree, tmp / "hello.nar")  # as nix-store --dump; returns the size
+296
+>>> summary = nar.hash_path(tree)  # the same NAR, hashed without being kept
+>>> summary.nar_size, str(summary.nar_hash)
+(296, 'sha256:01ck5rvyzqybzm60d7600qxnf699pxcdy4743f8li7mb5y0ckn4b')
+>>> nar.validate(tmp / "hello.nar") == summary
+True
+
+Sign a narinfo, then verify it as a client of the cache does, against
+its trusted public keys:
+
+>>> key = nixferry.SigningKey.generate("cache.example.org-1")
+>>> trusted = [str(key.verifying_key)]  # as in trusted-public-keys
+>>> hello = store_path.add_path(tree)  # the path nix-store --add gives
+>>> hello
+StorePath('/nix/store/5caih9r8fpx2izlf9ndymqjy3ym9j37p-hello')
+>>> url = f"nar/{summary.nar_hash.to_nix32()}.nar"  # where the cache keeps the NAR
+>>> info = nixferry.NarInfo(hello, url, summary.nar_hash, summary.nar_size)
 >>> info.sign(key)
->>> info.verify([key.verifying_key])
-'example-1'
+>>> text = info.render()  # what the cache serves as <hash part>.narinfo
+>>> nixferry.NarInfo.parse(text).verify(trusted)
+'cache.example.org-1'
+>>> nixferry.NarInfo.parse(text).verify(
+...     ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
+... )
+Traceback (most recent call last):
+    ...
+nixferry.errors.VerificationError: not signed by a trusted key (signed by cache.example.org-1)
+
+Compute a closure. Opening a ``file://`` cache creates it. Without Nix
+at hand, ``publish`` fills it in the layout Nix writes (a NAR file named
+by its hash, and a signed narinfo), with ``hello`` and a text file that
+refers to it:
+
+>>> cache_dir = tmp / "cache"
+>>> cache = nixferry.open_store(f"file://{cache_dir}")
+>>> def publish(src, path, references):
+...     s = nar.hash_path(src)
+...     url = f"nar/{s.nar_hash.to_nix32()}.nar"
+...     _ = nar.dump(src, cache_dir / url)
+...     info = nixferry.NarInfo(path, url, s.nar_hash, s.nar_size, references=references)
+...     info.sign(key)
+...     _ = (cache_dir / f"{path.hash_part}.narinfo").write_text(info.render())
+>>> publish(tree, hello, [])
+>>> contents = f"{hello}/hello.txt\n".encode()
+>>> greeting = store_path.text_path("greeting", contents, references=[hello])
+>>> _ = (tmp / "greeting").write_bytes(contents)
+>>> publish(tmp / "greeting", greeting, references=[hello])
+>>> for info in cache.closure([greeting]):  # references first
+...     print(info.path, info.nar_size)
+/nix/store/5caih9r8fpx2izlf9ndymqjy3ym9j37p-hello 296
+/nix/store/zr37s7fvpkamgn2hb2dhh49pk7sfrvvm-greeting 176
+
+Copy that closure to a second cache, compressed with zstd. The copy
+trusts paths signed by a trusted key:
+
+>>> mirror = f"file://{tmp}/mirror?compression=zstd"
+>>> result = nixferry.copy(cache, mirror, [greeting], trusted_keys=trusted)
+>>> result.copied, result.skipped, result.is_complete
+(2, 0, True)
+>>> nixferry.copy(cache, mirror, [greeting], trusted_keys=trusted).skipped
+2
+
+Serve the cache over HTTP, and copy from it as from any binary cache:
+
+>>> import urllib.request
+>>> with nixferry.serve(cache, listen="127.0.0.1:0") as server:
+...     with urllib.request.urlopen(f"{server.url}/nix-cache-info") as response:
+...         print(response.read().decode(), end="")
+...     result = nixferry.copy(
+...         server.url, f"file://{tmp}/from-http", [greeting], trusted_keys=trusted
+...     )
+StoreDir: /nix/store
+>>> result.copied, server.closed
+(2, True)
 """
 
 from __future__ import annotations
