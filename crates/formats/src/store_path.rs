@@ -15,6 +15,7 @@
 //! ```
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 use crate::hash::{self, nix32, HashAlgo, NixHash};
@@ -108,6 +109,37 @@ impl std::error::Error for StorePathError {}
 /// ```
 pub fn is_hash_part(s: &str) -> bool {
     s.len() == HASH_PART_LEN && s.bytes().all(nix32::is_digit)
+}
+
+/// The name `nix-store --add` gives the store path it makes of the file
+/// or tree at `path`: the last component of `path` made absolute, as given
+/// (a final symlink is named, not followed); for a path ending in `..`,
+/// the last component of the canonical path. `None` when there is none
+/// (`/`) or it is not UTF-8; the name still has to pass [`validate_name`].
+///
+/// ```
+/// use std::path::Path;
+/// use nixferry_formats::store_path::added_name;
+///
+/// assert_eq!(added_name(Path::new("/srv/site/")).unwrap().as_deref(), Some("site"));
+/// assert_eq!(added_name(Path::new("/")).unwrap(), None);
+/// ```
+///
+/// # Errors
+/// The current directory cannot be read (for a relative `path`).
+pub fn added_name(path: &Path) -> std::io::Result<Option<String>> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let name = match abs.file_name() {
+        Some(n) => Some(n.to_owned()),
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|c| c.file_name().map(ToOwned::to_owned)),
+    };
+    Ok(name.and_then(|n| n.into_string().ok()))
 }
 
 /// Checks a store path name against Nix's rules (docs/formats.md §2.5, with the newer

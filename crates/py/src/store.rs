@@ -1,6 +1,7 @@
 //! `Store` and `PathInfo`: stores opened by URL.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use nixferry::closure;
@@ -12,7 +13,7 @@ use pyo3::prelude::*;
 use crate::blocking;
 use crate::errors;
 use crate::hash::PyNixHash;
-use crate::signing;
+use crate::signing::{self, PySigningKey};
 use crate::store_path as sp;
 
 /// What a store knows about one of its paths.
@@ -283,6 +284,35 @@ impl PyStore {
         })?
         .map_err(|e| errors::closure(&e))?;
         Ok(path_info_json(self.store.store_dir(), &entries))
+    }
+
+    /// Adds the file, directory or symlink at `path` as the
+    /// content-addressed path `nix-store --add` makes of it (named after
+    /// its last component unless `name` is given), signed with each of
+    /// `secret_keys`, and returns its info; a path the store has already
+    /// is left alone. The NAR is checked on its way in like any other.
+    ///
+    /// Raises `StorePathError` for an invalid name, `NarError` for a tree
+    /// a NAR cannot hold, `StoreError` when the store refuses it.
+    #[pyo3(signature = (path, *, name = None, secret_keys = Vec::new()))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<String>,
+        secret_keys: Vec<PySigningKey>,
+    ) -> PyResult<PyPathInfo> {
+        let name = match name {
+            Some(n) => n,
+            None => sp::default_name(&path)?,
+        };
+        let keys: Vec<_> = secret_keys.into_iter().map(|k| k.0).collect();
+        let store = Arc::clone(&self.store);
+        let info = blocking::run(py, move |_| {
+            crate::runtime().block_on(store::add_to_store(&*store, &path, &name, &keys))
+        })?
+        .map_err(|e| errors::store(&e))?;
+        Ok(self.info(info))
     }
 
     fn __repr__(&self) -> String {

@@ -181,21 +181,9 @@ fn is_valid_path(path: &str, store_dir: &str) -> PyResult<bool> {
 }
 
 /// The name `nix-store --add` gives `path`: its last component as given.
-fn default_name(path: &Path) -> PyResult<String> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| errors::os_error(&e, "getting the current directory", None))?
-            .join(path)
-    };
-    let name = match abs.file_name() {
-        Some(n) => Some(n.to_owned()),
-        None => std::fs::canonicalize(path)
-            .ok()
-            .and_then(|c| c.file_name().map(ToOwned::to_owned)),
-    };
-    name.and_then(|n| n.to_str().map(str::to_owned))
+pub(crate) fn default_name(path: &Path) -> PyResult<String> {
+    store_path::added_name(path)
+        .map_err(|e| errors::os_error(&e, "getting the current directory", None))?
         .ok_or_else(|| {
             errors::new(
                 "StorePathError",

@@ -32,19 +32,7 @@ pub(super) fn run(args: AddArgs) -> Result<(), Failure> {
 
 /// The store path name `nix-store --add` uses: the base name of the path.
 pub(super) fn default_name(path: &Path) -> anyhow::Result<String> {
-    let canonical =
-        std::fs::canonicalize(path).with_context(|| format!("resolving '{}'", path.display()))?;
-    // `nix-store --add` names the path after the last component of the
-    // absolute path as given, without following a final symlink.
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
-    let name = abs
-        .file_name()
-        .or(canonical.file_name())
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("'{}' has no usable name; give --name", path.display()))?;
-    Ok(name.to_owned())
+    nixferry::store_path::added_name(path)
+        .context("getting the current directory")?
+        .with_context(|| format!("'{}' has no usable name; give --name", path.display()))
 }

@@ -171,6 +171,14 @@ pub enum ServerError {
     },
 }
 
+/// The error of a server task that did not finish: it panicked, or the
+/// runtime is shutting down.
+fn died(e: tokio::task::JoinError) -> ServerError {
+    ServerError::Task {
+        message: e.to_string(),
+    }
+}
+
 /// The store a server serves: a URL, opened when the server starts, or a
 /// store already open. Made with `into()` from a `&str`, a `String` or an
 /// `Arc<dyn Store>`.
@@ -380,9 +388,7 @@ impl ServerBuilder {
         let (backend, store_dir) =
             tokio::task::spawn_blocking(move || backend(store, secret_keys, writable, compression))
                 .await
-                .map_err(|e| ServerError::Task {
-                    message: e.to_string(),
-                })??;
+                .map_err(died)??;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -604,9 +610,7 @@ impl Server {
             let _ = stop.send(());
         }
         match self.task.take() {
-            Some(task) => task.await.map_err(|e| ServerError::Task {
-                message: e.to_string(),
-            }),
+            Some(task) => task.await.map_err(died),
             None => Ok(()),
         }
     }

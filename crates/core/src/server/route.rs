@@ -4,6 +4,8 @@
 //! never name a file outside the cache: no `..`, no percent escapes (no
 //! legitimate name needs one), no extra slashes, bounded lengths.
 
+use crate::store_path::is_hash_part;
+
 /// The longest request path considered at all.
 const MAX_PATH_LEN: usize = 512;
 
@@ -82,8 +84,10 @@ impl Route {
     }
 }
 
-fn is_nix32(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(crate::hash::nix32::is_digit)
+/// Whether `s` is the name of a NAR file without its extension: a
+/// SHA-256 in Nix base-32.
+fn is_nar_hash(s: &str) -> bool {
+    s.len() == 52 && s.bytes().all(crate::hash::nix32::is_digit)
 }
 
 /// Parses a request path (as sent, before any percent-decoding). `None`
@@ -99,16 +103,16 @@ pub(super) fn parse(path: &str) -> Option<Route> {
         _ => {}
     }
     if let Some(h) = path.strip_suffix(".narinfo") {
-        return is_nix32(h, 32).then(|| Route::NarInfo(h.to_owned()));
+        return is_hash_part(h).then(|| Route::NarInfo(h.to_owned()));
     }
     if let Some(h) = path.strip_suffix(".ls") {
-        return is_nix32(h, 32).then(|| Route::Listing(h.to_owned()));
+        return is_hash_part(h).then(|| Route::Listing(h.to_owned()));
     }
     if let Some(file) = path.strip_prefix("nar/") {
         let (hash, rest) = file.split_at_checked(52)?;
         let ext = rest.strip_prefix(".nar")?;
         let known = ["", ".xz", ".zst", ".bz2", ".br"];
-        return (is_nix32(hash, 52) && known.contains(&ext)).then(|| Route::Nar {
+        return (is_nar_hash(hash) && known.contains(&ext)).then(|| Route::Nar {
             hash: hash.to_owned(),
             ext: ext.to_owned(),
         });

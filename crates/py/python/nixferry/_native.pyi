@@ -467,6 +467,14 @@ class Store:
         """The closure of ``paths``, references first."""
     def path_info_json(self, paths: _Paths, *, recursive: bool = False, closure_size: bool = False) -> str:
         """What ``nix path-info --json`` prints about ``paths``."""
+    def add(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        secret_keys: builtins.list[SigningKey] = ...,
+    ) -> PathInfo:
+        """Adds ``path`` as ``nix-store --add`` would, signed; returns its info."""
 
 def open_store(url: str) -> Store:
     """Opens the store a URL names."""
