@@ -82,15 +82,15 @@ impl CopyOptions {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::*;
     use crate::copy::{copy_closure, CancellationToken, CopyError, Event};
     use crate::hash::{sha256, NixHash};
     use crate::signing::{PublicKey, VerifyError, DEFAULT_TRUSTED_PUBLIC_KEYS};
-    use crate::store::{Capabilities, NarStream, PathInfo, Store, StoreError};
-    use crate::store_path::{StoreDir, StorePath};
+    use crate::store::mem::MemStore;
+    use crate::store::{PathInfo, Store};
+    use crate::store_path::StorePath;
 
     fn key(name: &str, seed: u8) -> SecretKey {
         SecretKey::from_seed(name, &[seed; 32]).unwrap()
@@ -161,72 +161,6 @@ mod tests {
         }
     }
 
-    /// A store in memory, trusted as a source or not.
-    #[derive(Debug)]
-    struct Mem {
-        trusted: bool,
-        paths: Mutex<BTreeMap<StorePath, (PathInfo, Vec<u8>)>>,
-    }
-
-    impl Mem {
-        fn new(trusted: bool) -> Arc<Self> {
-            Arc::new(Self {
-                trusted,
-                paths: Mutex::default(),
-            })
-        }
-
-        fn insert(&self, info: PathInfo, nar: Vec<u8>) {
-            self.paths
-                .lock()
-                .unwrap()
-                .insert(info.path.clone(), (info, nar));
-        }
-
-        fn get(&self, path: &StorePath) -> Option<PathInfo> {
-            self.paths.lock().unwrap().get(path).map(|(i, _)| i.clone())
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Mem {
-        fn url(&self) -> &str {
-            "mem://"
-        }
-        fn store_dir(&self) -> &StoreDir {
-            static DIR: std::sync::OnceLock<StoreDir> = std::sync::OnceLock::new();
-            DIR.get_or_init(StoreDir::default)
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                trusted_source: self.trusted,
-                keeps_signatures: true,
-                ..Capabilities::default()
-            }
-        }
-        async fn query_path_infos(
-            &self,
-            paths: &[StorePath],
-        ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-            Ok(paths
-                .iter()
-                .filter_map(|p| self.get(p).map(|i| (p.clone(), i)))
-                .collect())
-        }
-        async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
-            let nar = self.paths.lock().unwrap()[&info.path].1.clone();
-            Ok(Box::pin(std::io::Cursor::new(nar)))
-        }
-        async fn add_path(&self, info: &PathInfo, mut nar: NarStream) -> Result<(), StoreError> {
-            let mut bytes = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut nar, &mut bytes)
-                .await
-                .map_err(|e| StoreError::from_stream(e, "reading", "mem://"))?;
-            self.insert(info.clone(), bytes);
-            Ok(())
-        }
-    }
-
     /// An unsigned, input-addressed path and its "NAR" (the engine only
     /// checks the hash and size).
     fn unsigned() -> (PathInfo, Vec<u8>) {
@@ -238,8 +172,8 @@ mod tests {
     }
 
     async fn copy(
-        src: &Arc<Mem>,
-        dst: &Arc<Mem>,
+        src: &Arc<MemStore>,
+        dst: &Arc<MemStore>,
         path: &StorePath,
         opts: &CopyOptions,
     ) -> Vec<CopyError> {
@@ -265,19 +199,19 @@ mod tests {
 
         // From the machine's own store: no signatures needed, and the copy
         // is signed with the own key.
-        let local = Mem::new(true);
+        let local = MemStore::new(true);
         local.insert(info.clone(), nar.clone());
-        let cache = Mem::new(false);
+        let cache = MemStore::new(false);
         let opts = CopyOptions::default().with_secret_keys([own.clone()]);
         assert!(copy(&local, &cache, &path, &opts).await.is_empty());
         let signed = cache.get(&path).unwrap();
         assert!(signed.signatures[0].starts_with("own-1:"));
 
         // From a cache: the own signature is trusted...
-        let out = Mem::new(false);
+        let out = MemStore::new(false);
         assert!(copy(&cache, &out, &path, &opts).await.is_empty());
         // ...the default alone does not trust it...
-        let out = Mem::new(false);
+        let out = MemStore::new(false);
         let failed = copy(&cache, &out, &path, &CopyOptions::default()).await;
         assert!(
             matches!(
@@ -290,7 +224,7 @@ mod tests {
             "{failed:?}"
         );
         // ...an unsigned path is refused...
-        let bare = Mem::new(false);
+        let bare = MemStore::new(false);
         bare.insert(info, nar);
         let failed = copy(&bare, &out, &path, &opts).await;
         assert!(

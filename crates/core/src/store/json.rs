@@ -371,7 +371,10 @@ mod tests {
     use super::*;
     use crate::hash::{sha256, NixHash};
     use crate::narinfo::Compression;
-    use crate::store::{Capabilities, NarFile, NarStream, StoreError};
+    use std::sync::Arc;
+
+    use crate::store::mem::MemStore;
+    use crate::store::NarFile;
 
     fn p(name: &str) -> StorePath {
         let digest: [u8; 20] = sha256(name.as_bytes())[..20].try_into().unwrap();
@@ -526,42 +529,9 @@ mod tests {
         }
     }
 
-    /// A store with the paths given, nothing else.
-    #[derive(Debug)]
-    struct Fixed(BTreeMap<StorePath, PathInfo>);
-
-    #[async_trait::async_trait]
-    impl Store for Fixed {
-        fn url(&self) -> &str {
-            "fixed://"
-        }
-        fn store_dir(&self) -> &StoreDir {
-            static DIR: std::sync::OnceLock<StoreDir> = std::sync::OnceLock::new();
-            DIR.get_or_init(StoreDir::default)
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities::default()
-        }
-        async fn query_path_infos(
-            &self,
-            paths: &[StorePath],
-        ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
-            Ok(paths
-                .iter()
-                .filter_map(|p| self.0.get(p).map(|i| (p.clone(), i.clone())))
-                .collect())
-        }
-        async fn nar(&self, _: &PathInfo) -> Result<NarStream, StoreError> {
-            unreachable!("no NARs here")
-        }
-        async fn add_path(&self, _: &PathInfo, _: NarStream) -> Result<(), StoreError> {
-            unreachable!("nothing is added here")
-        }
-    }
-
     /// top -> {left, right} -> base; left -> left; "uncached" has no
     /// file size.
-    fn store() -> Fixed {
+    fn store() -> Arc<MemStore> {
         let infos = [
             cached(info("base", &[], 1), Some(10)),
             cached(info("left", &["base", "left"], 2), Some(20)),
@@ -569,7 +539,7 @@ mod tests {
             cached(info("top", &["left", "right"], 8), Some(80)),
             cached(info("uncached", &["base"], 16), None),
         ];
-        Fixed(infos.into_iter().map(|i| (i.path.clone(), i)).collect())
+        MemStore::with_infos(infos)
     }
 
     fn sizes(nar_size: u64, download_size: Option<u64>) -> Option<ClosureSizes> {
@@ -593,7 +563,7 @@ mod tests {
                 .collect()
         };
         let asked = [p("top"), p("gone"), p("base"), p("top")];
-        let plain = PathInfoQuery::default().run(&store, &asked).await.unwrap();
+        let plain = PathInfoQuery::default().run(&*store, &asked).await.unwrap();
         assert_eq!(
             entries(plain),
             [
@@ -607,7 +577,7 @@ mod tests {
             recursive: false,
             closure_size: true,
         };
-        let sized = query.run(&store, &asked).await.unwrap();
+        let sized = query.run(&*store, &asked).await.unwrap();
         assert_eq!(
             entries(sized),
             [
@@ -622,7 +592,7 @@ mod tests {
             closure_size: true,
         };
         let all = query
-            .run(&store, &[p("uncached"), p("left")])
+            .run(&*store, &[p("uncached"), p("left")])
             .await
             .unwrap();
         let all = entries(all);
@@ -637,15 +607,15 @@ mod tests {
             recursive: true,
             closure_size: false,
         };
-        assert!(recursive.run(&store, &[p("gone")]).await.is_err());
-        let mut broken = store;
-        broken.0.remove(&p("base"));
+        assert!(recursive.run(&*store, &[p("gone")]).await.is_err());
+        let broken = store;
+        broken.remove(&p("base"));
         let query = PathInfoQuery {
             recursive: false,
             closure_size: true,
         };
         assert!(matches!(
-            query.run(&broken, &[p("right")]).await,
+            query.run(&*broken, &[p("right")]).await,
             Err(ClosureError::MissingReference { .. })
         ));
     }

@@ -64,6 +64,8 @@ pub mod http;
 pub mod json;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(test)]
+pub(crate) mod mem;
 #[cfg(any(feature = "http", feature = "s3"))]
 pub(crate) mod remote;
 #[cfg(feature = "s3")]
