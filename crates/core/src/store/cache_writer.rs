@@ -520,14 +520,17 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// With `fsync`, once more than [`SYNC_EVERY`] bytes are written, a
 /// helper thread flushes the file to disk again and again while writing
 /// goes on ([`BackgroundSync`]), so the disk works while the CPU hashes
-/// and compresses, and the final fsync, when the store puts the file in
-/// place ([`AtomicFile::commit`]), finds little left to do.
+/// and compresses; the last data is flushed by the thread that wrote it,
+/// while the NAR's check may still be running, and the fsync when the
+/// store puts the file in place ([`AtomicFile::commit`]) finds nothing
+/// left to do.
 struct FileSink {
     out: BufWriter<File>,
     hasher: Option<HashingWriter<io::Sink>>,
     size: u64,
     synced_at: u64,
     syncer: Option<BackgroundSync>,
+    fsync: bool,
 }
 
 /// Bytes written between two requests to flush a NAR file in the
@@ -550,6 +553,7 @@ impl FileSink {
             // Without fsync, the background flushes never start.
             synced_at: if fsync { 0 } else { u64::MAX },
             syncer: None,
+            fsync,
         })
     }
 
@@ -575,11 +579,15 @@ impl FileSink {
     /// returns the file's hash (`nar_hash` if the sink was made for the
     /// NAR itself) and size.
     fn finish(self, tmp: &Path, nar_hash: NixHash) -> Result<(NixHash, u64), StoreError> {
-        self.out
+        let file = self
+            .out
             .into_inner()
             .map_err(|e| io_err("writing", tmp)(e.into_error()))?;
         if let Some(syncer) = self.syncer {
             syncer.finish().map_err(io_err("writing", tmp))?;
+        }
+        if self.fsync {
+            file.sync_data().map_err(io_err("writing", tmp))?;
         }
         let hash = self.hasher.map_or(nar_hash, |h| h.finish().1);
         Ok((hash, self.size))
