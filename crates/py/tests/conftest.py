@@ -29,6 +29,15 @@ def vectors() -> pathlib.Path:
     return VECTORS
 
 
+@pytest.fixture
+def signed_cache(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A writable copy of the signed xz cache of the test vectors (opening
+    a cache may write its nix-cache-info)."""
+    dst = tmp_path / "signed-xz"
+    shutil.copytree(VECTORS / "binary-cache" / "signed-xz", dst)
+    return dst
+
+
 def required() -> bool:
     """Whether every test must run: in CI, or when NIXFERRY_REQUIRE_NIX is
     set (the test command sets it). A test that lacks what it needs then

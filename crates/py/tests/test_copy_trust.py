@@ -5,22 +5,11 @@ of the keys it signs with)."""
 from __future__ import annotations
 
 import pathlib
-import shutil
-
-import pytest
 
 import nixferry
 from nixferry import SigningKey, VerifyingKey
 
 DRV_OUT = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv"
-
-
-@pytest.fixture
-def signed_cache(vectors: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
-    # A writable copy: opening a cache may write its nix-cache-info.
-    dst = tmp_path / "signed-xz"
-    shutil.copytree(vectors / "binary-cache" / "signed-xz", dst)
-    return dst
 
 
 def test_copy_trusts_nixs_default_keys_and_its_own(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 from typing import Any
 
 import pytest
@@ -16,14 +15,6 @@ from conftest import make_tree
 HI = "/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt"
 DRV_OUT = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv"
 MISSING = "/nix/store/" + "0" * 32 + "-missing"
-
-
-@pytest.fixture
-def signed_cache(vectors: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
-    # A writable copy: opening a cache may write its nix-cache-info.
-    dst = tmp_path / "signed-xz"
-    shutil.copytree(vectors / "binary-cache" / "signed-xz", dst)
-    return dst
 
 
 def items(text: str) -> list[list[tuple[str, Any]]]:
