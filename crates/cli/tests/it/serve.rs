@@ -747,3 +747,66 @@ fn copies_through_a_connection_cutting_proxy() {
         .unwrap();
     assert_success(&out);
 }
+
+#[test]
+fn nar_urls_outlive_the_server_that_made_them() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (sk, pk) = generate_key(tmp.path(), "serve-replica-1");
+    let pk = pk.trim().to_owned();
+    let top = build_closure("replicas");
+    let paths: Vec<String> = run_text(nix("nix-store").args(["-qR", &top]))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let serve = || {
+        Server::start(&[
+            "--store",
+            "local",
+            "--secret-key-file",
+            sk.to_str().unwrap(),
+        ])
+    };
+    let hash_part = |p: &str| p["/nix/store/".len()..][..32].to_owned();
+
+    // Narinfos from a server that is then stopped.
+    let first = serve();
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let r = first.get(&format!("/{}.narinfo", hash_part(p)));
+            assert_eq!(r.status, 200, "{p}");
+            narinfo_field(&String::from_utf8_lossy(&r.body), "URL")
+        })
+        .collect();
+    assert!(first.terminate().success());
+
+    // Two new servers of the same store, asked in turn: each answers the
+    // NAR URLs the first one handed out, and each other's.
+    let replicas = [serve(), serve()];
+    for (i, (path, url)) in paths.iter().zip(&urls).enumerate() {
+        let dump = run(nix("nix-store").args(["--dump", path])).stdout;
+        let r = replicas[i % 2].get(&format!("/{url}"));
+        assert_eq!(r.status, 200, "{url}");
+        assert!(r.body == dump, "{url}: not the NAR of {path}");
+        let narinfo = replicas[(i + 1) % 2].get(&format!("/{}.narinfo", hash_part(path)));
+        let url = narinfo_field(&String::from_utf8_lossy(&narinfo.body), "URL");
+        assert_eq!(replicas[i % 2].get(&format!("/{url}")).body, dump);
+    }
+    // A URL naming a NAR hash the path does not have is not served.
+    let wrong = format!("/nar/{}-{}.nar", hash_part(&top), "1".repeat(52));
+    assert_eq!(replicas[0].get(&wrong).status, 404);
+
+    // Nix substitutes through either.
+    let ours = nix_closure_infos(None, &top);
+    for (i, server) in replicas.iter().enumerate() {
+        let chroot = tmp.path().join(format!("chroot-{i}"));
+        run(nix("nix")
+            .args(["copy", "--from", &server.url(), "--to"])
+            .arg(&chroot)
+            .args(["--option", "trusted-public-keys", &pk, &top]));
+        assert_eq!(nix_closure_infos(Some(&chroot), &top), ours);
+    }
+}

@@ -85,10 +85,6 @@ const CACHE_DAY: &str = "public, max-age=86400";
 const CACHE_SHORT: &str = "public, max-age=300";
 const CACHE_NONE: &str = "no-cache";
 
-/// How many NAR names the store backend remembers (from the narinfos it
-/// served) before it starts over.
-const MAX_REMEMBERED_NARS: usize = 100_000;
-
 /// The server's state, shared by all connections.
 #[derive(Debug)]
 pub(super) struct State {
@@ -122,9 +118,6 @@ pub(super) struct StoreBackend {
     real_dir: Option<PathBuf>,
     keys: Vec<SecretKey>,
     compression: Compression,
-    /// NAR hash (nix32) to the path info, filled as narinfos are served:
-    /// the NAR URLs name the NAR hash, not the path.
-    nars: Mutex<HashMap<String, PathInfo>>,
     /// The store directory's entries, by hash part.
     listing: tokio::sync::Mutex<Option<DirListing>>,
 }
@@ -178,7 +171,6 @@ impl StoreBackend {
             real_dir,
             keys,
             compression,
-            nars: Mutex::new(HashMap::new()),
             listing: tokio::sync::Mutex::new(None),
         }
     }
@@ -227,8 +219,13 @@ impl StoreBackend {
     fn narinfo(&self, store_dir: &StoreDir, info: &PathInfo) -> Result<String, Failure> {
         let none = self.compression == Compression::None;
         let file = NarFile {
+            // The path's hash part, then its NAR hash (route::Route::Nar):
+            // any server of this store can answer it, after a restart too,
+            // and a path whose content changed is not served under the
+            // old name.
             url: format!(
-                "nar/{}{}",
+                "nar/{}-{}{}",
+                info.path.hash_part(),
                 info.nar_hash.to_nix32(),
                 self.compression.extension()
             ),
@@ -242,17 +239,15 @@ impl StoreBackend {
         for key in &self.keys {
             narinfo.sign(key);
         }
-        if let Ok(mut nars) = self.nars.lock() {
-            if nars.len() >= MAX_REMEMBERED_NARS {
-                nars.clear();
-            }
-            nars.insert(info.nar_hash.to_nix32(), info.clone());
-        }
         Ok(narinfo.render())
     }
 
-    fn remembered(&self, nar_hash: &str) -> Option<PathInfo> {
-        self.nars.lock().ok()?.get(nar_hash).cloned()
+    /// The path info behind a NAR URL of [`StoreBackend::narinfo`]: the
+    /// path with hash part `path`, if its NAR hash (nix32) is still
+    /// `nar_hash`.
+    async fn nar_info(&self, path: &str, nar_hash: &str) -> Result<Option<PathInfo>, Failure> {
+        let info = self.lookup(path).await?;
+        Ok(info.filter(|i| i.nar_hash.to_nix32() == nar_hash))
     }
 }
 
@@ -451,8 +446,12 @@ impl State {
                 self.recent.put(hash, text.clone());
                 Ok(full(CT_NARINFO, CACHE_DAY, text))
             }
-            Route::Nar { hash, ext } => {
-                let Some(info) = s.remembered(hash) else {
+            Route::Nar { path, hash, ext } => {
+                // A served store's NAR URLs name the path.
+                let Some(path) = path else {
+                    return Ok(not_found());
+                };
+                let Some(info) = s.nar_info(path, hash).await? else {
                     return Ok(not_found());
                 };
                 let builder = Response::builder()

@@ -19,6 +19,7 @@
 //! | `GET /nix-cache-info` | the cache's `nix-cache-info` (the `file://` cache's own), with the [priority](ServerBuilder::priority) and [`WantMassQuery`](ServerBuilder::want_mass_query) set on top |
 //! | `GET /<hash>.narinfo` | the path's narinfo |
 //! | `GET /nar/<hash>.nar[.xz\|.zst\|.bz2\|.br]` | the NAR file, with `Range` requests of a single byte range honoured where its length is known |
+//! | `GET /nar/<path hash>-<NAR hash>.nar[.zst]` | a served Nix store's NAR: its narinfos name NARs by the path's hash part and the NAR hash, so any server of the store answers them, after a restart or from another replica, as long as the path is there with that content |
 //! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //! | `HEAD` of any of them | the head of the `GET` |

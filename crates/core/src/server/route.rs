@@ -4,7 +4,7 @@
 //! never name a file outside the cache: no `..`, no percent escapes (no
 //! legitimate name needs one), no extra slashes, bounded lengths.
 
-use crate::store_path::is_hash_part;
+use crate::store_path::{is_hash_part, HASH_PART_LEN};
 
 /// The longest request path considered at all.
 const MAX_PATH_LEN: usize = 512;
@@ -47,9 +47,16 @@ pub(super) enum Route {
     CacheInfo,
     /// `<hash>.narinfo`.
     NarInfo(String),
-    /// `nar/<file hash>.nar<ext>`: the hash and the extension (with its dot,
-    /// empty for none).
-    Nar { hash: String, ext: String },
+    /// `nar/<file hash>.nar<ext>`, the NAR files of a `file://` cache, or
+    /// `nar/<path hash>-<NAR hash>.nar<ext>`, the NARs of a served Nix
+    /// store, which name their path so that any server of the store, now
+    /// or after a restart, finds it: the path's hash part if named, the
+    /// hash and the extension (with its dot, empty for none).
+    Nar {
+        path: Option<String>,
+        hash: String,
+        ext: String,
+    },
     /// `<hash>.ls`.
     Listing(String),
     /// `log/<drv base name>`.
@@ -76,7 +83,16 @@ impl Route {
         Some(match self {
             Route::CacheInfo => "nix-cache-info".to_owned(),
             Route::NarInfo(h) => format!("{h}.narinfo"),
-            Route::Nar { hash, ext } => format!("nar/{hash}.nar{ext}"),
+            Route::Nar {
+                path: None,
+                hash,
+                ext,
+            } => format!("nar/{hash}.nar{ext}"),
+            Route::Nar {
+                path: Some(path),
+                hash,
+                ext,
+            } => format!("nar/{path}-{hash}.nar{ext}"),
             Route::Listing(h) => format!("{h}.ls"),
             Route::Log(name) => format!("log/{name}"),
             Route::Metrics => return None,
@@ -109,10 +125,20 @@ pub(super) fn parse(path: &str) -> Option<Route> {
         return is_hash_part(h).then(|| Route::Listing(h.to_owned()));
     }
     if let Some(file) = path.strip_prefix("nar/") {
+        // A NAR hash never has a dash: one after 32 characters ends a
+        // path's hash part.
+        let (store_path, file) = match file.split_at_checked(HASH_PART_LEN + 1) {
+            Some((p, rest)) if p.ends_with('-') => {
+                let p = &p[..HASH_PART_LEN];
+                (Some(is_hash_part(p).then(|| p.to_owned())?), rest)
+            }
+            _ => (None, file),
+        };
         let (hash, rest) = file.split_at_checked(52)?;
         let ext = rest.strip_prefix(".nar")?;
         let known = ["", ".xz", ".zst", ".bz2", ".br"];
         return (is_nar_hash(hash) && known.contains(&ext)).then(|| Route::Nar {
+            path: store_path,
             hash: hash.to_owned(),
             ext: ext.to_owned(),
         });
@@ -148,10 +174,19 @@ mod tests {
             assert_eq!(
                 parse(&format!("/nar/{H52}.nar{ext}")),
                 Some(Route::Nar {
+                    path: None,
                     hash: H52.into(),
                     ext: ext.into()
                 })
             );
+            let named = Route::Nar {
+                path: Some(H32.into()),
+                hash: H52.into(),
+                ext: ext.into(),
+            };
+            let file = format!("nar/{H32}-{H52}.nar{ext}");
+            assert_eq!(parse(&format!("/{file}")), Some(named.clone()));
+            assert_eq!(named.relative(), Some(file));
         }
         let log = format!("{H32}-hello-2.12.drv");
         assert_eq!(parse(&format!("/log/{log}")), Some(Route::Log(log)));
@@ -176,6 +211,11 @@ mod tests {
             &format!("/nar/{H52}.narx"),
             &format!("/nar/../{H52}.nar"),
             &format!("/nar/{}.nar", &H52[..51]),
+            &format!("/nar/{H32}{H52}.nar"),
+            &format!("/nar/{H32}--{H52}.nar"),
+            &format!("/nar/{}-{H52}.nar", &H32[1..]),
+            &format!("/nar/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-{H52}.nar"),
+            &format!("/nar/{H32}-{H32}.nar"),
             "/log/../nix-cache-info",
             "/log/..",
             "/log/",

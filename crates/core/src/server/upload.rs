@@ -73,10 +73,16 @@ pub(super) async fn put(server: &State, route: &Route, req: Request<Incoming>) -
             },
             Err(e) => Err(e),
         },
-        Route::Nar { hash, .. } => {
+        Route::Nar {
+            path: None, hash, ..
+        } => {
             let body = req.into_body();
             write_streamed(server, root, &rel, body, u64::MAX, Some(hash)).await
         }
+        // A binary cache names its NAR files by their hash alone.
+        Route::Nar { path: Some(_), .. } => Err(Refusal::Bad(
+            "NAR files are named nar/<file hash>.nar[.<ext>]\n",
+        )),
         _ => write_streamed(server, root, &rel, req.into_body(), MAX_MEDIUM, None).await,
     };
     match result {
@@ -180,7 +186,7 @@ async fn put_narinfo(
     // Only NAR files of this cache can be checked, so a narinfo must name
     // one.
     let nar_rel = match route::parse(&format!("/{}", info.url())) {
-        Some(r @ Route::Nar { .. }) => r.relative(),
+        Some(r @ Route::Nar { path: None, .. }) => r.relative(),
         _ => None,
     };
     let Some(nar_rel) = nar_rel else {

@@ -280,6 +280,14 @@ fn hostile_uploads_are_refused() {
             "the NAR file's content hashes to",
         ),
         case(
+            "a NAR named as a served store names them",
+            &format!("/nar/{}-{}.nar", "1".repeat(32), sha256_nix32(&nar)),
+            &bearer,
+            &nar,
+            400,
+            "NAR files are named nar/<file hash>.nar",
+        ),
+        case(
             "an invalid NAR, named right",
             &format!("/nar/{}.nar", sha256_nix32(&bad_nar)),
             &bearer,
