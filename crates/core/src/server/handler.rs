@@ -364,6 +364,7 @@ impl State {
                 self.cache_info().await.into(),
             )),
             Route::Metrics => Ok(full(CT_METRICS, "no-store", self.metrics.render().into())),
+            Route::Health => Ok(full(CT_TEXT, "no-store", Bytes::from_static(b"ok\n"))),
             _ => {
                 let range = Requested::of(req.method(), req.headers());
                 match &self.backend {

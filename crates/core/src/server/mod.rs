@@ -22,6 +22,7 @@
 //! | `GET /nar/<path hash>-<NAR hash>.nar[.zst]` | a served Nix store's NAR: its narinfos name NARs by the path's hash part and the NAR hash, so any server of the store answers them, after a restart or from another replica, as long as the path is there with that content |
 //! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
 //! | `GET /metrics` | counters in the Prometheus text format |
+//! | `GET /health` | `ok`: the server answers (for load balancers and service managers) |
 //! | `HEAD` of any of them | the head of the `GET` |
 //! | `PUT` of a cache file | an upload into a writable `file://` cache, with the [token](ServerBuilder::token) as `Authorization: Bearer <token>` or as the password of basic credentials |
 //!

@@ -22,6 +22,7 @@ pub(super) enum Kind {
     Listing,
     Log,
     Metrics,
+    Health,
     Other,
 }
 
@@ -35,6 +36,7 @@ impl Kind {
             Kind::Listing => "ls",
             Kind::Log => "log",
             Kind::Metrics => "metrics",
+            Kind::Health => "health",
             Kind::Other => "other",
         }
     }
@@ -63,6 +65,9 @@ pub(super) enum Route {
     Log(String),
     /// `/metrics`.
     Metrics,
+    /// `/health`: whether the server answers, for load balancers and
+    /// service managers.
+    Health,
 }
 
 impl Route {
@@ -75,6 +80,7 @@ impl Route {
             Route::Listing(_) => Kind::Listing,
             Route::Log(_) => Kind::Log,
             Route::Metrics => Kind::Metrics,
+            Route::Health => Kind::Health,
         }
     }
 
@@ -95,7 +101,7 @@ impl Route {
             } => format!("nar/{path}-{hash}.nar{ext}"),
             Route::Listing(h) => format!("{h}.ls"),
             Route::Log(name) => format!("log/{name}"),
-            Route::Metrics => return None,
+            Route::Metrics | Route::Health => return None,
         })
     }
 }
@@ -116,6 +122,7 @@ pub(super) fn parse(path: &str) -> Option<Route> {
     match path {
         "nix-cache-info" => return Some(Route::CacheInfo),
         "metrics" => return Some(Route::Metrics),
+        "health" => return Some(Route::Health),
         _ => {}
     }
     if let Some(h) = path.strip_suffix(".narinfo") {
@@ -162,6 +169,7 @@ mod tests {
     fn accepts_the_layout() {
         assert_eq!(parse("/nix-cache-info"), Some(Route::CacheInfo));
         assert_eq!(parse("/metrics"), Some(Route::Metrics));
+        assert_eq!(parse("/health"), Some(Route::Health));
         assert_eq!(
             parse(&format!("/{H32}.narinfo")),
             Some(Route::NarInfo(H32.into()))

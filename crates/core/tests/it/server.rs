@@ -135,6 +135,10 @@ async fn serves_a_file_cache_and_stops() {
     assert!(text.contains("Priority: 41\n"), "{text}");
     assert!(text.contains("WantMassQuery: 1\n"), "{text}");
 
+    // Liveness, for load balancers and service managers.
+    let r = get(addr, "/health").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok\n"[..]));
+
     // The narinfo as it lies in the cache.
     let name = narinfo_name(&info);
     let r = get(addr, &format!("/{name}")).await;
