@@ -325,13 +325,22 @@ pub(crate) struct ServeArgs {
     /// The `WantMassQuery` to announce in nix-cache-info.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub(crate) want_mass_query: Option<bool>,
-    /// Accept uploads (`PUT`) into a file:// store; needs --token-file.
-    #[arg(long, requires = "token_file")]
+    /// Accept uploads (`PUT`) into a file:// store; needs --token-file,
+    /// or a `write` token in --tokens-file.
+    #[arg(long)]
     pub(crate) write: bool,
     /// A file holding the token uploads must present (`Authorization:
     /// Bearer TOKEN`, or basic credentials with TOKEN as the password).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
+    /// Make the cache private: reads need a token of FILE, which holds
+    /// `read TOKEN` or `write TOKEN` (read and upload) lines; a read
+    /// without one gets 401. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens_file: Option<PathBuf>,
+    /// With --tokens-file, serve nix-cache-info without a token.
+    #[arg(long, requires = "tokens_file")]
+    pub(crate) public_cache_info: bool,
     /// How NARs of a served Nix store (or s3://, http(s):// cache) are
     /// compressed on the fly.
     #[arg(long, value_enum, default_value_t = ServeCompression::None)]

@@ -28,6 +28,9 @@ fn error(e: &ServerError) -> PyErr {
         ServerError::CacheDir { path, source } => {
             errors::os_error(source, "opening the cache directory", Some(Path::new(path)))
         }
+        ServerError::TokensFile { path, source } => {
+            errors::os_error(source, "reading the tokens file", Some(Path::new(path)))
+        }
         ServerError::Task { .. } => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
@@ -93,6 +96,21 @@ impl PyServer {
             .map_err(|e| error(&e))
     }
 
+    /// Reads the tokens file (``serve(..., tokens_file=...)``) again and
+    /// returns how many tokens it holds (0 without one). Raises
+    /// ``ValueError`` for a malformed file, ``OSError`` for an unreadable
+    /// one; the tokens stay as they were then.
+    fn reload_tokens(&self) -> PyResult<usize> {
+        let running = self
+            .running
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the server's lock is poisoned"))?;
+        match running.as_ref() {
+            Some(server) => server.reload_tokens().map_err(|e| error(&e)),
+            None => Err(PyValueError::new_err("the server is closed")),
+        }
+    }
+
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
@@ -122,6 +140,11 @@ impl PyServer {
 /// and NARs compressed on the fly with ``compression`` (``"none"`` or
 /// ``"zstd"``).
 ///
+/// With ``tokens_file``, the cache is private: reads need a token of the
+/// file too (lines ``read TOKEN`` or ``write TOKEN``), and get ``401``
+/// without one; ``public_cache_info=True`` serves ``nix-cache-info`` to
+/// anyone. `Server.reload_tokens()` reads the file again.
+///
 /// ``listen`` is ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6); port 0
 /// picks a free port. ``priority`` and ``want_mass_query`` are announced
 /// in ``nix-cache-info``. ``verbose=True`` logs one line per request on
@@ -138,8 +161,8 @@ impl PyServer {
 #[pyfunction]
 #[pyo3(signature = (
     store, *, listen = "127.0.0.1:0", secret_keys = Vec::new(), priority = None,
-    want_mass_query = None, writable = false, token = None, compression = "none",
-    verbose = false
+    want_mass_query = None, writable = false, token = None, tokens_file = None,
+    public_cache_info = false, compression = "none", verbose = false
 ))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
@@ -151,6 +174,8 @@ fn serve(
     want_mass_query: Option<bool>,
     writable: bool,
     token: Option<String>,
+    tokens_file: Option<std::path::PathBuf>,
+    public_cache_info: bool,
     compression: &str,
     verbose: bool,
 ) -> PyResult<PyServer> {
@@ -171,6 +196,9 @@ fn serve(
         .compression(Compression::parse(compression));
     if let Some(t) = token {
         builder = builder.token(t);
+    }
+    if let Some(f) = tokens_file {
+        builder = builder.tokens_file(f).public_cache_info(public_cache_info);
     }
     if let Some(p) = priority {
         builder = builder.priority(p);

@@ -164,3 +164,27 @@ def test_settings_that_do_not_fit(cache: pathlib.Path, key: SigningKey) -> None:
             nixferry.serve(url, listen=f"127.0.0.1:{taken.getsockname()[1]}")
     finally:
         taken.close()
+
+
+def test_a_private_cache_needs_a_token(cache: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("read fleet-token\n")
+    narinfo = f"/{hash_part(DRV_OUT)}.narinfo"
+    with nixferry.serve(f"file://{cache}", tokens_file=tokens) as server:
+        assert status_of(server.url + narinfo) == 401
+        assert status_of(server.url + narinfo, token="nope") == 401
+        assert status_of(server.url + narinfo, token="fleet-token") == 200
+        assert status_of(server.url + "/health") == 200
+        # Read again on demand: the old token is gone.
+        tokens.write_text("read new-token\nwrite upload-token\n")
+        assert server.reload_tokens() == 2
+        assert status_of(server.url + narinfo, token="fleet-token") == 401
+        assert status_of(server.url + narinfo, token="new-token") == 200
+        tokens.write_text("admin x\n")
+        with pytest.raises(ValueError, match="line 1"):
+            server.reload_tokens()
+        assert status_of(server.url + narinfo, token="new-token") == 200
+    tokens.write_text("read fleet-token\n")
+    with nixferry.serve(f"file://{cache}", tokens_file=tokens, public_cache_info=True) as server:
+        assert status_of(server.url + "/nix-cache-info") == 200
+        assert status_of(server.url + narinfo) == 401

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     add_signed, assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos,
-    nixferry, run, run_text,
+    nixferry, run, run_text, stderr,
 };
 
 /// A `nixferry serve` process, killed when dropped.
@@ -809,4 +809,124 @@ fn nar_urls_outlive_the_server_that_made_them() {
             .args(["--option", "trusted-public-keys", &pk, &top]));
         assert_eq!(nix_closure_infos(Some(&chroot), &top), ours);
     }
+}
+
+#[test]
+fn private_caches_need_a_token_and_nix_brings_it() {
+    if !have_nix() {
+        return;
+    }
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, pk, paths) = cache_with_paths(tmp.path());
+    let tokens = tmp.path().join("tokens");
+    fs::write(&tokens, "# the fleet\nread fleet-token\n").unwrap();
+    let server = Server::start(&[
+        "--store",
+        &format!("file://{}", cache.display()),
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let basic = |password: &str| {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("nix:{password}"));
+        format!("Basic {creds}")
+    };
+    let get = |path: &str, auth: Option<String>| {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        request(server.port, "GET", path, &headers, None)
+    };
+    let narinfo = format!("/{}.narinfo", hash_part(&paths[0]));
+
+    // No token, or a wrong one: 401, asking for credentials.
+    for auth in [None, Some("Bearer nope".to_owned()), Some(basic("nope"))] {
+        let r = get(&narinfo, auth.clone());
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Basic "));
+    }
+    assert_eq!(get("/metrics", None).status, 401);
+    assert_eq!(get("/nix-cache-info", None).status, 401);
+    // The token, as a bearer or as a netrc password; what stays open.
+    assert_eq!(get(&narinfo, Some("Bearer fleet-token".into())).status, 200);
+    assert_eq!(get(&narinfo, Some(basic("fleet-token"))).status, 200);
+    assert_eq!(get("/metrics", Some(basic("fleet-token"))).status, 200);
+    assert_eq!(
+        get("/nix-cache-info", Some(basic("fleet-token"))).status,
+        200
+    );
+    assert_eq!(get("/health", None).status, 200);
+
+    // Nix substitutes with the token from its netrc file, and fails loudly
+    // with a wrong one (instead of falling back to building).
+    let netrc = |name: &str, password: &str| {
+        let f = tmp.path().join(name);
+        fs::write(
+            &f,
+            format!("machine 127.0.0.1 login nix password {password}\n"),
+        )
+        .unwrap();
+        f
+    };
+    let nix_copy = |netrc: &Path, to: &Path| {
+        nix("nix")
+            .args(["copy", "--from", &server.url(), "--to"])
+            .arg(to)
+            .args(["--option", "trusted-public-keys", &pk])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(netrc)
+            .arg(&paths[0])
+            .output()
+            .unwrap()
+    };
+    // (The wrong one first: Nix keeps narinfos it got in a disk cache.)
+    let out = nix_copy(
+        &netrc("netrc-wrong", "nope"),
+        &tmp.path().join("chroot-wrong"),
+    );
+    assert!(!out.status.success(), "a wrong token copied");
+    assert!(
+        stderr(&out).contains("does not appear to be a binary cache"),
+        "{}",
+        stderr(&out)
+    );
+    let good = netrc("netrc", "fleet-token");
+    let out = nix_copy(&good, &tmp.path().join("chroot"));
+    assert_success(&out);
+    run(nix("nix")
+        .args(["path-info", "--store"])
+        .arg(tmp.path().join("chroot"))
+        .arg(&paths[0]));
+    // nixferry's HTTP client reads the netrc file too.
+    run(nixferry()
+        .args(["copy", "--from"])
+        .arg(format!("{}?netrc-file={}", server.url(), good.display()))
+        .arg("--to")
+        .arg(format!("file://{}", tmp.path().join("mirror").display()))
+        .args(["--trusted-key", &pk, &paths[0]]));
+
+    // SIGHUP reads the tokens file again.
+    fs::write(&tokens, "read new-token\n").unwrap();
+    let pid = server.child.id().to_string();
+    run(Command::new("kill").args(["-HUP", &pid]));
+    let start = Instant::now();
+    while get(&narinfo, Some("Bearer new-token".into())).status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&narinfo, Some("Bearer fleet-token".into())).status, 401);
+    assert!(server.terminate().success());
+
+    // nix-cache-info may be public; the rest stays private.
+    let public = Server::start(&[
+        "--store",
+        &format!("file://{}", cache.display()),
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+        "--public-cache-info",
+    ]);
+    assert_eq!(public.get("/nix-cache-info").status, 200);
+    assert_eq!(public.get(&narinfo).status, 401);
 }

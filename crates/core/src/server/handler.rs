@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
+use super::auth::Auth;
 use super::metrics::Metrics;
 use super::range::{ByteRange, Requested};
 use super::route::{self, Kind, Route};
@@ -92,7 +93,7 @@ pub(super) struct State {
     pub(super) store_dir: StoreDir,
     pub(super) want_mass_query: Option<bool>,
     pub(super) priority: Option<i64>,
-    pub(super) token: Option<String>,
+    pub(super) auth: Arc<Auth>,
     pub(super) write: bool,
     pub(super) log: Log,
     pub(super) metrics: Metrics,
@@ -288,7 +289,22 @@ impl State {
         let route = route::parse(&path);
         let kind = route.as_ref().map_or(Kind::Other, Route::kind);
         let head = method == Method::HEAD;
+        let needs_token = match &route {
+            _ if !self.auth.reads_need_token() => false,
+            Some(Route::Health) => false,
+            Some(Route::CacheInfo) => !self.auth.public_cache_info(),
+            _ => true,
+        };
         let response = match (route, &method) {
+            (_, &Method::GET | &Method::HEAD)
+                if needs_token
+                    && self
+                        .auth
+                        .scope(req.headers().get(header::AUTHORIZATION))
+                        .is_none() =>
+            {
+                unauthorized("a valid token is needed to read this cache\n")
+            }
             (None, _) => not_found(),
             (Some(r), &Method::GET | &Method::HEAD) => match self.get(&r, &req, head).await {
                 Ok(resp) => resp,
@@ -669,6 +685,18 @@ pub(super) fn method_not_allowed(allow: &'static str, message: &'static str) -> 
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, message);
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// A 401 answer, asking for credentials (`WWW-Authenticate`): what makes
+/// curl (and so Nix) present those of its netrc file, and a client
+/// without them fail loudly.
+pub(super) fn unauthorized(message: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"nixferry\""),
+    );
     r
 }
 

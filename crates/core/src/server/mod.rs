@@ -23,6 +23,11 @@
 //! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //! | `GET /health` | `ok`: the server answers (for load balancers and service managers) |
+//!
+//! A private cache ([`ServerBuilder::tokens_file`]) answers reads without
+//! a valid token (except `/health`, and `nix-cache-info` if
+//! [public](ServerBuilder::public_cache_info)) with `401` and
+//! `WWW-Authenticate`.
 //! | `HEAD` of any of them | the head of the `GET` |
 //! | `PUT` of a cache file | an upload into a writable `file://` cache, with the [token](ServerBuilder::token) as `Authorization: Bearer <token>` or as the password of basic credentials |
 //!
@@ -78,6 +83,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod handler;
 mod metrics;
 mod range;
@@ -131,9 +137,29 @@ pub enum ServerError {
     #[error("uploads need a file:// store")]
     WritableNeedsFileStore,
     /// [Uploads](ServerBuilder::writable) were asked without a
-    /// [token](ServerBuilder::token).
+    /// [token](ServerBuilder::token) or a `write` token in the
+    /// [tokens file](ServerBuilder::tokens_file).
     #[error("uploads need a token")]
     WritableNeedsToken,
+    /// The [tokens file](ServerBuilder::tokens_file) could not be read.
+    #[error("reading the tokens file '{}': {source}", path.display())]
+    TokensFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A line of the [tokens file](ServerBuilder::tokens_file) is not
+    /// `read <token>` or `write <token>`.
+    #[error("the tokens file '{}', line {line}: {reason}", path.display())]
+    Tokens {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The [token](ServerBuilder::token) is empty.
     #[error("the upload token is empty")]
     EmptyToken,
@@ -231,6 +257,8 @@ pub struct ServerBuilder {
     want_mass_query: Option<bool>,
     writable: bool,
     token: Option<String>,
+    tokens_file: Option<PathBuf>,
+    public_cache_info: bool,
     compression: Compression,
     log: Option<LogFn>,
     header_timeout: Duration,
@@ -248,6 +276,8 @@ impl fmt::Debug for ServerBuilder {
             .field("writable", &self.writable)
             // Never the token itself.
             .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("tokens_file", &self.tokens_file)
+            .field("public_cache_info", &self.public_cache_info)
             .field("compression", &self.compression)
             .field("log", &self.log.as_ref().map(|_| "…"))
             .field("header_timeout", &self.header_timeout)
@@ -312,6 +342,33 @@ impl ServerBuilder {
         self
     }
 
+    /// Makes the cache private: reads need a token of `file` too, which
+    /// holds one token a line after its scope, `read <token>` or
+    /// `write <token>` (which may upload, to a
+    /// [writable](ServerBuilder::writable) server, as well as read);
+    /// blank lines and `#` comments are left out. A token is presented as
+    /// `Authorization: Bearer <token>` or as the password of basic
+    /// credentials (what Nix sends from a `netrc-file`). A read without a
+    /// valid token gets `401` with `WWW-Authenticate`, so that Nix fails
+    /// loudly instead of building what it cannot download; `/health`
+    /// stays open, and so does `nix-cache-info` with
+    /// [`ServerBuilder::public_cache_info`]. [`Server::reload_tokens`]
+    /// reads the file again.
+    pub fn tokens_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.tokens_file = Some(file.into());
+        self
+    }
+
+    /// Whether a private cache ([`ServerBuilder::tokens_file`]) serves
+    /// `nix-cache-info` without a token. Off unless set, and best left
+    /// off: Nix 2.8 says a cache whose `nix-cache-info` it may not read
+    /// "does not appear to be a binary cache", but takes a refused narinfo
+    /// for a missing one.
+    pub fn public_cache_info(mut self, public: bool) -> Self {
+        self.public_cache_info = public;
+        self
+    }
+
     /// How NARs made on the fly (of a Nix store, or of a binary cache
     /// served again) are compressed: [`Compression::None`] (the default)
     /// or [`Compression::Zstd`]. A `file://` cache's NAR files are served
@@ -356,12 +413,16 @@ impl ServerBuilder {
     /// # Panics
     /// Outside a tokio runtime.
     pub async fn start(self) -> Result<Server, ServerError> {
-        if self.writable {
-            match &self.token {
-                None => return Err(ServerError::WritableNeedsToken),
-                Some(t) if t.is_empty() => return Err(ServerError::EmptyToken),
-                Some(_) => {}
-            }
+        if self.token.as_ref().is_some_and(String::is_empty) {
+            return Err(ServerError::EmptyToken);
+        }
+        let auth = Arc::new(auth::Auth::new(
+            self.token.clone(),
+            self.tokens_file.clone(),
+            self.public_cache_info,
+        )?);
+        if self.writable && !auth.has_write_tokens() {
+            return Err(ServerError::WritableNeedsToken);
         }
         let on_the_fly = match self.compression {
             Compression::None => true,
@@ -380,11 +441,11 @@ impl ServerBuilder {
             priority,
             want_mass_query,
             writable,
-            token,
             compression,
             log,
             header_timeout,
             shutdown_grace,
+            ..
         } = self;
         // Opening a store reads files (a database, `nix-cache-info`).
         let (backend, store_dir) =
@@ -406,7 +467,7 @@ impl ServerBuilder {
             store_dir,
             want_mass_query,
             priority,
-            token,
+            auth: Arc::clone(&auth),
             write: writable,
             log: Log(log),
             recent: handler::RecentNarinfos::default(),
@@ -422,6 +483,7 @@ impl ServerBuilder {
         ));
         Ok(Server {
             addr,
+            auth,
             stop: Some(stop),
             task: Some(task),
         })
@@ -554,6 +616,7 @@ async fn serve(
 #[must_use = "dropping the server stops it"]
 pub struct Server {
     addr: SocketAddr,
+    auth: Arc<auth::Auth>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -571,11 +634,24 @@ impl Server {
             want_mass_query: None,
             writable: false,
             token: None,
+            tokens_file: None,
+            public_cache_info: false,
             compression: Compression::None,
             log: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+
+    /// Reads the [tokens file](ServerBuilder::tokens_file) again (on
+    /// `SIGHUP`, say) and returns how many tokens it holds; requests from
+    /// then on are checked against them. Without a tokens file, `Ok(0)`.
+    ///
+    /// # Errors
+    /// [`ServerError::TokensFile`] or [`ServerError::Tokens`]; the tokens
+    /// stay as they were then.
+    pub fn reload_tokens(&self) -> Result<usize, ServerError> {
+        self.auth.reload()
     }
 
     /// The address the server listens on, with the port picked when

@@ -14,15 +14,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::{Request, Response, StatusCode};
-use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 
+use super::auth::Scope;
 use super::handler::{self, Backend, Body, State};
 use super::route::{self, Route};
 use crate::atomic::AtomicFile;
@@ -49,17 +48,9 @@ pub(super) async fn put(server: &State, route: &Route, req: Request<Incoming>) -
             "uploads need a file:// store behind the server\n",
         );
     };
-    let authorized = match &server.token {
-        Some(token) => authorized(token, req.headers().get(header::AUTHORIZATION)),
-        None => false,
-    };
-    if !authorized {
-        let mut r = handler::text(StatusCode::UNAUTHORIZED, "a valid token is needed\n");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"nixferry\""),
-        );
-        return r;
+    let scope = server.auth.scope(req.headers().get(header::AUTHORIZATION));
+    if scope != Some(Scope::Write) {
+        return handler::unauthorized("a valid token is needed\n");
     }
     let Some(rel) = route.relative() else {
         return handler::method_not_allowed("GET, HEAD", "method not allowed\n");
@@ -119,39 +110,6 @@ impl From<io::Error> for Refusal {
     fn from(e: io::Error) -> Self {
         Refusal::Io(e)
     }
-}
-
-/// Whether an `Authorization` header carries the token: `Bearer <token>`,
-/// or `Basic` credentials whose password is the token (what Nix sends
-/// from a netrc file). Compared in constant time.
-fn authorized(token: &str, header: Option<&HeaderValue>) -> bool {
-    let Some(value) = header.and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let Some((scheme, rest)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return constant_time_eq(rest.as_bytes(), token.as_bytes());
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
-            return false;
-        };
-        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        return constant_time_eq(&decoded[colon + 1..], token.as_bytes());
-    }
-    false
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right (only whether its length
-/// was).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
 }
 
 async fn read_body(server: &State, mut body: Incoming, limit: u64) -> Result<Vec<u8>, Refusal> {
@@ -303,27 +261,5 @@ impl TempFile {
         let Self { tmp, target, .. } = self;
         handler::blocking(move || tmp.commit(&target, true).map_err(io::Error::from)).await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens() {
-        let h = |s: &'static str| HeaderValue::from_static(s);
-        assert!(authorized("sekrit", Some(&h("Bearer sekrit"))));
-        assert!(authorized("sekrit", Some(&h("bearer  sekrit "))));
-        assert!(!authorized("sekrit", Some(&h("Bearer sekrit2"))));
-        assert!(!authorized("sekrit", Some(&h("Bearer sekri"))));
-        assert!(!authorized("sekrit", Some(&h("Bearer sekrid"))));
-        assert!(!authorized("sekrit", Some(&h("Bearer"))));
-        assert!(!authorized("sekrit", None));
-        // user:sekrit
-        assert!(authorized("sekrit", Some(&h("Basic dXNlcjpzZWtyaXQ="))));
-        // user:nope
-        assert!(!authorized("sekrit", Some(&h("Basic dXNlcjpub3Bl"))));
-        assert!(!authorized("sekrit", Some(&h("Basic !!!"))));
     }
 }

@@ -617,6 +617,8 @@ class Server:
         """Whether the server was closed."""
     def close(self) -> None:
         """Stops the server gracefully."""
+    def reload_tokens(self) -> int:
+        """Reads the tokens file again; returns how many tokens it holds."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
@@ -632,6 +634,8 @@ def serve(
     want_mass_query: bool | None = None,
     writable: bool = False,
     token: str | None = None,
+    tokens_file: str | os.PathLike[str] | None = None,
+    public_cache_info: bool = False,
     compression: str = "none",
     verbose: bool = False,
 ) -> Server:

@@ -3,8 +3,9 @@
 //! the requests and the upload checks).
 //!
 //! This command reads the keys and the token, starts the server, prints
-//! its address on stderr, and on SIGTERM or Ctrl-C stops it gracefully:
-//! no new connections, requests in flight given a few seconds.
+//! its address on stderr, reads the tokens file again on SIGHUP, and on
+//! SIGTERM or Ctrl-C stops it gracefully: no new connections, requests in
+//! flight given a few seconds.
 
 use anyhow::{bail, Context as _};
 use nixferry::narinfo::Compression;
@@ -49,6 +50,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(t) = token {
         builder = builder.token(t);
     }
+    if let Some(f) = &args.tokens_file {
+        builder = builder
+            .tokens_file(f)
+            .public_cache_info(args.public_cache_info);
+    }
     if let Some(p) = args.priority {
         builder = builder.priority(p);
     }
@@ -61,18 +67,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Listening for signals before the address is printed: whoever reads
     // it may signal at once.
     let signal = shutdown_signal();
+    let mut hangups = hangups();
     let server = builder.start().await.map_err(|e| start_error(e, &args))?;
     // The address as bound (`0.0.0.0` stays so), not `Server::url`.
     eprintln!("listening on http://{}", server.local_addr());
-    signal.await;
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            Some(()) = hangups.recv() => match server.reload_tokens() {
+                Ok(n) => eprintln!("SIGHUP: {n} tokens"),
+                Err(e) => eprintln!("SIGHUP: {e}; the tokens stay as they were"),
+            },
+        }
+    }
     server.shutdown().await?;
     Ok(())
+}
+
+/// SIGHUPs, one message each (none where there are no signals).
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // Full: a reload is pending, which covers this one too.
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// A server that did not start, in the command line's terms.
 fn start_error(e: ServerError, args: &ServeArgs) -> anyhow::Error {
     match e {
-        ServerError::WritableNeedsToken => anyhow::anyhow!("--write needs --token-file"),
+        ServerError::WritableNeedsToken => {
+            anyhow::anyhow!("--write needs --token-file, or a write token in --tokens-file")
+        }
         ServerError::WritableNeedsFileStore => anyhow::anyhow!("--write needs a file:// store"),
         ServerError::KeysForFileStore => anyhow::anyhow!(
             "--secret-key-file only applies to served Nix stores; sign a file:// cache when filling it"
