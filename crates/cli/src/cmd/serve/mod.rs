@@ -75,7 +75,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = &mut signal => break,
-            Some(()) = hangups.recv() => match server.reload_tokens() {
+            () = next_hangup(&mut hangups) => match server.reload_tokens() {
                 Ok(n) => eprintln!("SIGHUP: {n} tokens"),
                 Err(e) => eprintln!("SIGHUP: {e}; the tokens stay as they were"),
             },
@@ -85,21 +85,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUPs, one message each (none where there are no signals).
-fn hangups() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+/// SIGHUP, if it can be listened for.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+/// The next SIGHUP; never, where there are none.
+async fn next_hangup(h: &mut Hangups) {
     #[cfg(unix)]
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // Full: a reload is pending, which covers this one too.
-                let _ = tx.try_send(());
-            }
-        });
-    }
+    next(h).await;
     #[cfg(not(unix))]
-    drop(tx);
-    rx
+    {
+        let () = *h;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The next delivery of a signal; never, if it cannot be listened for
+/// (or no longer can).
+#[cfg(unix)]
+async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(signal) = s {
+        if signal.recv().await.is_some() {
+            return;
+        }
+    }
+    *s = None;
+    std::future::pending().await
 }
 
 /// A server that did not start, in the command line's terms.
@@ -124,21 +144,13 @@ fn start_error(e: ServerError, args: &ServeArgs) -> anyhow::Error {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, Signal, SignalKind};
-        let term = signal(SignalKind::terminate()).ok();
-        let int = signal(SignalKind::interrupt()).ok();
-        async fn recv(s: Option<Signal>) {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
         async move {
             tokio::select! {
-                () = recv(term) => {}
-                () = recv(int) => {}
+                () = next(&mut term) => {}
+                () = next(&mut int) => {}
             }
         }
     }
