@@ -16,7 +16,11 @@ NIX_CONFIG = (
     "experimental-features = nix-command\n"
     "sandbox = false\n"
     "build-users-group =\n"
-    "substituters ="
+    "substituters =\n"
+    # No narinfos from Nix's disk cache, which is keyed by the cache URL: a
+    # test server may get a port an earlier one had.
+    "narinfo-cache-positive-ttl = 0\n"
+    "narinfo-cache-negative-ttl = 0"
 )
 
 

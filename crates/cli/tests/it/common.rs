@@ -73,9 +73,13 @@ pub(crate) fn have_nix() -> bool {
 /// sandbox, no substituters).
 pub(crate) fn nix(program: &str) -> Command {
     let mut c = Command::new(program);
+    // Nix keeps the narinfos it fetched in a disk cache keyed by the
+    // cache's URL; a test server that gets a port an earlier one had must
+    // not be answered from there (with another key's signatures, say).
     c.env(
         "NIX_CONFIG",
-        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =",
+        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\n\
+         narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0",
     );
     c
 }

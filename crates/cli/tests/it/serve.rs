@@ -881,7 +881,6 @@ fn private_caches_need_a_token_and_nix_brings_it() {
             .output()
             .unwrap()
     };
-    // (The wrong one first: Nix keeps narinfos it got in a disk cache.)
     let out = nix_copy(
         &netrc("netrc-wrong", "nope"),
         &tmp.path().join("chroot-wrong"),

@@ -61,9 +61,12 @@ pub(crate) fn have_nix() -> bool {
 /// sandbox, no substituters).
 pub(crate) fn nix_command(program: &str) -> std::process::Command {
     let mut c = std::process::Command::new(program);
+    // No narinfos from Nix's disk cache, which is keyed by the cache URL:
+    // a test server may get a port an earlier one had.
     c.env(
         "NIX_CONFIG",
-        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =",
+        "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\n\
+         narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0",
     );
     c
 }
