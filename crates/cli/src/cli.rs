@@ -345,9 +345,39 @@ pub(crate) struct ServeArgs {
     /// compressed on the fly.
     #[arg(long, value_enum, default_value_t = ServeCompression::None)]
     pub(crate) compression: ServeCompression,
-    /// Log one line per request on stderr.
+    /// Log one line per request on stderr, once it is answered: method,
+    /// path, status, bytes sent, milliseconds, client.
     #[arg(long, short = 'v')]
     pub(crate) verbose: bool,
+    /// How log lines are written: `key=value` pairs, or a JSON object a
+    /// line.
+    #[arg(long, value_enum, default_value_t = ServeLogFormat::Text)]
+    pub(crate) log_format: ServeLogFormat,
+    /// Connections kept open at most; more wait until one closes. The
+    /// limit of open files is raised to fit, as far as allowed.
+    #[arg(long, value_name = "N", default_value_t = nixferry::server::DEFAULT_MAX_CONNECTIONS)]
+    pub(crate) max_connections: usize,
+    /// Requests worked on or answered at once at most; more wait their
+    /// turn.
+    #[arg(long, value_name = "N", default_value_t = nixferry::server::DEFAULT_MAX_REQUESTS)]
+    pub(crate) max_requests: usize,
+    /// Seconds a client may take to send a request head (and an idle
+    /// connection stays open).
+    #[arg(long, value_name = "SECONDS", default_value_t = nixferry::server::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    pub(crate) header_timeout: u64,
+    /// Seconds a connection may go without a byte moving while it sends
+    /// an upload or reads an answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = nixferry::server::DEFAULT_IO_TIMEOUT.as_secs())]
+    pub(crate) io_timeout: u64,
+}
+
+/// How `serve` writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServeLogFormat {
+    /// `key=value` pairs.
+    Text,
+    /// A JSON object a line.
+    Json,
 }
 
 /// How `serve` compresses NARs it makes on the fly.

@@ -9,5 +9,6 @@ mod http;
 mod s3;
 mod security;
 mod serve;
+mod serve_fleet;
 mod ssh;
 mod sshd;

@@ -46,6 +46,11 @@ impl Server {
         Self { child, port }
     }
 
+    /// A server started otherwise, on `port`.
+    pub(crate) fn adopt(child: Child, port: u16) -> Self {
+        Self { child, port }
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -56,7 +61,7 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status (failing if there is
     /// none in a minute, rather than hanging).
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         // The shell's own kill: no process tools needed.
         let pid = self.child.id();
         run(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]));
@@ -180,7 +185,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 /// Fills a `file://` cache with a few signed paths with `nixferry add`
 /// (no Nix needed); returns the cache directory, the public key and the
 /// store paths.
-fn cache_with_paths(tmp: &Path) -> (PathBuf, String, Vec<String>) {
+pub(crate) fn cache_with_paths(tmp: &Path) -> (PathBuf, String, Vec<String>) {
     let (sk, pk) = generate_key(tmp, "serve-test-1");
     let cache = tmp.join("cache");
     let mut paths = Vec::new();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
+use super::access::{self, Log, Logged};
 use super::auth::Auth;
 use super::metrics::Metrics;
+use super::pool::{CpuPool, Listings};
 use super::range::{ByteRange, Requested};
 use super::route::{self, Kind, Route};
 use crate::narinfo::{CacheInfo, Compression, NarInfo};
@@ -30,30 +33,6 @@ pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Why a request could not be answered: logged, and answered with a 500.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
-
-/// The server's log sink, if it has one.
-#[derive(Clone, Default)]
-pub(super) struct Log(pub(super) Option<super::LogFn>);
-
-impl Log {
-    /// Logs the line `make` makes, if there is a sink (`make` is not
-    /// called otherwise).
-    pub(super) fn line(&self, make: impl FnOnce() -> String) {
-        if let Some(sink) = &self.0 {
-            sink(&make());
-        }
-    }
-}
-
-impl std::fmt::Debug for Log {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Log(on)"
-        } else {
-            "Log(off)"
-        })
-    }
-}
 
 /// An error and its causes on one line, skipping a cause whose text the
 /// message already holds (messages often embed their source).
@@ -96,8 +75,15 @@ pub(super) struct State {
     pub(super) auth: Arc<Auth>,
     pub(super) write: bool,
     pub(super) log: Log,
-    pub(super) metrics: Metrics,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) recent: RecentNarinfos,
+    /// Permits for requests in flight (from the head's arrival to the end
+    /// of the answer's body).
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Where listings and on-the-fly compression run.
+    pub(super) cpu: CpuPool,
+    /// Listings made of a served store's paths.
+    pub(super) listings: Listings,
 }
 
 /// Where the served files come from.
@@ -282,8 +268,15 @@ fn list_store_dir(dir: &Path) -> io::Result<HashMap<String, Vec<StorePath>>> {
 
 impl State {
     /// Answers one request. Never fails: errors become responses.
-    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: Option<SocketAddr>,
+    ) -> Response<Body> {
         let start = Instant::now();
+        let open = self.metrics.in_flight();
+        // Never closed, so always a permit.
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let route = route::parse(&path);
@@ -325,26 +318,25 @@ impl State {
         };
         let status = response.status().as_u16();
         self.metrics.request(kind, status, start.elapsed());
-        self.log.line(|| {
-            format!(
-                "{method} {path} {status} {:.1}ms",
-                start.elapsed().as_secs_f64() * 1000.0
-            )
-        });
         let (parts, body) = response.into_parts();
-        if head {
-            return Response::from_parts(parts, empty());
-        }
-        let server = Arc::clone(&self);
-        let body = body
-            .map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    server.metrics.sent(d.len());
-                }
-                f
-            })
-            .boxed_unsync();
-        Response::from_parts(parts, body)
+        let body = if head { empty() } else { body };
+        let request = access::Request {
+            start,
+            method,
+            path,
+            kind,
+            status,
+            client,
+        };
+        let held = Box::new((permit, open));
+        let body = Logged::new(
+            body,
+            request,
+            self.log.clone(),
+            Arc::clone(&self.metrics),
+            held,
+        );
+        Response::from_parts(parts, body.boxed_unsync())
     }
 
     /// The `nix-cache-info` to serve: the cache's own (for a `file://`
@@ -501,7 +493,7 @@ impl State {
                             return Ok(builder.body(empty())?);
                         }
                         let nar = s.store.nar(&info).await?;
-                        Ok(builder.body(zstd_body(nar))?)
+                        Ok(builder.body(zstd_body(nar, self.cpu.clone()))?)
                     }
                     _ => Ok(not_found()),
                 }
@@ -510,13 +502,23 @@ impl State {
                 let Some(info) = s.lookup(hash).await? else {
                     return Ok(not_found());
                 };
+                // Made once per path and content, then served again.
+                let key = format!("{hash}-{}", info.nar_hash.to_nix32());
+                if let Some(json) = self.listings.get(&key) {
+                    return Ok(full(CT_JSON, CACHE_DAY, json));
+                }
                 let nar = s.store.nar(&info).await?;
                 let bridge = tokio_util::io::SyncIoBridge::new(nar);
-                let json = tokio::task::spawn_blocking(move || {
-                    crate::nar::list(bridge).map(|l| l.to_json())
-                })
-                .await??;
-                Ok(full(CT_JSON, CACHE_DAY, json.into()))
+                let json = self
+                    .cpu
+                    .run(move || {
+                        crate::nar::list(bridge)
+                            .map(|l| Bytes::from(l.to_json()))
+                            .map_err(io::Error::other)
+                    })
+                    .await?;
+                self.listings.put(key, json.clone());
+                Ok(full(CT_JSON, CACHE_DAY, json))
             }
             _ => Ok(not_found()),
         }
@@ -613,40 +615,69 @@ fn stream_body(reader: NarStream) -> Body {
     StreamBody::new(stream).boxed_unsync()
 }
 
-/// A body with the zstd-compressed bytes of `nar`, compressed on a
-/// blocking thread and handed over through a small channel.
-fn zstd_body(nar: NarStream) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
-    let mut reader = tokio_util::io::SyncIoBridge::new(nar);
-    tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter { tx: tx.clone() };
-        let result = (|| -> io::Result<()> {
-            let mut enc = crate::compression::encoder(&Compression::Zstd, None, 1, writer)?;
-            io::copy(&mut reader, &mut enc)?;
-            enc.finish()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item.map(Frame::data), rx))
-    });
+/// A body with the zstd-compressed bytes of `nar`, compressed a chunk at
+/// a time in the CPU pool: a client slow to read holds no thread and no
+/// slot of the pool while it reads.
+fn zstd_body(nar: NarStream, cpu: CpuPool) -> Body {
+    /// How much of the NAR is compressed at a time.
+    const CHUNK: usize = 1 << 20;
+    let out = Chunks::default();
+    let encoder = crate::compression::encoder(&Compression::Zstd, None, 1, out.clone())
+        .map_err(io::Error::other);
+    let stream = futures_util::stream::try_unfold(
+        (nar, Some(encoder), out, cpu),
+        |(mut nar, encoder, out, cpu)| async move {
+            let Some(encoder) = encoder else {
+                return Ok(None);
+            };
+            let mut encoder = encoder?;
+            let mut chunk = vec![0; CHUNK];
+            let mut n = 0;
+            while n < CHUNK {
+                match nar.read(&mut chunk[n..]).await? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            chunk.truncate(n);
+            let end = n < CHUNK;
+            let encoder = cpu
+                .run(move || {
+                    io::Write::write_all(&mut encoder, &chunk)?;
+                    if end {
+                        encoder.finish()?;
+                        return Ok(None);
+                    }
+                    Ok(Some(Ok(encoder)))
+                })
+                .await?;
+            let bytes = out.take();
+            Ok(Some((Frame::data(bytes), (nar, encoder, out, cpu))))
+        },
+    );
     StreamBody::new(stream).boxed_unsync()
 }
 
-/// Sends what is written to it as chunks over a channel; fails once the
-/// receiver (the response body) is gone.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+/// A writer whose bytes are taken out in chunks from another handle.
+#[derive(Debug, Clone, Default)]
+struct Chunks(Arc<Mutex<Vec<u8>>>);
+
+impl Chunks {
+    /// What was written since the last call.
+    fn take(&self) -> Bytes {
+        self.0
+            .lock()
+            .map(|mut v| Bytes::from(std::mem::take(&mut *v)))
+            .unwrap_or_default()
+    }
 }
 
-impl io::Write for ChannelWriter {
+impl io::Write for Chunks {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
 

@@ -19,6 +19,9 @@ pub(super) struct Metrics {
     bytes_received: AtomicU64,
     narinfo_hits: AtomicU64,
     narinfo_misses: AtomicU64,
+    connections: AtomicU64,
+    connections_open: AtomicU64,
+    in_flight: AtomicU64,
     /// Counts per bucket (not cumulative), then the sum in microseconds.
     durations: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_us: AtomicU64,
@@ -59,6 +62,26 @@ impl Metrics {
             &self.narinfo_misses
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a connection accepted; the guard records its end.
+    pub(super) fn connection(self: &std::sync::Arc<Self>) -> Open {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        Open {
+            metrics: std::sync::Arc::clone(self),
+            gauge: Gauge::Connections,
+        }
+    }
+
+    /// Records a request being worked on or answered; the guard records
+    /// its end.
+    pub(super) fn in_flight(self: &std::sync::Arc<Self>) -> Open {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Open {
+            metrics: std::sync::Arc::clone(self),
+            gauge: Gauge::InFlight,
+        }
     }
 
     /// The Prometheus text exposition of the counters.
@@ -106,6 +129,29 @@ impl Metrics {
             "narinfo requests for paths the store lacks.",
             &self.narinfo_misses,
         );
+        counter(
+            &mut out,
+            "nixferry_http_connections_total",
+            "Connections accepted.",
+            &self.connections,
+        );
+        let gauge = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        };
+        gauge(
+            &mut out,
+            "nixferry_http_connections_open",
+            "Connections open.",
+            &self.connections_open,
+        );
+        gauge(
+            &mut out,
+            "nixferry_http_requests_in_flight",
+            "Requests being worked on or answered.",
+            &self.in_flight,
+        );
         let name = "nixferry_http_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time until the response head was ready.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -121,5 +167,29 @@ impl Metrics {
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
         out
+    }
+}
+
+/// Which gauge an [`Open`] counts in.
+#[derive(Debug, Clone, Copy)]
+enum Gauge {
+    Connections,
+    InFlight,
+}
+
+/// Counts one in a gauge while it lives.
+#[derive(Debug)]
+pub(super) struct Open {
+    metrics: std::sync::Arc<Metrics>,
+    gauge: Gauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let g = match self.gauge {
+            Gauge::Connections => &self.metrics.connections_open,
+            Gauge::InFlight => &self.metrics.in_flight,
+        };
+        g.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -23,19 +23,33 @@
 //! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //! | `GET /health` | `ok`: the server answers (for load balancers and service managers) |
+//! | `HEAD` of any of them | the head of the `GET` |
+//! | `PUT` of a cache file | an upload into a writable `file://` cache, with the [token](ServerBuilder::token) as `Authorization: Bearer <token>` or as the password of basic credentials |
 //!
 //! A private cache ([`ServerBuilder::tokens_file`]) answers reads without
 //! a valid token (except `/health`, and `nix-cache-info` if
 //! [public](ServerBuilder::public_cache_info)) with `401` and
 //! `WWW-Authenticate`.
-//! | `HEAD` of any of them | the head of the `GET` |
-//! | `PUT` of a cache file | an upload into a writable `file://` cache, with the [token](ServerBuilder::token) as `Authorization: Bearer <token>` or as the password of basic credentials |
 //!
 //! Only the exact file names of the layout are served: no request can name
 //! a file outside the cache. Nothing unverified is published by an upload:
 //! a NAR file is kept only if its content hashes to its name, and a
 //! narinfo only if the NAR file it names is there and decompresses to the
 //! NAR the narinfo describes.
+//!
+//! # Bounds
+//!
+//! No client can take the server down or pin it: connections are limited
+//! ([`ServerBuilder::max_connections`]), and so are requests in flight
+//! ([`ServerBuilder::max_requests`]); a request head must arrive within
+//! the [header timeout](ServerBuilder::header_timeout) (which also closes
+//! idle connections), and a connection that stops moving bytes while it
+//! sends a body or reads an answer is closed after the
+//! [I/O timeout](ServerBuilder::io_timeout). CPU work (listings, and NARs
+//! compressed on the fly) runs in a pool of a few
+//! [slots](ServerBuilder::cpu_slots), and listings once made are kept (up
+//! to 64 MiB of them). Malformed requests get a `4xx` from the HTTP
+//! parser or the router.
 //!
 //! # Lifecycle
 //!
@@ -83,12 +97,17 @@
 //! # }
 //! ```
 
+mod access;
 mod auth;
+mod conn;
 mod handler;
 mod metrics;
+mod pool;
 mod range;
 mod route;
 mod upload;
+
+pub use access::LogFormat;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -104,13 +123,25 @@ use crate::signing::SecretKey;
 use crate::store::file::FileStore;
 use crate::store::{Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
-use handler::{Backend, Log, State, StoreBackend};
+use access::Log;
+use handler::{Backend, State, StoreBackend};
 
 /// How long requests in flight get after a shutdown, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a client may take to send a request head, by default.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection may go without a byte moving either way while it
+/// waits to read or write, by default.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many connections a server keeps open at most, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// How many requests a server works on or answers at once at most, by
+/// default.
+pub const DEFAULT_MAX_REQUESTS: usize = 512;
 
 /// The address a server listens on unless told otherwise: a free port on
 /// the loopback interface.
@@ -190,6 +221,15 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A socket given with [`ServerBuilder::listener`] could not be
+    /// served.
+    #[error("serving the socket{}: {source}", addr.map(|a| format!(" on {a}")).unwrap_or_default())]
+    Listener {
+        /// Its address, if it has one.
+        addr: Option<SocketAddr>,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The server's task panicked or was cancelled (the runtime shutting
     /// down).
     #[error("the server task failed: {message}")]
@@ -261,7 +301,13 @@ pub struct ServerBuilder {
     public_cache_info: bool,
     compression: Compression,
     log: Option<LogFn>,
+    log_format: LogFormat,
     header_timeout: Duration,
+    io_timeout: Duration,
+    max_connections: usize,
+    max_requests: usize,
+    cpu_slots: Option<usize>,
+    listeners: Vec<std::net::TcpListener>,
     shutdown_grace: Duration,
 }
 
@@ -280,7 +326,13 @@ impl fmt::Debug for ServerBuilder {
             .field("public_cache_info", &self.public_cache_info)
             .field("compression", &self.compression)
             .field("log", &self.log.as_ref().map(|_| "…"))
+            .field("log_format", &self.log_format)
             .field("header_timeout", &self.header_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_requests", &self.max_requests)
+            .field("cpu_slots", &self.cpu_slots)
+            .field("listeners", &self.listeners)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
@@ -378,19 +430,72 @@ impl ServerBuilder {
         self
     }
 
-    /// Where the server's log lines go: one per request answered
-    /// (`GET /nix-cache-info 200 0.1ms`), and one for each request that
-    /// failed or upload that was refused, saying why. None are made unless
-    /// set.
+    /// Where the server's log lines go: one per request once its answer
+    /// is sent, cut short or abandoned (`method=GET path=/nix-cache-info
+    /// status=200 bytes=52 ms=0.12 client=127.0.0.1:41234
+    /// kind=cache_info end=done`, see [`LogFormat`]), and one for each
+    /// request that failed or upload that was refused, saying why. None
+    /// are made unless set.
     pub fn log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.log = Some(Arc::new(log));
         self
     }
 
-    /// How long a client may take to send a request head
-    /// ([`DEFAULT_HEADER_TIMEOUT`] unless set).
+    /// How log lines are written ([`LogFormat::Text`] unless set).
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = format;
+        self
+    }
+
+    /// How long a client may take to send a request head, including the
+    /// wait for it on a connection kept open ([`DEFAULT_HEADER_TIMEOUT`]
+    /// unless set): idle and slow-drip connections are closed after it.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may go without a byte moving either way
+    /// while it waits to read a request body or to write an answer
+    /// ([`DEFAULT_IO_TIMEOUT`] unless set): a client that stops sending an
+    /// upload or stops reading a NAR is cut off after it.
+    pub fn io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout;
+        self
+    }
+
+    /// How many connections to keep open at most
+    /// ([`DEFAULT_MAX_CONNECTIONS`] unless set); beyond it, new
+    /// connections wait in the listening socket's queue until one
+    /// closes. Each takes a file descriptor: the process's limit
+    /// (`RLIMIT_NOFILE`) must be above it.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How many requests to work on or answer at once at most
+    /// ([`DEFAULT_MAX_REQUESTS`] unless set), from the arrival of a
+    /// request's head to the last byte of its answer; beyond it, requests
+    /// wait their turn.
+    pub fn max_requests(mut self, n: usize) -> Self {
+        self.max_requests = n.max(1);
+        self
+    }
+
+    /// How many listings (`.ls`) and chunks of on-the-fly compression run
+    /// at once at most (one per core unless set); more wait their turn.
+    pub fn cpu_slots(mut self, n: usize) -> Self {
+        self.cpu_slots = Some(n.max(1));
+        self
+    }
+
+    /// Serves on a socket already listening, instead of binding the
+    /// [`listen`](ServerBuilder::listen) address; repeatable. This is how a
+    /// service manager's sockets are served (systemd's socket activation
+    /// passes them as `LISTEN_FDS`).
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listeners.push(listener);
         self
     }
 
@@ -443,7 +548,13 @@ impl ServerBuilder {
             writable,
             compression,
             log,
+            log_format,
             header_timeout,
+            io_timeout,
+            max_connections,
+            max_requests,
+            cpu_slots,
+            listeners,
             shutdown_grace,
             ..
         } = self;
@@ -452,16 +563,31 @@ impl ServerBuilder {
             tokio::task::spawn_blocking(move || backend(store, secret_keys, writable, compression))
                 .await
                 .map_err(died)??;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: listen,
-            source,
-        })?;
+        let listeners = if listeners.is_empty() {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: listen,
+                    source,
+                })?;
+            vec![listener]
+        } else {
+            listeners
+                .into_iter()
+                .map(|l| {
+                    let addr = l.local_addr();
+                    l.set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(l))
+                        .map_err(|source| ServerError::Listener {
+                            addr: addr.ok(),
+                            source,
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(|source| ServerError::Listener { addr: None, source })?;
         let state = Arc::new(State {
             backend,
             store_dir,
@@ -469,18 +595,24 @@ impl ServerBuilder {
             priority,
             auth: Arc::clone(&auth),
             write: writable,
-            log: Log(log),
+            log: Log {
+                sink: log,
+                format: log_format,
+            },
             recent: handler::RecentNarinfos::default(),
-            metrics: metrics::Metrics::default(),
+            metrics: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_requests)),
+            cpu: pool::CpuPool::new(cpu_slots.unwrap_or_else(pool::default_cpu_slots)),
+            listings: pool::Listings::new(pool::LISTINGS_BYTES),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(
-            listener,
-            state,
-            stopped,
+        let limits = Limits {
             header_timeout,
-            shutdown_grace,
-        ));
+            io_timeout,
+            max_connections,
+            grace: shutdown_grace,
+        };
+        let task = tokio::spawn(serve(conn::Listeners(listeners), state, stopped, limits));
         Ok(Server {
             addr,
             auth,
@@ -557,54 +689,82 @@ fn backend(
     }
 }
 
+/// The bounds on connections.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    io_timeout: Duration,
+    max_connections: usize,
+    grace: Duration,
+}
+
 /// Accepts connections until told to stop (or the [`Server`] handle is
-/// dropped), then lets the connections finish their requests for at most
-/// `grace`.
+/// dropped), at most `limits.max_connections` open at once, then lets the
+/// connections finish their requests for at most `limits.grace`.
 async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: conn::Listeners,
     state: Arc<State>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-    header_timeout: Duration,
-    grace: Duration,
+    limits: Limits,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a
-                        // little rather than spin.
-                        state.log.line(|| format!("accept failed: {e}"));
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = Arc::clone(&state);
-                let service = hyper::service::service_fn(move |req| {
-                    let state = Arc::clone(&state);
-                    async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                state.log.line(|| {
+                    format!(
+                        "{} connections open: new ones wait until one closes",
+                        limits.max_connections
+                    )
                 });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    // A client going away mid-request is not the server's
-                    // business.
-                    let _ = conn.await;
-                });
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    _ = &mut stop => break,
+                }
             }
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listeners.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little
+                    // rather than spin.
+                    state.log.line(|| format!("accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             // Told to stop, or the handle is gone.
             _ = &mut stop => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = state.metrics.connection();
+        let served = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |req| {
+            let state = Arc::clone(&served);
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req, Some(client)).await) }
+        });
+        let io = TokioIo::new(conn::Inactivity::new(stream, limits.io_timeout));
+        let conn = graceful.watch(builder.serve_connection(io, service));
+        tokio::spawn(async move {
+            // A client going away mid-request is not the server's
+            // business.
+            let _ = conn.await;
+            drop((open, slot));
+        });
     }
-    drop(listener);
+    drop(listeners);
     state.log.line(|| "shutting down".to_owned());
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(limits.grace, graceful.shutdown()).await;
 }
 
 /// A running server: made by [`ServerBuilder::start`].
@@ -638,7 +798,13 @@ impl Server {
             public_cache_info: false,
             compression: Compression::None,
             log: None,
+            log_format: LogFormat::Text,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            cpu_slots: None,
+            listeners: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }

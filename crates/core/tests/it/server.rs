@@ -64,10 +64,27 @@ fn parse(raw: &[u8]) -> Reply {
         .expect("a complete head");
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Reply {
-        status,
-        head,
-        body: raw[end + 4..].to_vec(),
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("\r\ntransfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply { status, head, body }
+}
+
+/// The data of a chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
     }
 }
 
@@ -311,11 +328,23 @@ async fn serves_an_open_store_signed_with_its_keys() {
     assert!(key.public().verify(fingerprint.as_bytes(), &sig));
     let nar = read_all(http.nar(got).await.unwrap()).await.unwrap();
     assert_eq!(nar.len() as u64, info.nar_size);
+    let narinfo_len = get(again.local_addr(), &format!("/{}", narinfo_name(&info)))
+        .await
+        .body
+        .len();
     again.shutdown().await.unwrap();
     first.shutdown().await.unwrap();
     let lines = logged.lock().unwrap().clone();
-    let narinfo = format!("GET /{} 200 ", narinfo_name(&info));
+    // One line a request, once it is answered, with the bytes it sent.
+    let narinfo = format!(
+        "method=GET path=/{} status=200 bytes={} ms=",
+        narinfo_name(&info),
+        narinfo_len
+    );
     assert!(lines.iter().any(|l| l.starts_with(&narinfo)), "{lines:?}");
+    let nar = lines.iter().find(|l| l.contains("kind=nar ")).unwrap();
+    assert!(nar.ends_with(" kind=nar end=done"), "{nar}");
+    assert!(nar.contains(" client=127.0.0.1:"), "{nar}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +468,182 @@ async fn refuses_settings_that_do_not_fit() {
         .await
         .unwrap_err();
     assert!(matches!(e, ServerError::Bind { .. }), "{e}");
+}
+
+/// The value of a metric (a line `name value`) in a `/metrics` text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls `/metrics` until `name` is `want`, for at most `within`.
+async fn metric_becomes(addr: SocketAddr, name: &str, want: u64, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+        // The request asking counts as one connection and one request.
+        let now = metric(&text, name).saturating_sub(1);
+        if now == want {
+            return;
+        }
+        assert!(start.elapsed() < within, "{name} is {now}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_one_to_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, _info) = cache_with_path(tmp.path(), "cache", 1_000).await;
+    let server = Server::builder(format!("file://{}", tmp.path().join("cache").display()))
+        .max_connections(3)
+        .start()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    // Two idle connections, and a third asking: answered (3 is the limit).
+    let idle: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    assert_eq!(get(addr, "/nix-cache-info").await.status, 200);
+    // A third idle one takes the last slot: a request now waits...
+    let third = TcpStream::connect(addr).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::spawn(get(addr, "/nix-cache-info"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "answered beyond the limit");
+    // ...until a connection closes.
+    drop(third);
+    let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered once a connection closed")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    drop(idle);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stalled_and_unread_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, info) = cache_with_path(tmp.path(), "cache", 32 << 20).await;
+    let cache = tmp.path().join("cache");
+    let narinfo = fs::read_to_string(cache.join(narinfo_name(&info))).unwrap();
+    let url = NarInfo::parse(&narinfo).unwrap().url().to_owned();
+    let server = Server::builder(format!("file://{}", cache.display()))
+        .writable(true)
+        .token("sekrit")
+        .header_timeout(Duration::from_secs(1))
+        .io_timeout(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let closed_within = |mut s: TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let start = Instant::now();
+        let mut buf = [0; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) if start.elapsed() < within => return true,
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    };
+    let within = Duration::from_secs(8);
+    // Idle: nothing sent.
+    let idle = TcpStream::connect(addr).unwrap();
+    // A request head sent a byte at a time, slower than the header timeout.
+    let mut drip = TcpStream::connect(addr).unwrap();
+    let dripping = std::thread::spawn(move || {
+        for b in b"GET /nix-cache-info HTTP/1.1\r\n" {
+            if drip.write_all(&[*b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    });
+    // An upload whose body stops half way.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    write!(
+        stalled,
+        "PUT /log/{}-x.drv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\nContent-Length: 1000\r\n\r\nhalf",
+        info.path.hash_part()
+    )
+    .unwrap();
+    // A NAR download never read past its first bytes.
+    let mut unread = TcpStream::connect(addr).unwrap();
+    write!(unread, "GET /{url} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0; 16];
+    unread.read_exact(&mut first).unwrap();
+    let checks = tokio::task::spawn_blocking(move || {
+        [closed_within(idle, within), closed_within(stalled, within)]
+    });
+    assert_eq!(
+        checks.await.unwrap(),
+        [true, true],
+        "[idle, stalled upload]"
+    );
+    assert!(
+        tokio::task::spawn_blocking(move || dripping.join().unwrap())
+            .await
+            .unwrap(),
+        "the slow head was let through"
+    );
+    // The unread download's connection is gone from the server's count.
+    metric_becomes(addr, "nixferry_http_connections_open", 0, within).await;
+    metric_becomes(addr, "nixferry_http_requests_in_flight", 0, within).await;
+    drop(unread);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_and_compression_share_a_small_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, info) = cache_with_path(tmp.path(), "cache", 3 << 20).await;
+    let first = Server::builder(format!("file://{}", tmp.path().join("cache").display()))
+        .start()
+        .await
+        .unwrap();
+    // Served again with NARs compressed on the fly and listings made, by
+    // one slot of CPU work at a time.
+    let again = Server::builder(first.url())
+        .compression(Compression::Zstd)
+        .cpu_slots(1)
+        .start()
+        .await
+        .unwrap();
+    let addr = again.local_addr();
+    let narinfo = get(addr, &format!("/{}", narinfo_name(&info))).await;
+    let narinfo = NarInfo::parse(std::str::from_utf8(&narinfo.body).unwrap()).unwrap();
+    let nar_url = format!("/{}", narinfo.url());
+    let ls = format!("/{}.ls", info.path.hash_part());
+    let asked: Vec<_> = (0..4)
+        .flat_map(|_| {
+            let (nar, ls) = (nar_url.clone(), ls.clone());
+            [
+                tokio::spawn(async move { get(addr, &nar).await }),
+                tokio::spawn(async move { get(addr, &ls).await }),
+            ]
+        })
+        .collect();
+    let mut listings = Vec::new();
+    for (i, reply) in asked.into_iter().enumerate() {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.head);
+        if i % 2 == 0 {
+            let nar = zstd::decode_all(&reply.body[..]).unwrap();
+            assert_eq!(nar.len() as u64, info.nar_size);
+        } else {
+            listings.push(reply.body);
+        }
+    }
+    let json: serde_json::Value = serde_json::from_slice(&listings[0]).unwrap();
+    assert_eq!(json["root"]["entries"]["data"]["size"], 3 << 20);
+    assert!(listings.iter().all(|l| *l == listings[0]));
+    again.shutdown().await.unwrap();
+    first.shutdown().await.unwrap();
 }

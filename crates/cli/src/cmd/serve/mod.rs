@@ -2,26 +2,39 @@
 //! library's server (`nixferry::server`, which documents the backends,
 //! the requests and the upload checks).
 //!
-//! This command reads the keys and the token, starts the server, prints
-//! its address on stderr, reads the tokens file again on SIGHUP, and on
-//! SIGTERM or Ctrl-C stops it gracefully: no new connections, requests in
-//! flight given a few seconds.
+//! This command reads the keys and the token, starts the server (on the
+//! sockets a service manager passed, if it passed some: see [`systemd`]),
+//! prints its address on stderr, tells the service manager it is ready,
+//! reads the tokens file again on SIGHUP, and on SIGTERM or Ctrl-C stops
+//! it gracefully: no new connections, requests in flight given a few
+//! seconds.
+
+mod systemd;
+
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use nixferry::narinfo::Compression;
-use nixferry::server::{Server, ServerError};
+use nixferry::server::{LogFormat, Server, ServerError};
 
-use crate::cli::{ServeArgs, ServeCompression};
+use crate::cli::{ServeArgs, ServeCompression, ServeLogFormat};
 use crate::exit::Failure;
 
+/// File descriptors kept for other uses than connections (the store's
+/// database and files, the log).
+const SPARE_FDS: u64 = 64;
+
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
+    // Before anything opens a file: the passed sockets are descriptors
+    // 3, 4, ….
+    let sockets = systemd::passed_sockets()?;
     let runtime = super::paths::runtime()?;
-    runtime.block_on(serve(args))?;
+    runtime.block_on(serve(args, sockets))?;
     Ok(())
 }
 
 /// Serves until a shutdown signal, then stops gracefully.
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, sockets: Vec<std::net::TcpListener>) -> anyhow::Result<()> {
     let keys = args
         .secret_key_files
         .iter()
@@ -64,13 +77,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.verbose {
         builder = builder.log(|line| eprintln!("{line}"));
     }
+    builder = builder.log_format(match args.log_format {
+        ServeLogFormat::Text => LogFormat::Text,
+        ServeLogFormat::Json => LogFormat::Json,
+    });
+    let wanted = args.max_connections as u64 + SPARE_FDS;
+    let max_connections = match systemd::raise_open_files(wanted) {
+        Some(limit) if limit < wanted => {
+            let fit = usize::try_from(limit.saturating_sub(SPARE_FDS).max(1)).unwrap_or(1);
+            eprintln!(
+                "the limit of open files is {limit}: serving at most {fit} connections at once"
+            );
+            fit
+        }
+        _ => args.max_connections,
+    };
+    builder = builder
+        .max_connections(max_connections)
+        .max_requests(args.max_requests)
+        .header_timeout(Duration::from_secs(args.header_timeout.max(1)))
+        .io_timeout(Duration::from_secs(args.io_timeout.max(1)));
+    let activated = !sockets.is_empty();
+    for socket in sockets {
+        builder = builder.listener(socket);
+    }
     // Listening for signals before the address is printed: whoever reads
     // it may signal at once.
     let signal = shutdown_signal();
     let mut hangups = hangups();
     let server = builder.start().await.map_err(|e| start_error(e, &args))?;
     // The address as bound (`0.0.0.0` stays so), not `Server::url`.
-    eprintln!("listening on http://{}", server.local_addr());
+    let from = if activated {
+        " (a socket from the service manager)"
+    } else {
+        ""
+    };
+    eprintln!("listening on http://{}{from}", server.local_addr());
+    systemd::notify("READY=1");
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -81,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         }
     }
+    systemd::notify("STOPPING=1");
     server.shutdown().await?;
     Ok(())
 }
