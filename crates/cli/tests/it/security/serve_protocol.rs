@@ -107,12 +107,10 @@ fn cases() -> Vec<(&'static str, Vec<u8>, i32, &'static str)> {
         ("protocol 3.7", handshake(MAGIC, 0x307), 2, "3.7"),
         ("a version over 32 bits", handshake(MAGIC, 1 << 40), 2, "32 bits"),
         // The closure.
-        (
-            "a hang-up",
-            good.clone(),
-            2,
-            "connection failed: reading the closure",
-        ),
+        // Whether the client's question or its wait for the answer meets
+        // the hang-up first is a race: "writing QueryClosure: Broken
+        // pipe" or "reading the closure: …".
+        ("a hang-up", good.clone(), 2, "connection failed: "),
         (
             "2^62 paths",
             after_handshake({
