@@ -107,6 +107,9 @@ pub(super) struct StoreBackend {
     compression: Compression,
     /// The store directory's entries, by hash part.
     listing: tokio::sync::Mutex<Option<DirListing>>,
+    /// Permits for NARs dumped from a local store at once: each takes a
+    /// blocking thread for as long as its client reads.
+    dumps: Arc<tokio::sync::Semaphore>,
 }
 
 /// Narinfos served in the last [`RECENT_NARINFO_TTL`], by hash part: many
@@ -159,7 +162,23 @@ impl StoreBackend {
             keys,
             compression,
             listing: tokio::sync::Mutex::new(None),
+            dumps: Arc::new(tokio::sync::Semaphore::new(super::MAX_DUMPS)),
         }
+    }
+
+    /// The NAR of `info`; from a local store once one of the
+    /// [`super::MAX_DUMPS`] permits is free, held until the NAR is read or
+    /// dropped.
+    async fn nar(&self, info: &PathInfo) -> Result<NarStream, Failure> {
+        if self.real_dir.is_none() {
+            return Ok(self.store.nar(info).await?);
+        }
+        let permit = Arc::clone(&self.dumps).acquire_owned().await?;
+        let nar = self.store.nar(info).await?;
+        Ok(Box::pin(Holding {
+            inner: nar,
+            _permit: permit,
+        }))
     }
 
     /// The path info of the valid path with hash part `hash`.
@@ -235,6 +254,22 @@ impl StoreBackend {
     async fn nar_info(&self, path: &str, nar_hash: &str) -> Result<Option<PathInfo>, Failure> {
         let info = self.lookup(path).await?;
         Ok(info.filter(|i| i.nar_hash.to_nix32() == nar_hash))
+    }
+}
+
+/// A reader that holds something (a permit) while it lives.
+struct Holding<R> {
+    inner: R,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Holding<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -477,7 +512,7 @@ impl State {
                         let Some((start, n)) = send.filter(|_| !head) else {
                             return Ok(builder.body(empty())?);
                         };
-                        let mut nar = s.store.nar(&info).await?;
+                        let mut nar = s.nar(&info).await?;
                         let skipped =
                             tokio::io::copy(&mut (&mut nar).take(start), &mut tokio::io::sink())
                                 .await?;
@@ -492,7 +527,7 @@ impl State {
                         if head {
                             return Ok(builder.body(empty())?);
                         }
-                        let nar = s.store.nar(&info).await?;
+                        let nar = s.nar(&info).await?;
                         Ok(builder.body(zstd_body(nar, self.cpu.clone()))?)
                     }
                     _ => Ok(not_found()),
@@ -507,7 +542,7 @@ impl State {
                 if let Some(json) = self.listings.get(&key) {
                     return Ok(full(CT_JSON, CACHE_DAY, json));
                 }
-                let nar = s.store.nar(&info).await?;
+                let nar = s.nar(&info).await?;
                 let bridge = tokio_util::io::SyncIoBridge::new(nar);
                 let json = self
                     .cpu

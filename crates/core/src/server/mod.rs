@@ -139,6 +139,12 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many connections a server keeps open at most, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// How many NARs a server dumps from a local Nix store at once at most;
+/// more wait their turn. Each takes a blocking thread for as long as its
+/// client reads, so this bounds the threads they take and leaves the rest
+/// of the runtime's blocking pool to the short work of other requests.
+pub const MAX_DUMPS: usize = 64;
+
 /// How many requests a server works on or answers at once at most, by
 /// default.
 pub const DEFAULT_MAX_REQUESTS: usize = 512;
@@ -564,12 +570,10 @@ impl ServerBuilder {
                 .await
                 .map_err(died)??;
         let listeners = if listeners.is_empty() {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: listen,
-                    source,
-                })?;
+            let listener = bind(listen).map_err(|source| ServerError::Bind {
+                addr: listen,
+                source,
+            })?;
             vec![listener]
         } else {
             listeners
@@ -620,6 +624,25 @@ impl ServerBuilder {
             task: Some(task),
         })
     }
+}
+
+/// How many connections the kernel queues for a listening socket of the
+/// server's own until they are accepted (the kernel caps it at
+/// `net.core.somaxconn`): a fleet connecting at once is queued, not
+/// refused.
+const BACKLOG: u32 = 4096;
+
+/// A socket listening on `addr`, as `TcpListener::bind` makes one
+/// (`SO_REUSEADDR` on Unix) but with a deeper queue.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Picks the backend for `store` and checks the settings that depend on

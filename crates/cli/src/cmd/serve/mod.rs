@@ -20,6 +20,10 @@ use nixferry::server::{LogFormat, Server, ServerError};
 use crate::cli::{ServeArgs, ServeCompression, ServeLogFormat};
 use crate::exit::Failure;
 
+/// The cap on blocking threads: the local store's NAR dumps, the CPU pool
+/// and room to spare for short file work.
+const BLOCKING_THREADS: usize = nixferry::server::MAX_DUMPS + 32;
+
 /// File descriptors kept for other uses than connections (the store's
 /// database and files, the log).
 const SPARE_FDS: u64 = 64;
@@ -28,7 +32,14 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     // Before anything opens a file: the passed sockets are descriptors
     // 3, 4, ….
     let sockets = systemd::passed_sockets()?;
-    let runtime = super::paths::runtime()?;
+    // A worker thread per core, and a bounded pool of blocking threads:
+    // NARs dumped from a local store (at most
+    // nixferry::server::MAX_DUMPS), the CPU pool, and short file work.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(serve(args, sockets))?;
     Ok(())
 }
