@@ -26,7 +26,7 @@ use super::route::{self, Kind, Route};
 use crate::narinfo::{CacheInfo, Compression, NarInfo};
 use crate::signing::SecretKey;
 use crate::store::{NarFile, NarStream, PathInfo, Store};
-use crate::store_path::{StoreDir, StorePath};
+use crate::store_path::StoreDir;
 
 /// A response body.
 pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -99,17 +99,11 @@ pub(super) enum Backend {
 #[derive(Debug)]
 pub(super) struct StoreBackend {
     store: Arc<dyn Store>,
-    /// The real directory of the store's paths (differs from the logical
-    /// store directory for chroot stores), for a local store; other stores
-    /// look their paths up by hash part themselves.
-    real_dir: Option<PathBuf>,
     keys: Vec<SecretKey>,
     compression: Compression,
-    /// The store directory's entries, by hash part.
-    listing: tokio::sync::Mutex<Option<DirListing>>,
-    /// Permits for NARs dumped from a local store at once: each takes a
+    /// For a local store, permits for NARs dumped at once: each takes a
     /// blocking thread for as long as its client reads.
-    dumps: Arc<tokio::sync::Semaphore>,
+    dumps: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Narinfos served in the last [`RECENT_NARINFO_TTL`], by hash part: many
@@ -150,30 +144,30 @@ const RECENT_NARINFO_TTL: Duration = Duration::from_secs(2);
 const MAX_RECENT_NARINFOS: usize = 10_000;
 
 impl StoreBackend {
+    /// `local`: whether `store` is a local Nix store, whose NARs are
+    /// dumped by blocking threads.
     pub(super) fn new(
         store: Arc<dyn Store>,
-        real_dir: Option<PathBuf>,
+        local: bool,
         keys: Vec<SecretKey>,
         compression: Compression,
     ) -> Self {
         Self {
             store,
-            real_dir,
             keys,
             compression,
-            listing: tokio::sync::Mutex::new(None),
-            dumps: Arc::new(tokio::sync::Semaphore::new(super::MAX_DUMPS)),
+            dumps: local.then(|| Arc::new(tokio::sync::Semaphore::new(super::MAX_DUMPS))),
         }
     }
 
     /// The NAR of `info`; from a local store once one of the
-    /// [`super::MAX_DUMPS`] permits is free, held until the NAR is read or
-    /// dropped.
+    /// [`super::MAX_DUMPS`] permits is free, held until the NAR is read
+    /// or dropped.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, Failure> {
-        if self.real_dir.is_none() {
+        let Some(dumps) = &self.dumps else {
             return Ok(self.store.nar(info).await?);
-        }
-        let permit = Arc::clone(&self.dumps).acquire_owned().await?;
+        };
+        let permit = Arc::clone(dumps).acquire_owned().await?;
         let nar = self.store.nar(info).await?;
         Ok(Box::pin(Holding {
             inner: nar,
@@ -181,44 +175,10 @@ impl StoreBackend {
         }))
     }
 
-    /// The path info of the valid path with hash part `hash`.
+    /// The path info of the valid path with hash part `hash` (for a local
+    /// store, one query of its database's index).
     async fn lookup(&self, hash: &str) -> Result<Option<PathInfo>, Failure> {
-        let Some(dir) = &self.real_dir else {
-            return Ok(self.store.query_path_from_hash_part(hash).await?);
-        };
-        let candidates = self.candidates(dir, hash).await?;
-        if candidates.is_empty() {
-            return Ok(None);
-        }
-        let infos = self.store.query_path_infos(&candidates).await?;
-        Ok(infos.into_values().next())
-    }
-
-    /// The entries of the store directory with hash part `hash`, from a
-    /// listing of the directory that is refreshed when it is older than
-    /// [`LISTING_MAX_AGE`], or on a miss when older than
-    /// [`LISTING_MISS_AGE`] (a path may have been added since): clients
-    /// ask for many narinfos at once, and listing a big store takes a
-    /// while.
-    async fn candidates(&self, dir: &Path, hash: &str) -> Result<Vec<StorePath>, Failure> {
-        let mut listing = self.listing.lock().await;
-        let fresh = |l: &Option<DirListing>, max: Duration| {
-            l.as_ref().is_some_and(|l| l.made.elapsed() < max)
-        };
-        if fresh(&listing, LISTING_MAX_AGE) {
-            if let Some(found) = listing.as_ref().and_then(|l| l.by_hash.get(hash)) {
-                return Ok(found.clone());
-            }
-            if fresh(&listing, LISTING_MISS_AGE) {
-                return Ok(Vec::new());
-            }
-        }
-        let dir = dir.to_path_buf();
-        let made = Instant::now();
-        let by_hash = tokio::task::spawn_blocking(move || list_store_dir(&dir)).await??;
-        let found = by_hash.get(hash).cloned().unwrap_or_default();
-        *listing = Some(DirListing { made, by_hash });
-        Ok(found)
+        Ok(self.store.query_path_from_hash_part(hash).await?)
     }
 
     /// The narinfo of `info`, signed with the server's keys.
@@ -271,34 +231,6 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Holding<R> {
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
-}
-
-/// The store paths in a store directory, by hash part.
-#[derive(Debug)]
-struct DirListing {
-    made: Instant,
-    by_hash: HashMap<String, Vec<StorePath>>,
-}
-
-/// How long a listing of the store directory is used for hits.
-const LISTING_MAX_AGE: Duration = Duration::from_secs(10);
-/// How long a listing is trusted to say a path is absent.
-const LISTING_MISS_AGE: Duration = Duration::from_secs(1);
-
-/// Lists the store paths in `dir` (lock files and other entries left out).
-fn list_store_dir(dir: &Path) -> io::Result<HashMap<String, Vec<StorePath>>> {
-    let mut by_hash: HashMap<String, Vec<StorePath>> = HashMap::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".lock") {
-            continue;
-        }
-        if let Ok(p) = StorePath::from_base_name(name) {
-            by_hash.entry(p.hash_part().to_owned()).or_default().push(p);
-        }
-    }
-    Ok(by_hash)
 }
 
 impl State {

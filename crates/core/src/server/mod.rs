@@ -664,9 +664,9 @@ fn backend(
         (Err(_), Some(_)) => None,
     };
     let scheme = parsed.as_ref().map(|u| u.scheme().name());
-    let store_backend = |store: Arc<dyn Store>, real_dir: Option<PathBuf>, keys| {
+    let store_backend = |store: Arc<dyn Store>, local: bool, keys| {
         let dir = store.store_dir().clone();
-        let backend = StoreBackend::new(store, real_dir, keys, compression);
+        let backend = StoreBackend::new(store, local, keys, compression);
         (Backend::Store(Box::new(backend)), dir)
     };
     match (scheme, parsed) {
@@ -691,10 +691,11 @@ fn backend(
             if writable {
                 return Err(ServerError::WritableNeedsFileStore);
             }
-            let local = crate::store::local::LocalStore::open(&parsed)?;
-            let real_dir = local.real_store_dir().to_path_buf();
-            let store = open.unwrap_or_else(|| Arc::new(local));
-            Ok(store_backend(store, Some(real_dir), keys))
+            let store: Arc<dyn Store> = match open {
+                Some(s) => s,
+                None => Arc::new(crate::store::local::LocalStore::open(&parsed)?),
+            };
+            Ok(store_backend(store, true, keys))
         }
         (Some("s3" | "http" | "https") | None, _) => {
             if writable {
@@ -704,7 +705,7 @@ fn backend(
                 Some(s) => s,
                 None => crate::store::open(&url)?,
             };
-            Ok(store_backend(store, None, keys))
+            Ok(store_backend(store, false, keys))
         }
         (Some(other), _) => Err(ServerError::UnsupportedStore {
             scheme: other.to_owned(),

@@ -66,9 +66,21 @@ macro_rules! info_columns {
 }
 
 /// One path and its references (docs/formats.md §6.4).
+/// With the reference's path too, so that no query per reference follows.
 const PATH_INFO_SQL: &str = concat!(
     info_columns!(),
-    "FROM ValidPaths v LEFT JOIN Refs r ON r.referrer = v.id WHERE v.path = ?1"
+    ", rv.path FROM ValidPaths v LEFT JOIN Refs r ON r.referrer = v.id ",
+    "LEFT JOIN ValidPaths rv ON rv.id = r.reference WHERE v.path = ?1"
+);
+
+/// The path with a hash part, as [`PATH_INFO_SQL`]: full paths from
+/// `?1` (`<store dir>/<hash part>-`) up to `?2` (the same ending in `.`,
+/// the character after `-`), a range the unique index on `path` answers
+/// (Nix's `queryPathFromHashPart` asks the same index).
+const HASH_PART_SQL: &str = concat!(
+    info_columns!(),
+    ", rv.path FROM ValidPaths v LEFT JOIN Refs r ON r.referrer = v.id ",
+    "LEFT JOIN ValidPaths rv ON rv.id = r.reference WHERE v.path >= ?1 AND v.path < ?2"
 );
 
 /// The path of a row, for references outside the rows read.
@@ -578,6 +590,8 @@ struct Collector<'a> {
     infos: HashMap<i64, PathInfo>,
     /// (referrer, reference) ids.
     refs: Vec<(i64, i64)>,
+    /// The full paths of references, by id, where the rows named them.
+    named: HashMap<i64, String>,
 }
 
 impl<'a> Collector<'a> {
@@ -586,6 +600,7 @@ impl<'a> Collector<'a> {
             inner,
             infos: HashMap::new(),
             refs: Vec::new(),
+            named: HashMap::new(),
         }
     }
 
@@ -598,6 +613,13 @@ impl<'a> Collector<'a> {
             }
             if let Some(reference) = row.get(9).map_err(|e| inner.db_error(e))? {
                 self.refs.push((id, reference));
+                // The reference's path, in rows that have it.
+                if row.as_ref().column_count() > 10 {
+                    let full: Option<String> = row.get(10).map_err(|e| inner.db_error(e))?;
+                    if let Some(full) = full {
+                        self.named.entry(reference).or_insert(full);
+                    }
+                }
             }
         }
         Ok(())
@@ -619,10 +641,13 @@ impl<'a> Collector<'a> {
                 (Some(info), _) => info.path.clone(),
                 (None, Entry::Occupied(known)) => known.get().clone(),
                 (None, Entry::Vacant(slot)) => {
-                    let full: Option<String> = by_id
-                        .query_row([reference], |row| row.get(0))
-                        .optional()
-                        .map_err(|e| inner.db_error(e))?;
+                    let full: Option<String> = match self.named.remove(&reference) {
+                        Some(full) => Some(full),
+                        None => by_id
+                            .query_row([reference], |row| row.get(0))
+                            .optional()
+                            .map_err(|e| inner.db_error(e))?,
+                    };
                     let referrer = &self.infos[&referrer].path;
                     let full = full.ok_or_else(|| StoreError::Corrupt {
                         store: inner.url.clone(),
@@ -703,6 +728,28 @@ impl Store for LocalStore {
             })
         })
         .await
+    }
+
+    async fn query_path_from_hash_part(&self, hash: &str) -> Result<Option<PathInfo>, StoreError> {
+        if !crate::store_path::is_hash_part(hash) {
+            return Ok(None);
+        }
+        let dir = self.inner.store_dir.as_str();
+        let (from, to) = (format!("{dir}/{hash}-"), format!("{dir}/{hash}."));
+        let infos = self
+            .with_db(move |inner, conn| {
+                read_tx(inner, conn, |tx| {
+                    let mut stmt = tx
+                        .prepare_cached(HASH_PART_SQL)
+                        .map_err(|e| inner.db_error(e))?;
+                    let mut rows = Collector::new(inner);
+                    rows.add(stmt.query([&from, &to]).map_err(|e| inner.db_error(e))?)?;
+                    drop(stmt);
+                    rows.finish(tx)
+                })
+            })
+            .await?;
+        Ok(infos.into_values().next())
     }
 
     async fn query_valid_paths(

@@ -155,6 +155,36 @@ async fn reads_the_database_nix_2_8_wrote() {
 }
 
 #[tokio::test]
+async fn paths_are_found_by_hash_part() {
+    let root = vector_chroot();
+    let store = open(&root_url(root.path()));
+    for (p, info) in example_rows() {
+        let found = store
+            .query_path_from_hash_part(p.hash_part())
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(&info), "{p}");
+    }
+    // A hash part no path has; one that is a prefix of another's; not a
+    // hash part at all (nothing reaches the query).
+    let hi = path(HI);
+    let prefix = &hi.hash_part()[..31];
+    for absent in [
+        "00000000000000000000000000000000",
+        &format!("{prefix}0"),
+        &format!("{prefix}z"),
+        "3pl2infwzaw2zw5fxxp3pvm3xasr0w4%",
+        "",
+    ] {
+        assert_eq!(
+            store.query_path_from_hash_part(absent).await.unwrap(),
+            None,
+            "{absent}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn vector_closure_and_validity() {
     let root = vector_chroot();
     let store = open(&root_url(root.path()));
