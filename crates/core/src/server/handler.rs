@@ -104,6 +104,9 @@ pub(super) struct StoreBackend {
     /// For a local store, permits for NARs dumped at once: each takes a
     /// blocking thread for as long as its client reads.
     dumps: Option<Arc<tokio::sync::Semaphore>>,
+    /// A local store opened by the server, read directly.
+    #[cfg(feature = "local")]
+    direct: Option<Arc<crate::store::local::LocalStore>>,
 }
 
 /// Narinfos served in the last [`RECENT_NARINFO_TTL`], by hash part: many
@@ -157,7 +160,17 @@ impl StoreBackend {
             keys,
             compression,
             dumps: local.then(|| Arc::new(tokio::sync::Semaphore::new(super::MAX_DUMPS))),
+            #[cfg(feature = "local")]
+            direct: None,
         }
+    }
+
+    /// Reads the database of `local` (the store served) directly: a
+    /// narinfo's lookup then runs on the thread answering the request.
+    #[cfg(feature = "local")]
+    pub(super) fn read_directly(mut self, local: Arc<crate::store::local::LocalStore>) -> Self {
+        self.direct = Some(local);
+        self
     }
 
     /// The NAR of `info`; from a local store once one of the
@@ -175,9 +188,20 @@ impl StoreBackend {
         }))
     }
 
+    /// The served store's directory.
+    pub(super) fn store_dir(&self) -> &StoreDir {
+        self.store.store_dir()
+    }
+
     /// The path info of the valid path with hash part `hash` (for a local
-    /// store, one query of its database's index).
+    /// store, one query of its database's index, made on this thread: a
+    /// read of an index in the page cache takes less than handing it to a
+    /// blocking thread and back).
     async fn lookup(&self, hash: &str) -> Result<Option<PathInfo>, Failure> {
+        #[cfg(feature = "local")]
+        if let Some(local) = &self.direct {
+            return Ok(local.query_path_from_hash_part_now(hash)?);
+        }
         Ok(self.store.query_path_from_hash_part(hash).await?)
     }
 

@@ -664,9 +664,8 @@ fn backend(
         (Err(_), Some(_)) => None,
     };
     let scheme = parsed.as_ref().map(|u| u.scheme().name());
-    let store_backend = |store: Arc<dyn Store>, local: bool, keys| {
-        let dir = store.store_dir().clone();
-        let backend = StoreBackend::new(store, local, keys, compression);
+    let store_backend = |backend: StoreBackend| {
+        let dir = backend.store_dir().clone();
         (Backend::Store(Box::new(backend)), dir)
     };
     match (scheme, parsed) {
@@ -691,11 +690,16 @@ fn backend(
             if writable {
                 return Err(ServerError::WritableNeedsFileStore);
             }
-            let store: Arc<dyn Store> = match open {
-                Some(s) => s,
-                None => Arc::new(crate::store::local::LocalStore::open(&parsed)?),
+            let backend = match open {
+                Some(store) => StoreBackend::new(store, true, keys, compression),
+                None => {
+                    // Opened here: its database is read directly.
+                    let local = Arc::new(crate::store::local::LocalStore::open(&parsed)?);
+                    let store: Arc<dyn Store> = Arc::clone(&local) as _;
+                    StoreBackend::new(store, true, keys, compression).read_directly(local)
+                }
             };
-            Ok(store_backend(store, true, keys))
+            Ok(store_backend(backend))
         }
         (Some("s3" | "http" | "https") | None, _) => {
             if writable {
@@ -705,7 +709,12 @@ fn backend(
                 Some(s) => s,
                 None => crate::store::open(&url)?,
             };
-            Ok(store_backend(store, false, keys))
+            Ok(store_backend(StoreBackend::new(
+                store,
+                false,
+                keys,
+                compression,
+            )))
         }
         (Some(other), _) => Err(ServerError::UnsupportedStore {
             scheme: other.to_owned(),

@@ -319,31 +319,78 @@ impl LocalStore {
         work: impl FnOnce(&Inner, &mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let idle = inner
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let mut conn = match idle {
-                Some(c) => c,
-                None => open_db(&inner.db_path, inner.mode)?,
-            };
-            // A panic in `work` drops the connection, and with it the
-            // transaction it held.
-            let result = work(&inner, &mut conn);
-            let mut conns = inner.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            if conns.len() < MAX_IDLE_CONNECTIONS {
-                conns.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| {
-            let db = self.inner.db_path.display();
-            StoreError::task_died(format_args!("querying the Nix database '{db}'"), e)
-        })?
+        tokio::task::spawn_blocking(move || with_conn(&inner, work))
+            .await
+            .map_err(|e| {
+                let db = self.inner.db_path.display();
+                StoreError::task_died(format_args!("querying the Nix database '{db}'"), e)
+            })?
     }
+
+    /// [`Store::query_path_from_hash_part`] on the calling thread, which
+    /// it blocks for one read of the database's index (tens of
+    /// microseconds when the database is in the page cache): for a caller
+    /// answering many small requests, such as a server, cheaper than the
+    /// hand-off to a blocking thread and back.
+    ///
+    /// # Errors
+    /// As [`Store::query_path_from_hash_part`].
+    pub fn query_path_from_hash_part_now(
+        &self,
+        hash: &str,
+    ) -> Result<Option<PathInfo>, StoreError> {
+        with_conn(&self.inner, |inner, conn| {
+            path_from_hash_part(inner, conn, hash)
+        })
+    }
+}
+
+/// The path with hash part `hash`, read through `conn`.
+fn path_from_hash_part(
+    inner: &Inner,
+    conn: &mut Connection,
+    hash: &str,
+) -> Result<Option<PathInfo>, StoreError> {
+    if !crate::store_path::is_hash_part(hash) {
+        return Ok(None);
+    }
+    let dir = inner.store_dir.as_str();
+    let (from, to) = (format!("{dir}/{hash}-"), format!("{dir}/{hash}."));
+    let infos = read_tx(inner, conn, |tx| {
+        let mut stmt = tx
+            .prepare_cached(HASH_PART_SQL)
+            .map_err(|e| inner.db_error(e))?;
+        let mut rows = Collector::new(inner);
+        rows.add(stmt.query([&from, &to]).map_err(|e| inner.db_error(e))?)?;
+        drop(stmt);
+        rows.finish(tx)
+    })?;
+    Ok(infos.into_values().next())
+}
+
+/// Runs `work` with a connection of its own on this thread: an idle one,
+/// or a new one. At most [`MAX_IDLE_CONNECTIONS`] are kept.
+fn with_conn<T>(
+    inner: &Inner,
+    work: impl FnOnce(&Inner, &mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let idle = inner
+        .conns
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let mut conn = match idle {
+        Some(c) => c,
+        None => open_db(&inner.db_path, inner.mode)?,
+    };
+    // A panic in `work` drops the connection, and with it the transaction
+    // it held.
+    let result = work(inner, &mut conn);
+    let mut conns = inner.conns.lock().unwrap_or_else(PoisonError::into_inner);
+    if conns.len() < MAX_IDLE_CONNECTIONS {
+        conns.push(conn);
+    }
+    result
 }
 
 /// Creates a chroot store that does not exist yet, as Nix does when it
@@ -731,25 +778,9 @@ impl Store for LocalStore {
     }
 
     async fn query_path_from_hash_part(&self, hash: &str) -> Result<Option<PathInfo>, StoreError> {
-        if !crate::store_path::is_hash_part(hash) {
-            return Ok(None);
-        }
-        let dir = self.inner.store_dir.as_str();
-        let (from, to) = (format!("{dir}/{hash}-"), format!("{dir}/{hash}."));
-        let infos = self
-            .with_db(move |inner, conn| {
-                read_tx(inner, conn, |tx| {
-                    let mut stmt = tx
-                        .prepare_cached(HASH_PART_SQL)
-                        .map_err(|e| inner.db_error(e))?;
-                    let mut rows = Collector::new(inner);
-                    rows.add(stmt.query([&from, &to]).map_err(|e| inner.db_error(e))?)?;
-                    drop(stmt);
-                    rows.finish(tx)
-                })
-            })
-            .await?;
-        Ok(infos.into_values().next())
+        let hash = hash.to_owned();
+        self.with_db(move |inner, conn| path_from_hash_part(inner, conn, &hash))
+            .await
     }
 
     async fn query_valid_paths(
