@@ -337,7 +337,7 @@ impl<'o> Object<'o> {
 /// short escapes for `\b`, `\f`, `\n`, `\r`, `\t`, `\u00XX` (lower-case
 /// hex) for the other control characters; everything else, DEL and
 /// non-ASCII included, as it is.
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
