@@ -13,6 +13,12 @@
 # public source, outside this repository. This script downloads and builds
 # nothing of it; it only runs the binary it is given, with a config file
 # of its own (bind address, signing key) made in a temporary directory.
+# One way to build it (the figures in the README used release 3.2.0):
+#
+#   git clone https://github.com/nix-community/harmonia && cd harmonia
+#   git checkout harmonia-v3.2.0
+#   cargo build --release --locked -p harmonia-cache
+#   # then HARMONIA_BIN=$PWD/target/release/harmonia-cache
 #
 # Measured, with the closure of benches/closure.nix (113 paths):
 #
