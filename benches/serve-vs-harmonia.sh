@@ -13,7 +13,7 @@
 # public source, outside this repository. This script downloads and builds
 # nothing of it; it only runs the binary it is given, with a config file
 # of its own (bind address, signing key) made in a temporary directory.
-# One way to build it (the figures in the README used release 3.2.0):
+# One way to build it (the script was written against release 3.2.0):
 #
 #   git clone https://github.com/nix-community/harmonia && cd harmonia
 #   git checkout harmonia-v3.2.0
