@@ -11,3 +11,4 @@ mod security;
 mod serve;
 mod ssh;
 mod sshd;
+mod upstream;

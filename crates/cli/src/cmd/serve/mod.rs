@@ -2,14 +2,18 @@
 //! library's server (`nixferry::server`, which documents the backends,
 //! the requests and the upload checks).
 //!
-//! This command reads the keys and the token, starts the server, prints
-//! its address on stderr, reads the tokens file again on SIGHUP, and on
-//! SIGTERM or Ctrl-C stops it gracefully: no new connections, requests in
-//! flight given a few seconds.
+//! This command reads the keys and the token, starts the server (with
+//! its upstream caches, if any), prints its address on stderr, reads the
+//! tokens file again on SIGHUP, and on SIGTERM or Ctrl-C stops it
+//! gracefully: no new connections, requests in flight given a few
+//! seconds.
+
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use nixferry::narinfo::Compression;
-use nixferry::server::{Server, ServerError};
+use nixferry::server::{Server, ServerBuilder, ServerError};
+use nixferry::signing::PublicKey;
 
 use crate::cli::{ServeArgs, ServeCompression};
 use crate::exit::Failure;
@@ -64,6 +68,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.verbose {
         builder = builder.log(|line| eprintln!("{line}"));
     }
+    builder = upstreams(builder, &args)?;
     // Listening for signals before the address is printed: whoever reads
     // it may signal at once.
     let signal = shutdown_signal();
@@ -83,6 +88,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await?;
     Ok(())
+}
+
+/// The upstream settings: `--upstream`, the trusted keys (Nix's default
+/// unless given), `--cache-upstream`, `--upstream-timeout`.
+fn upstreams(mut builder: ServerBuilder, args: &ServeArgs) -> anyhow::Result<ServerBuilder> {
+    for u in &args.upstreams {
+        builder = builder.upstream(u.as_str());
+    }
+    if !args.trusted_keys.is_empty() || !args.trusted_key_files.is_empty() {
+        let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
+        for f in &args.trusted_key_files {
+            keys.add(PublicKey::from_file(f)?);
+        }
+        builder = builder.trusted_keys(keys);
+    }
+    if let Some(c) = &args.cache_upstream {
+        builder = builder.cache_upstream(c.as_str());
+    }
+    let secs = args.upstream_timeout;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        bail!("--upstream-timeout must be above 0 and at most 3600 seconds, not {secs}");
+    }
+    Ok(builder.upstream_timeout(Duration::from_secs_f64(secs)))
 }
 
 /// SIGHUP, if it can be listened for.
@@ -132,6 +160,9 @@ fn start_error(e: ServerError, args: &ServeArgs) -> anyhow::Error {
         ServerError::KeysForFileStore => anyhow::anyhow!(
             "--secret-key-file only applies to served Nix stores; sign a file:// cache when filling it"
         ),
+        ServerError::CacheUpstreamWithoutUpstream => {
+            anyhow::anyhow!("--cache-upstream needs --upstream")
+        }
         ServerError::Store(_) | ServerError::CacheDir { .. } => {
             anyhow::Error::new(e).context(format!("opening store '{}'", args.store))
         }
