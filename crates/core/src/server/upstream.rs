@@ -82,6 +82,9 @@ const MAX_REMEMBERED: usize = 10_000;
 /// How long a NAR download from upstream may go without a byte.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest chunk of a NAR download handed on at once.
+const CHUNK: usize = 256 * 1024;
+
 /// How many copies into the cache of upstream paths run at once.
 pub const KEEPS_AT_ONCE: usize = 2;
 
@@ -797,13 +800,19 @@ impl Checked {
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
         loop {
             self.done.as_ref()?;
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            let n = match tokio::time::timeout(STALL_TIMEOUT, self.reader.read_buf(&mut buf)).await
-            {
-                Err(_) => return self.fail(format!("nothing came for {STALL_TIMEOUT:?}")),
-                Ok(Err(e)) => return self.fail(e.to_string()),
-                Ok(Ok(n)) => n,
-            };
+            // Chunks of up to CHUNK bytes, gathered from the smaller
+            // reads of a network stream: fewer, larger writes.
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let mut n = 0;
+            while buf.len() < CHUNK / 2 {
+                let read = tokio::time::timeout(STALL_TIMEOUT, self.reader.read_buf(&mut buf));
+                match read.await {
+                    Err(_) => return self.fail(format!("nothing came for {STALL_TIMEOUT:?}")),
+                    Ok(Err(e)) => return self.fail(e.to_string()),
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(got)) => n += got,
+                }
+            }
             if n == 0 {
                 if let Some(why) = self.mismatch() {
                     return self.fail(why);
