@@ -345,6 +345,32 @@ pub(crate) struct ServeArgs {
     /// compressed on the fly.
     #[arg(long, value_enum, default_value_t = ServeCompression::None)]
     pub(crate) compression: ServeCompression,
+    /// Fetch what the store lacks from this binary cache (e.g.
+    /// https://cache.nixos.org), checking signatures against the trusted
+    /// keys; repeatable, in order of preference.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub(crate) upstreams: Vec<String>,
+    /// Trust signatures of paths from upstream by this public key,
+    /// `name:base64`; repeatable. Default: Nix's (cache.nixos.org-1).
+    #[arg(long = "trusted-key", value_name = "KEY", requires = "upstreams")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a public key to trust, as --trusted-key; repeatable.
+    #[arg(long = "trusted-key-file", value_name = "FILE", requires = "upstreams")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
+    /// Keep the paths served from upstream in this store (e.g.
+    /// file:///DIR, or the served file:// store itself), copied and
+    /// checked in the background, and serve them from there.
+    #[arg(long, value_name = "URL", requires = "upstreams")]
+    pub(crate) cache_upstream: Option<String>,
+    /// Seconds an upstream may take to answer; one that does not is left
+    /// out for a few seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 3.0,
+        requires = "upstreams"
+    )]
+    pub(crate) upstream_timeout: f64,
     /// Log one line per request on stderr, once it is answered: method,
     /// path, status, bytes sent, milliseconds, client.
     #[arg(long, short = 'v')]

@@ -31,6 +31,7 @@ fn error(e: &ServerError) -> PyErr {
         ServerError::TokensFile { path, source } => {
             errors::os_error(source, "reading the tokens file", Some(Path::new(path)))
         }
+        ServerError::Upstream { source, .. } => errors::store(source),
         ServerError::Task { .. } => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
@@ -145,6 +146,18 @@ impl PyServer {
 /// without one; ``public_cache_info=True`` serves ``nix-cache-info`` to
 /// anyone. `Server.reload_tokens()` reads the file again.
 ///
+/// With ``upstreams`` (store URLs such as ``"https://cache.nixos.org"``,
+/// or `Store` objects, in order of preference), what the store lacks is
+/// fetched from them and served, if it carries a valid signature by one
+/// of ``trusted_keys`` (``VerifyingKey`` objects or ``"name:base64"``
+/// strings; default: Nix's, ``cache.nixos.org-1``); NAR files are
+/// streamed as they come, checked on the way. An upstream that does not
+/// answer within ``upstream_timeout`` seconds is left out for a few
+/// seconds. ``cache_upstream`` (a store URL or `Store`, such as a
+/// ``file://`` cache, the served one included) keeps what was served
+/// from upstream: each path is copied there in the background, checked,
+/// and served from there afterwards.
+///
 /// ``listen`` is ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6); port 0
 /// picks a free port. ``priority`` and ``want_mass_query`` are announced
 /// in ``nix-cache-info``. ``verbose=True`` logs one line per request on
@@ -162,7 +175,9 @@ impl PyServer {
 #[pyo3(signature = (
     store, *, listen = "127.0.0.1:0", secret_keys = Vec::new(), priority = None,
     want_mass_query = None, writable = false, token = None, tokens_file = None,
-    public_cache_info = false, compression = "none", verbose = false
+    public_cache_info = false, compression = "none", verbose = false,
+    upstreams = Vec::new(), trusted_keys = None, cache_upstream = None,
+    upstream_timeout = 3.0
 ))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
@@ -178,6 +193,10 @@ fn serve(
     public_cache_info: bool,
     compression: &str,
     verbose: bool,
+    upstreams: Vec<Bound<'_, PyAny>>,
+    trusted_keys: Option<Bound<'_, PyAny>>,
+    cache_upstream: Option<Bound<'_, PyAny>>,
+    upstream_timeout: f64,
 ) -> PyResult<PyServer> {
     let listen: SocketAddr = listen.parse().map_err(|_| {
         PyValueError::new_err(format!(
@@ -185,10 +204,18 @@ fn serve(
         ))
     })?;
     // A URL is opened by the server, as it starts.
-    let store = match store.downcast::<PyStore>() {
-        Ok(s) => ServedStore::Store(Arc::clone(&s.get().store)),
-        Err(_) => ServedStore::Url(store.extract()?),
+    let served = |store: &Bound<'_, PyAny>| -> PyResult<ServedStore> {
+        Ok(match store.downcast::<PyStore>() {
+            Ok(s) => ServedStore::Store(Arc::clone(&s.get().store)),
+            Err(_) => ServedStore::Url(store.extract()?),
+        })
     };
+    let store = served(store)?;
+    if !(upstream_timeout > 0.0 && upstream_timeout <= 3600.0) {
+        return Err(PyValueError::new_err(format!(
+            "upstream_timeout must be above 0 and at most 3600 seconds, not {upstream_timeout}"
+        )));
+    }
     let mut builder = Server::builder(store)
         .listen(listen)
         .secret_keys(secret_keys.into_iter().map(|k| k.0))
@@ -209,6 +236,16 @@ fn serve(
     if verbose {
         builder = builder.log(|line| eprintln!("{line}"));
     }
+    for u in &upstreams {
+        builder = builder.upstream(served(u)?);
+    }
+    if let Some(k) = &trusted_keys {
+        builder = builder.trusted_keys(crate::signing::trusted_keys(k)?);
+    }
+    if let Some(c) = &cache_upstream {
+        builder = builder.cache_upstream(served(c)?);
+    }
+    builder = builder.upstream_timeout(std::time::Duration::from_secs_f64(upstream_timeout));
     let server = blocking::run(py, move |_| crate::runtime().block_on(builder.start()))?
         .map_err(|e| error(&e))?;
     Ok(PyServer {

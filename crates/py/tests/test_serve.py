@@ -188,3 +188,34 @@ def test_a_private_cache_needs_a_token(cache: pathlib.Path, tmp_path: pathlib.Pa
     with nixferry.serve(f"file://{cache}", tokens_file=tokens, public_cache_info=True) as server:
         assert status_of(server.url + "/nix-cache-info") == 200
         assert status_of(server.url + narinfo) == 401
+
+
+def test_an_upstream_proxy(cache: pathlib.Path, tmp_path: pathlib.Path, key: SigningKey) -> None:
+    kept = tmp_path / "kept"
+    with nixferry.serve(f"file://{cache}") as upstream:
+        # Trusted: served from upstream, and kept.
+        with nixferry.serve(
+            f"file://{tmp_path / 'own'}",
+            upstreams=[upstream.url],
+            trusted_keys=[key.verifying_key],
+            cache_upstream=f"file://{kept}",
+            upstream_timeout=2.0,
+        ) as proxy:
+            narinfo = fetch(f"{proxy.url}/{hash_part(DRV_OUT)}.narinfo").decode()
+            assert f"StorePath: {DRV_OUT}\n" in narinfo
+            assert f"URL: nar/{hash_part(DRV_OUT)}-" in narinfo
+            out = tmp_path / "out"
+            summary = nixferry.copy(proxy.url, f"file://{out}", [DRV_OUT], trusted_keys=[key.verifying_key])
+            assert summary.is_complete and summary.copied == 2
+            metrics = fetch(f"{proxy.url}/metrics").decode()
+            assert 'nixferry_upstream_fetches_total{kind="nar",result="hit"}' in metrics
+        # The proxy's copies may still be running when it closes; what
+        # they finished is in the kept cache, checked.
+        assert kept.exists()
+        # Not trusted (Nix's default keys): refused.
+        with nixferry.serve(f"file://{tmp_path / 'other'}", upstreams=[upstream.url]) as strict:
+            assert status_of(f"{strict.url}/{hash_part(DRV_OUT)}.narinfo") == 404
+    with pytest.raises(ValueError, match="needs an upstream"):
+        nixferry.serve(f"file://{cache}", cache_upstream=f"file://{kept}")
+    with pytest.raises(ValueError, match="upstream_timeout"):
+        nixferry.serve(f"file://{cache}", upstreams=["http://127.0.0.1:9"], upstream_timeout=0)

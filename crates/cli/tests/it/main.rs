@@ -12,3 +12,4 @@ mod serve;
 mod serve_fleet;
 mod ssh;
 mod sshd;
+mod upstream;

@@ -58,11 +58,11 @@ pub(super) const CT_TEXT: &str = "text/plain; charset=utf-8";
 const CT_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// NAR files are named by their hash: they never change.
-const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+pub(super) const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// narinfos, listings and logs of a path do not change either, but may be
 /// re-signed.
 const CACHE_DAY: &str = "public, max-age=86400";
-const CACHE_SHORT: &str = "public, max-age=300";
+pub(super) const CACHE_SHORT: &str = "public, max-age=300";
 const CACHE_NONE: &str = "no-cache";
 
 /// The server's state, shared by all connections.
@@ -84,6 +84,8 @@ pub(super) struct State {
     pub(super) cpu: CpuPool,
     /// Listings made of a served store's paths.
     pub(super) listings: Listings,
+    /// Caches to fetch what the store lacks from, if any.
+    pub(super) upstream: Option<Arc<super::upstream::Upstreams>>,
 }
 
 /// Where the served files come from.
@@ -366,9 +368,18 @@ impl State {
             Route::Health => Ok(full(CT_TEXT, "no-store", Bytes::from_static(b"ok\n"))),
             _ => {
                 let range = Requested::of(req.method(), req.headers());
-                match &self.backend {
-                    Backend::Files { root } => self.get_file(root, route, range.as_ref()).await,
-                    Backend::Store(s) => self.get_from_store(s, route, head, range.as_ref()).await,
+                let answer = match &self.backend {
+                    Backend::Files { root } => self.get_file(root, route, range.as_ref()).await?,
+                    Backend::Store(s) => {
+                        self.get_from_store(s, route, head, range.as_ref()).await?
+                    }
+                };
+                // What the store lacks may come from upstream.
+                match &self.upstream {
+                    Some(up) if answer.status() == StatusCode::NOT_FOUND => {
+                        Ok(up.get(route, head).await.unwrap_or(answer))
+                    }
+                    _ => Ok(answer),
                 }
             }
         }

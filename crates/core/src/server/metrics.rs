@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::route::Kind;
@@ -25,6 +25,65 @@ pub(super) struct Metrics {
     /// Counts per bucket (not cumulative), then the sum in microseconds.
     durations: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_us: AtomicU64,
+    /// What the upstream proxy did, shared with it.
+    pub(super) upstream: Arc<UpstreamCounters>,
+}
+
+/// What the upstream proxy did: fetches by kind (`narinfo`, `nar`) and
+/// result, and the paths kept in the cache of upstream paths.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamCounters {
+    fetches: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    kept: AtomicU64,
+    keep_failures: AtomicU64,
+}
+
+impl UpstreamCounters {
+    /// Records a fetch from an upstream.
+    pub(super) fn fetch(&self, kind: &'static str, result: &'static str) {
+        if let Ok(mut m) = self.fetches.lock() {
+            *m.entry((kind, result)).or_default() += 1;
+        }
+    }
+
+    /// Records paths kept, and paths that failed to be.
+    pub(super) fn kept(&self, copied: usize, failed: usize) {
+        self.kept.fetch_add(copied as u64, Ordering::Relaxed);
+        self.keep_failures
+            .fetch_add(failed as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "nixferry_upstream_fetches_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Lookups and downloads from upstream caches, by kind and result \
+             (hit, miss, refused: no valid signature by a trusted key, error, skipped: \
+             the upstream was down)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        if let Ok(m) = self.fetches.lock() {
+            for ((kind, result), n) in m.iter() {
+                let _ = writeln!(out, "{name}{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+            }
+        }
+        for (name, help, v) in [
+            (
+                "nixferry_upstream_kept_paths_total",
+                "Paths from upstream caches copied into the cache of upstream paths.",
+                &self.kept,
+            ),
+            (
+                "nixferry_upstream_keep_failures_total",
+                "Paths from upstream caches that failed to be copied into the cache of upstream paths.",
+                &self.keep_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl Metrics {
@@ -65,21 +124,21 @@ impl Metrics {
     }
 
     /// Records a connection accepted; the guard records its end.
-    pub(super) fn connection(self: &std::sync::Arc<Self>) -> Open {
+    pub(super) fn connection(self: &Arc<Self>) -> Open {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.connections_open.fetch_add(1, Ordering::Relaxed);
         Open {
-            metrics: std::sync::Arc::clone(self),
+            metrics: Arc::clone(self),
             gauge: Gauge::Connections,
         }
     }
 
     /// Records a request being worked on or answered; the guard records
     /// its end.
-    pub(super) fn in_flight(self: &std::sync::Arc<Self>) -> Open {
+    pub(super) fn in_flight(self: &Arc<Self>) -> Open {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Open {
-            metrics: std::sync::Arc::clone(self),
+            metrics: Arc::clone(self),
             gauge: Gauge::InFlight,
         }
     }
@@ -166,6 +225,7 @@ impl Metrics {
         let sum = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
+        self.upstream.render(&mut out);
         out
     }
 }
@@ -180,7 +240,7 @@ enum Gauge {
 /// Counts one in a gauge while it lives.
 #[derive(Debug)]
 pub(super) struct Open {
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     gauge: Gauge,
 }
 

@@ -20,6 +20,7 @@
 //! | `GET /<hash>.narinfo` | the path's narinfo |
 //! | `GET /nar/<hash>.nar[.xz\|.zst\|.bz2\|.br]` | the NAR file, with `Range` requests of a single byte range honoured where its length is known |
 //! | `GET /nar/<path hash>-<NAR hash>.nar[.zst]` | a served Nix store's NAR: its narinfos name NARs by the path's hash part and the NAR hash, so any server of the store answers them, after a restart or from another replica, as long as the path is there with that content |
+//! | `GET /nar/<path hash>-<NAR hash>.nar[.xz\|.zst\|.bz2\|.br]` | with [upstreams](#upstreams): the NAR file of a path from upstream, as the upstream stores it, streamed and checked on the way; without an extension, the plain NAR |
 //! | `GET /<hash>.ls`, `GET /log/<drv>` | the path's listing, a build log |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //! | `GET /health` | `ok`: the server answers (for load balancers and service managers) |
@@ -50,6 +51,38 @@
 //! [slots](ServerBuilder::cpu_slots), and listings once made are kept (up
 //! to 64 MiB of them). Malformed requests get a `4xx` from the HTTP
 //! parser or the router.
+//!
+//! # Upstreams
+//!
+//! With [upstream caches](ServerBuilder::upstream), a narinfo or NAR the
+//! store lacks is fetched from them (all asked at once, the first in the
+//! order given preferred), within a
+//! [timeout](ServerBuilder::upstream_timeout): an upstream that fails or
+//! does not answer in time is left out for [`DOWN_FOR`], and the request
+//! answered `404` at once. A path is served only with a valid signature
+//! by one of the [trusted keys](ServerBuilder::trusted_keys) (Nix's
+//! default, `cache.nixos.org-1`, unless set), or a content address that
+//! verifies; any other is refused, as missing. Its narinfo keeps the
+//! upstream's signatures, which cover the path, its NAR hash and size and
+//! its references, and names the NAR by path hash and NAR hash, so any
+//! server with the same upstreams answers it, after a restart too. The
+//! NAR file is streamed as the upstream stores it, with its
+//! `Content-Length` where known, and hashed on the way: a file that does
+//! not match what its narinfo says ends in a broken transfer, never in a
+//! complete bad file. Lookups are remembered for [`FOUND_TTL`] (misses
+//! for a second).
+//!
+//! With a [cache of upstream paths](ServerBuilder::cache_upstream) (a
+//! `file://` cache, the served one included), each path served from
+//! upstream is also copied there with its closure, in the background, by
+//! the copy engine, which checks signatures and NAR hashes as for any
+//! copy; copies are deduplicated, [`KEEPS_AT_ONCE`] at a time, and a
+//! failure is logged, never seen by clients. That cache is asked before
+//! the upstreams, so the next client gets the path from there.
+//!
+//! `/metrics` counts upstream lookups and downloads by result
+//! (`nixferry_upstream_fetches_total{kind="narinfo|nar",result="hit|miss|refused|error|skipped"}`)
+//! and the paths kept.
 //!
 //! # Lifecycle
 //!
@@ -106,6 +139,7 @@ mod pool;
 mod range;
 mod route;
 mod upload;
+mod upstream;
 
 pub use access::LogFormat;
 
@@ -125,6 +159,7 @@ use crate::store::{Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
 use access::Log;
 use handler::{Backend, State, StoreBackend};
+pub use upstream::{DEFAULT_UPSTREAM_TIMEOUT, DOWN_FOR, FOUND_TTL, KEEPS_AT_ONCE};
 
 /// How long requests in flight get after a shutdown, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -236,6 +271,32 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// An [upstream](ServerBuilder::upstream) or the
+    /// [cache of upstream paths](ServerBuilder::cache_upstream) could not
+    /// be opened (or its URL is malformed).
+    #[error("opening the upstream '{url}': {source}")]
+    Upstream {
+        /// The store's URL.
+        url: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// An [upstream](ServerBuilder::upstream) or the
+    /// [cache of upstream paths](ServerBuilder::cache_upstream) is for
+    /// another store directory than the served store.
+    #[error(
+        "the upstream '{url}' is a cache for {store_dir}, not for the served store's directory"
+    )]
+    UpstreamStoreDir {
+        /// The upstream's URL.
+        url: String,
+        /// Its store directory.
+        store_dir: String,
+    },
+    /// A [cache of upstream paths](ServerBuilder::cache_upstream) was
+    /// given without an [upstream](ServerBuilder::upstream).
+    #[error("a cache of upstream paths needs an upstream")]
+    CacheUpstreamWithoutUpstream,
     /// The server's task panicked or was cancelled (the runtime shutting
     /// down).
     #[error("the server task failed: {message}")]
@@ -315,6 +376,7 @@ pub struct ServerBuilder {
     cpu_slots: Option<usize>,
     listeners: Vec<std::net::TcpListener>,
     shutdown_grace: Duration,
+    upstream: upstream::Settings,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -340,6 +402,7 @@ impl fmt::Debug for ServerBuilder {
             .field("cpu_slots", &self.cpu_slots)
             .field("listeners", &self.listeners)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("upstream", &self.upstream)
             .finish()
     }
 }
@@ -562,6 +625,7 @@ impl ServerBuilder {
             cpu_slots,
             listeners,
             shutdown_grace,
+            upstream,
             ..
         } = self;
         // Opening a store reads files (a database, `nix-cache-info`).
@@ -592,6 +656,18 @@ impl ServerBuilder {
         let addr = listeners[0]
             .local_addr()
             .map_err(|source| ServerError::Listener { addr: None, source })?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let log = Log {
+            sink: log,
+            format: log_format,
+        };
+        let upstream = upstream::Upstreams::start(
+            upstream,
+            &store_dir,
+            log.clone(),
+            Arc::clone(&metrics.upstream),
+        )
+        .await?;
         let state = Arc::new(State {
             backend,
             store_dir,
@@ -599,12 +675,10 @@ impl ServerBuilder {
             priority,
             auth: Arc::clone(&auth),
             write: writable,
-            log: Log {
-                sink: log,
-                format: log_format,
-            },
+            log,
             recent: handler::RecentNarinfos::default(),
-            metrics: Arc::default(),
+            metrics,
+            upstream,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_requests)),
             cpu: pool::CpuPool::new(cpu_slots.unwrap_or_else(pool::default_cpu_slots)),
             listings: pool::Listings::new(pool::LISTINGS_BYTES),
@@ -797,6 +871,9 @@ async fn serve(
     }
     drop(listeners);
     state.log.line(|| "shutting down".to_owned());
+    if let Some(up) = &state.upstream {
+        up.stop();
+    }
     let _ = tokio::time::timeout(limits.grace, graceful.shutdown()).await;
 }
 
@@ -839,6 +916,7 @@ impl Server {
             cpu_slots: None,
             listeners: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            upstream: upstream::Settings::default(),
         }
     }
 

@@ -90,7 +90,7 @@ use super::{
 use crate::atomic;
 use crate::compression::{self, Compression};
 use crate::narinfo::{CacheInfo, NarInfo, MAX_NARINFO_LEN};
-use crate::store_path::{StoreDir, StorePath};
+use crate::store_path::{is_hash_part, StoreDir, StorePath};
 
 pub use super::cache_writer::nar_file_name;
 
@@ -270,7 +270,15 @@ impl Inner {
 
     /// The narinfo of `path`, if the cache has it under that full name.
     fn read_narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
-        let file = self.narinfo_path(path);
+        let info = self.read_by_hash_part(path.hash_part())?;
+        // Nix requires the hash part and the name to match (docs/formats.md §3.1).
+        Ok(info.filter(|info| info.store_path() == path))
+    }
+
+    /// The narinfo stored under hash part `hash` (a valid hash part), if
+    /// its path has that hash part.
+    fn read_by_hash_part(&self, hash: &str) -> Result<Option<NarInfo>, StoreError> {
+        let file = self.root.join(format!("{hash}.narinfo"));
         let text = match read_limited(&file, MAX_NARINFO_LEN) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -281,8 +289,7 @@ impl Inner {
         };
         let info = NarInfo::parse_in(&text, &self.store_dir)
             .map_err(|e| self.corrupt(format!("'{}': {e}", file.display())))?;
-        // Nix requires the hash part and the name to match (docs/formats.md §3.1).
-        Ok((info.store_path() == path).then_some(info))
+        Ok((info.store_path().hash_part() == hash).then_some(info))
     }
 
     /// The path infos of those of `paths` the cache has.
@@ -469,6 +476,19 @@ impl Store for FileStore {
                 out.fill_from(&mut file)
             }),
         }))
+    }
+
+    async fn query_path_from_hash_part(&self, hash: &str) -> Result<Option<PathInfo>, StoreError> {
+        // Only a hash part can name a narinfo: nothing else is read.
+        if !is_hash_part(hash) {
+            return Ok(None);
+        }
+        let inner = self.inner.clone();
+        let hash = hash.to_owned();
+        let info = tokio::task::spawn_blocking(move || inner.read_by_hash_part(&hash))
+            .await
+            .map_err(join_error)??;
+        Ok(info.as_ref().map(PathInfo::from_narinfo))
     }
 
     async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {

@@ -638,5 +638,9 @@ def serve(
     public_cache_info: bool = False,
     compression: str = "none",
     verbose: bool = False,
+    upstreams: builtins.list[Store | str] = ...,
+    trusted_keys: _TrustedKeys | None = None,
+    cache_upstream: Store | str | None = None,
+    upstream_timeout: float = 3.0,
 ) -> Server:
     """Serves ``store`` as a Nix binary cache over HTTP."""

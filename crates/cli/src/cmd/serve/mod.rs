@@ -2,12 +2,12 @@
 //! library's server (`nixferry::server`, which documents the backends,
 //! the requests and the upload checks).
 //!
-//! This command reads the keys and the token, starts the server (on the
-//! sockets a service manager passed, if it passed some: see [`systemd`]),
-//! prints its address on stderr, tells the service manager it is ready,
-//! reads the tokens file again on SIGHUP, and on SIGTERM or Ctrl-C stops
-//! it gracefully: no new connections, requests in flight given a few
-//! seconds.
+//! This command reads the keys and the token, starts the server (with
+//! its upstream caches, if any, and on the sockets a service manager
+//! passed, if it passed some: see [`systemd`]), prints its address on
+//! stderr, tells the service manager it is ready, reads the tokens file
+//! again on SIGHUP, and on SIGTERM or Ctrl-C stops it gracefully: no new
+//! connections, requests in flight given a few seconds.
 
 mod systemd;
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use nixferry::narinfo::Compression;
-use nixferry::server::{LogFormat, Server, ServerError};
+use nixferry::server::{LogFormat, Server, ServerBuilder, ServerError};
+use nixferry::signing::PublicKey;
 
 use crate::cli::{ServeArgs, ServeCompression, ServeLogFormat};
 use crate::exit::Failure;
@@ -112,6 +113,7 @@ async fn serve(args: ServeArgs, sockets: Vec<std::net::TcpListener>) -> anyhow::
     for socket in sockets {
         builder = builder.listener(socket);
     }
+    builder = upstreams(builder, &args)?;
     // Listening for signals before the address is printed: whoever reads
     // it may signal at once.
     let signal = shutdown_signal();
@@ -138,6 +140,29 @@ async fn serve(args: ServeArgs, sockets: Vec<std::net::TcpListener>) -> anyhow::
     systemd::notify("STOPPING=1");
     server.shutdown().await?;
     Ok(())
+}
+
+/// The upstream settings: `--upstream`, the trusted keys (Nix's default
+/// unless given), `--cache-upstream`, `--upstream-timeout`.
+fn upstreams(mut builder: ServerBuilder, args: &ServeArgs) -> anyhow::Result<ServerBuilder> {
+    for u in &args.upstreams {
+        builder = builder.upstream(u.as_str());
+    }
+    if !args.trusted_keys.is_empty() || !args.trusted_key_files.is_empty() {
+        let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
+        for f in &args.trusted_key_files {
+            keys.add(PublicKey::from_file(f)?);
+        }
+        builder = builder.trusted_keys(keys);
+    }
+    if let Some(c) = &args.cache_upstream {
+        builder = builder.cache_upstream(c.as_str());
+    }
+    let secs = args.upstream_timeout;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        bail!("--upstream-timeout must be above 0 and at most 3600 seconds, not {secs}");
+    }
+    Ok(builder.upstream_timeout(Duration::from_secs_f64(secs)))
 }
 
 /// SIGHUP, if it can be listened for.
@@ -187,6 +212,9 @@ fn start_error(e: ServerError, args: &ServeArgs) -> anyhow::Error {
         ServerError::KeysForFileStore => anyhow::anyhow!(
             "--secret-key-file only applies to served Nix stores; sign a file:// cache when filling it"
         ),
+        ServerError::CacheUpstreamWithoutUpstream => {
+            anyhow::anyhow!("--cache-upstream needs --upstream")
+        }
         ServerError::Store(_) | ServerError::CacheDir { .. } => {
             anyhow::Error::new(e).context(format!("opening store '{}'", args.store))
         }
