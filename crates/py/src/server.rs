@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nixferry::narinfo::Compression;
-use nixferry::server::{ServedStore, Server, ServerError};
+use nixferry::server::{LogFormat, ServedStore, Server, ServerError};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -161,7 +161,15 @@ impl PyServer {
 /// ``listen`` is ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6); port 0
 /// picks a free port. ``priority`` and ``want_mass_query`` are announced
 /// in ``nix-cache-info``. ``verbose=True`` logs one line per request on
-/// stderr.
+/// stderr once it is answered, as ``key=value`` pairs or, with
+/// ``log_format="json"``, a JSON object.
+///
+/// Bounds: at most ``max_connections`` connections (more wait to be
+/// accepted) and ``max_requests`` requests in flight (more wait their
+/// turn); a request head must come within ``header_timeout`` seconds
+/// (which also closes idle connections), and a connection that moves no
+/// byte for ``io_timeout`` seconds while it uploads or downloads is
+/// closed.
 ///
 /// Raises ``ValueError`` for settings that do not fit the store (uploads
 /// without a token or to a store that is not a ``file://`` cache, keys
@@ -177,7 +185,8 @@ impl PyServer {
     want_mass_query = None, writable = false, token = None, tokens_file = None,
     public_cache_info = false, compression = "none", verbose = false,
     upstreams = Vec::new(), trusted_keys = None, cache_upstream = None,
-    upstream_timeout = 3.0
+    upstream_timeout = 3.0, log_format = "text", max_connections = 10_000,
+    max_requests = 512, header_timeout = 30.0, io_timeout = 60.0
 ))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
@@ -197,6 +206,11 @@ fn serve(
     trusted_keys: Option<Bound<'_, PyAny>>,
     cache_upstream: Option<Bound<'_, PyAny>>,
     upstream_timeout: f64,
+    log_format: &str,
+    max_connections: usize,
+    max_requests: usize,
+    header_timeout: f64,
+    io_timeout: f64,
 ) -> PyResult<PyServer> {
     let listen: SocketAddr = listen.parse().map_err(|_| {
         PyValueError::new_err(format!(
@@ -216,8 +230,31 @@ fn serve(
             "upstream_timeout must be above 0 and at most 3600 seconds, not {upstream_timeout}"
         )));
     }
+    let seconds = |name: &str, value: f64| {
+        if value > 0.0 && value <= 86_400.0 {
+            Ok(std::time::Duration::from_secs_f64(value))
+        } else {
+            Err(PyValueError::new_err(format!(
+                "{name} must be above 0 and at most 86400 seconds, not {value}"
+            )))
+        }
+    };
+    let log_format = match log_format {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "log_format must be \"text\" or \"json\", not {other:?}"
+            )))
+        }
+    };
     let mut builder = Server::builder(store)
         .listen(listen)
+        .log_format(log_format)
+        .max_connections(max_connections)
+        .max_requests(max_requests)
+        .header_timeout(seconds("header_timeout", header_timeout)?)
+        .io_timeout(seconds("io_timeout", io_timeout)?)
         .secret_keys(secret_keys.into_iter().map(|k| k.0))
         .writable(writable)
         .compression(Compression::parse(compression));

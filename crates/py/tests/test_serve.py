@@ -3,6 +3,7 @@ uploads checked as with ``nixferry serve --write``."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import socket
@@ -219,3 +220,24 @@ def test_an_upstream_proxy(cache: pathlib.Path, tmp_path: pathlib.Path, key: Sig
         nixferry.serve(f"file://{cache}", cache_upstream=f"file://{kept}")
     with pytest.raises(ValueError, match="upstream_timeout"):
         nixferry.serve(f"file://{cache}", upstreams=["http://127.0.0.1:9"], upstream_timeout=0)
+
+
+def test_bounds_and_log_lines(cache: pathlib.Path, capfd: pytest.CaptureFixture[str]) -> None:
+    url = f"file://{cache}"
+    with pytest.raises(ValueError, match="log_format"):
+        nixferry.serve(url, log_format="xml")
+    with pytest.raises(ValueError, match="header_timeout"):
+        nixferry.serve(url, header_timeout=0)
+    with nixferry.serve(url, verbose=True, log_format="json", header_timeout=1, io_timeout=1) as server:
+        assert status_of(f"{server.url}/{hash_part(DRV_OUT)}.narinfo") == 200
+        # An idle connection is closed after the header timeout.
+        idle = socket.create_connection(server.address)
+        idle.settimeout(10)
+        try:
+            assert idle.recv(1) == b""
+        finally:
+            idle.close()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    asked = [line for line in lines if line.get("path") == f"/{hash_part(DRV_OUT)}.narinfo"]
+    assert len(asked) == 1, lines
+    assert asked[0]["status"] == 200 and asked[0]["end"] == "done" and asked[0]["bytes"] > 0

@@ -642,5 +642,10 @@ def serve(
     trusted_keys: _TrustedKeys | None = None,
     cache_upstream: Store | str | None = None,
     upstream_timeout: float = 3.0,
+    log_format: str = "text",
+    max_connections: int = 10000,
+    max_requests: int = 512,
+    header_timeout: float = 30.0,
+    io_timeout: float = 60.0,
 ) -> Server:
     """Serves ``store`` as a Nix binary cache over HTTP."""
