@@ -25,7 +25,7 @@ use super::range::{ByteRange, Requested};
 use super::route::{self, Kind, Route};
 use crate::narinfo::{CacheInfo, Compression, NarInfo};
 use crate::signing::SecretKey;
-use crate::store::{NarFile, NarStream, PathInfo, Store};
+use crate::store::{Chunks, NarFile, NarStream, PathInfo, Store};
 use crate::store_path::StoreDir;
 
 /// A response body.
@@ -184,10 +184,31 @@ impl StoreBackend {
         };
         let permit = Arc::clone(dumps).acquire_owned().await?;
         let nar = self.store.nar(info).await?;
-        Ok(Box::pin(Holding {
+        Ok(Box::pin(Held {
             inner: nar,
             _permit: permit,
         }))
+    }
+
+    /// The NAR of `info` in the chunks it is dumped in, for a local store
+    /// read directly (`None` for other stores), holding a permit as
+    /// [`StoreBackend::nar`].
+    #[cfg(feature = "local")]
+    async fn nar_chunks(&self, info: &PathInfo) -> Result<Option<Held<Chunks>>, Failure> {
+        let (Some(local), Some(dumps)) = (&self.direct, &self.dumps) else {
+            return Ok(None);
+        };
+        let permit = Arc::clone(dumps).acquire_owned().await?;
+        let chunks = local.nar_chunks(info).await?;
+        Ok(Some(Held {
+            inner: chunks,
+            _permit: permit,
+        }))
+    }
+
+    #[cfg(not(feature = "local"))]
+    async fn nar_chunks(&self, _: &PathInfo) -> Result<Option<Held<Chunks>>, Failure> {
+        Ok(None)
     }
 
     /// The served store's directory.
@@ -243,13 +264,13 @@ impl StoreBackend {
     }
 }
 
-/// A reader that holds something (a permit) while it lives.
-struct Holding<R> {
+/// A reader or stream that holds a permit while it lives.
+struct Held<R> {
     inner: R,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Holding<R> {
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<R> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -257,6 +278,54 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Holding<R> {
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for Held<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// A body of `n` bytes from `start` of what `chunks` give, passed on as
+/// they come (cut where the range starts and ends). Its length is in the
+/// response's `Content-Length`: chunks that end early show as a cut
+/// transfer.
+fn chunks_body(chunks: Held<Chunks>, start: u64, n: u64) -> Body {
+    let stream = futures_util::stream::try_unfold(
+        (chunks, start, n),
+        |(mut chunks, mut skip, mut left)| async move {
+            use futures_util::StreamExt as _;
+            loop {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let Some(mut chunk) = chunks.next().await.transpose()? else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the NAR ended early",
+                    ));
+                };
+                let len = chunk.len() as u64;
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                // Both below the chunk's length, which is a usize.
+                let from = usize::try_from(skip).unwrap_or(0);
+                let to = usize::try_from(left.saturating_add(skip).min(len)).unwrap_or(chunk.len());
+                chunk = chunk.slice(from..to);
+                skip = 0;
+                left -= chunk.len() as u64;
+                return Ok(Some((Frame::data(chunk), (chunks, skip, left))));
+            }
+        },
+    );
+    StreamBody::new(stream).boxed_unsync()
 }
 
 impl State {
@@ -479,6 +548,9 @@ impl State {
                         let Some((start, n)) = send.filter(|_| !head) else {
                             return Ok(builder.body(empty())?);
                         };
+                        if let Some(chunks) = s.nar_chunks(&info).await? {
+                            return Ok(builder.body(chunks_body(chunks, start, n))?);
+                        }
                         let mut nar = s.nar(&info).await?;
                         let skipped =
                             tokio::io::copy(&mut (&mut nar).take(start), &mut tokio::io::sink())
@@ -623,7 +695,7 @@ fn stream_body(reader: NarStream) -> Body {
 fn zstd_body(nar: NarStream, cpu: CpuPool) -> Body {
     /// How much of the NAR is compressed at a time.
     const CHUNK: usize = 1 << 20;
-    let out = Chunks::default();
+    let out = Drained::default();
     let encoder = crate::compression::encoder(&Compression::Zstd, None, 1, out.clone())
         .map_err(io::Error::other);
     let stream = futures_util::stream::try_unfold(
@@ -662,9 +734,9 @@ fn zstd_body(nar: NarStream, cpu: CpuPool) -> Body {
 
 /// A writer whose bytes are taken out in chunks from another handle.
 #[derive(Debug, Clone, Default)]
-struct Chunks(Arc<Mutex<Vec<u8>>>);
+struct Drained(Arc<Mutex<Vec<u8>>>);
 
-impl Chunks {
+impl Drained {
     /// What was written since the last call.
     fn take(&self) -> Bytes {
         self.0
@@ -674,7 +746,7 @@ impl Chunks {
     }
 }
 
-impl io::Write for Chunks {
+impl io::Write for Drained {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0
             .lock()

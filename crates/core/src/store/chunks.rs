@@ -29,6 +29,37 @@ pub(crate) fn blocking_stream<F>(produce: F) -> NarStream
 where
     F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
 {
+    Box::pin(ChannelReader::new(blocking_chunks(produce).rx))
+}
+
+/// The chunks a blocking producer writes, as they were cut: for a reader
+/// that passes them on whole (an HTTP body), without the copy into its
+/// buffers that reading them as a byte stream takes.
+pub struct Chunks {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chunks")
+    }
+}
+
+impl futures_util::Stream for Chunks {
+    type Item = io::Result<bytes::Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|c| c.map(|c| c.map(bytes::Bytes::from)))
+    }
+}
+
+/// As [`blocking_stream`], the chunks as they are cut.
+pub(crate) fn blocking_chunks<F>(produce: F) -> Chunks
+where
+    F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter {
@@ -41,7 +72,7 @@ where
             let _ = out.tx.blocking_send(Err(e));
         }
     });
-    Box::pin(ChannelReader::new(rx))
+    Chunks { rx }
 }
 
 /// The writing end of [`blocking_stream`]: cuts what is written into

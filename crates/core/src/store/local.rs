@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _};
 
-use super::chunks::blocking_stream;
+use super::chunks::{blocking_chunks, blocking_stream, Chunks};
 use super::serve::ServeStore;
 use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
 use crate::hash::NixHash;
@@ -342,6 +342,27 @@ impl LocalStore {
         with_conn(&self.inner, |inner, conn| {
             path_from_hash_part(inner, conn, hash)
         })
+    }
+
+    /// The NAR of a path the store has, as [`Store::nar`], in the chunks
+    /// (up to 256 KiB) it is dumped in: for a caller that passes them on
+    /// whole, such as a server, without copying them into its own
+    /// buffers.
+    ///
+    /// # Errors
+    /// As [`Store::nar`].
+    pub async fn nar_chunks(&self, info: &PathInfo) -> Result<Chunks, StoreError> {
+        let file = self.inner.real_dir.join(info.path.as_str());
+        tokio::fs::symlink_metadata(&file)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: "reading store path",
+                path: file.display().to_string(),
+                source,
+            })?;
+        Ok(blocking_chunks(move |out| {
+            nar::dump_unhashed(&file, out).map(drop).map_err(nar_to_io)
+        }))
     }
 }
 

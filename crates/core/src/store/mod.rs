@@ -58,6 +58,7 @@ use crate::store_path::{ContentAddress, StoreDir, StorePath};
 mod add;
 pub(crate) mod cache_writer;
 pub(crate) mod chunks;
+pub use chunks::Chunks;
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;

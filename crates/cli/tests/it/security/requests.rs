@@ -395,3 +395,49 @@ fn ranges_are_answered_alike_on_every_backend() {
         assert!(r.body == whole.body, "zstd: {headers:?}: wrong bytes");
     }
 }
+
+#[test]
+fn ranges_of_nars_dumped_from_the_local_store() {
+    use crate::common::{generate_key, have_nix, nix, run, run_text};
+    if !have_nix() {
+        return;
+    }
+    // Several of the dump's chunks (256 KiB each), so that ranges start
+    // and end inside and across them.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ranges-data");
+    let mut x: u32 = 0x9e37_79b9;
+    let data: Vec<u8> = (0..700_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let path = run_text(nix("nix-store").arg("--add").arg(&file));
+    let nar = run(nix("nix-store").args(["--dump", &path])).stdout;
+    let (sk, _) = generate_key(tmp.path(), "ranges-1");
+    let local = Server::start(&[
+        "--store",
+        "local",
+        "--secret-key-file",
+        sk.to_str().unwrap(),
+    ]);
+    let hash = &path["/nix/store/".len().."/nix/store/".len() + 32];
+    let narinfo = String::from_utf8(local.get(&format!("/{hash}.narinfo")).body).unwrap();
+    let url = crate::serve::narinfo_field(&narinfo, "URL");
+    assert_ranges(&local, &format!("/{url}"), &nar, "local store");
+    for (start, end) in [(262_143, 262_144), (262_144, 524_288), (100, 600_000)] {
+        let r = request(
+            local.port,
+            "GET",
+            &format!("/{url}"),
+            &[("Range", &format!("bytes={start}-{end}"))],
+            None,
+        );
+        assert_eq!(r.status, 206);
+        assert!(r.body == nar[start..=end], "{start}-{end}: wrong bytes");
+    }
+}
