@@ -36,7 +36,7 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// An error and its causes on one line, skipping a cause whose text the
 /// message already holds (messages often embed their source).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -52,7 +52,7 @@ use hyper::{header, Response, StatusCode};
 use tokio::io::AsyncReadExt as _;
 
 use super::access::Log;
-use super::handler::{self, Body, CACHE_IMMUTABLE, CACHE_SHORT, CT_NAR, CT_NARINFO};
+use super::handler::{self, chain, Body, CACHE_IMMUTABLE, CACHE_SHORT, CT_NAR, CT_NARINFO};
 use super::metrics::UpstreamCounters;
 use super::route::Route;
 use super::{ServedStore, ServerBuilder, ServerError};
@@ -704,21 +704,6 @@ impl Upstreams {
             }
         });
     }
-}
-
-/// An error and its causes on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// The NAR file the served narinfo of a path from upstream names: the

@@ -29,7 +29,7 @@ pub(crate) fn blocking_stream<F>(produce: F) -> NarStream
 where
     F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
 {
-    Box::pin(ChannelReader::new(blocking_chunks(produce).rx))
+    blocking_chunks(produce).into_reader()
 }
 
 /// The chunks a blocking producer writes, as they were cut: for a reader
@@ -42,6 +42,13 @@ pub struct Chunks {
 impl std::fmt::Debug for Chunks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Chunks")
+    }
+}
+
+impl Chunks {
+    /// The chunks as a byte stream.
+    pub(crate) fn into_reader(self) -> NarStream {
+        Box::pin(ChannelReader::new(self.rx))
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _};
 
-use super::chunks::{blocking_chunks, blocking_stream, Chunks};
+use super::chunks::{blocking_chunks, Chunks};
 use super::serve::ServeStore;
 use super::{Capabilities, NarStream, PathInfo, Store, StoreError, StoreUrl};
 use crate::hash::NixHash;
@@ -360,6 +360,7 @@ impl LocalStore {
                 path: file.display().to_string(),
                 source,
             })?;
+        // The reader checks the hash; hashing here too would only cost time.
         Ok(blocking_chunks(move |out| {
             nar::dump_unhashed(&file, out).map(drop).map_err(nar_to_io)
         }))
@@ -866,18 +867,7 @@ impl Store for LocalStore {
     /// holds at most a few chunks in memory; a failure while dumping is
     /// an error of the stream, never a silently short NAR.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
-        let file = self.inner.real_dir.join(info.path.as_str());
-        tokio::fs::symlink_metadata(&file)
-            .await
-            .map_err(|source| StoreError::Io {
-                what: "reading store path",
-                path: file.display().to_string(),
-                source,
-            })?;
-        // The reader checks the hash; hashing here too would only cost time.
-        Ok(blocking_stream(move |out| {
-            nar::dump_unhashed(&file, out).map(drop).map_err(nar_to_io)
-        }))
+        Ok(self.nar_chunks(info).await?.into_reader())
     }
 
     /// Hands the path to `nix-store --serve --write`, which checks the
