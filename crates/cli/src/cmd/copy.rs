@@ -175,10 +175,18 @@ fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
     Ok(opts)
 }
 
-/// Parses `--trusted-key` values (`name:base64`), saying which one is bad.
+/// Parses `--trusted-key` values (`name:base64`), saying which one is bad
+/// by its position and name (never its data: it may be a secret key
+/// given by mistake).
 pub(super) fn parse_trusted_keys(keys: &[String]) -> anyhow::Result<TrustedKeys> {
     keys.iter()
-        .map(|k| PublicKey::parse(k).with_context(|| format!("trusted key '{k}'")))
+        .enumerate()
+        .map(|(i, k)| {
+            PublicKey::parse(k).with_context(|| {
+                let name = k.trim().split(':').next().unwrap_or_default();
+                format!("--trusted-key number {} ('{name}:…')", i + 1)
+            })
+        })
         .collect()
 }
 

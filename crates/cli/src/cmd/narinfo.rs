@@ -32,6 +32,12 @@ pub(super) fn run(cmd: NarinfoCommand) -> Result<(), Failure> {
             secret_key_files,
             in_place,
         } => {
+            if in_place && file.as_os_str() == "-" {
+                return Err(anyhow::anyhow!(
+                    "-i rewrites a file in place: it needs a file, not standard input ('-')"
+                )
+                .into());
+            }
             let mut info = load(&file)?;
             for k in &secret_key_files {
                 info.sign(&super::key::load_secret_key(k)?);

@@ -132,6 +132,64 @@ fn narinfo_sign_reproduces_the_vector_signature() {
 }
 
 #[test]
+fn narinfo_sign_in_place_in_the_current_directory_and_not_on_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = fs::read_to_string(vector(
+        "narinfo/signed-xz-jgs69zx98r4fpm73d82y357pps9llcic.narinfo",
+    ))
+    .unwrap();
+    fs::write(tmp.path().join("x.narinfo"), &text).unwrap();
+    let key = vector("keys/pyspec-1.secret");
+    // A file named without a directory: signed, exit 0.
+    let out = run(nixferry()
+        .current_dir(tmp.path())
+        .args(["narinfo", "sign", "-i", "x.narinfo", "--secret-key-file"])
+        .arg(&key));
+    assert_success(&out);
+    let signed = fs::read_to_string(tmp.path().join("x.narinfo")).unwrap();
+    assert!(signed.contains("Sig: pyspec-1:"), "{signed}");
+    // `-i -` is refused before anything is read or written.
+    let out = nixferry()
+        .current_dir(tmp.path())
+        .args(["narinfo", "sign", "-i", "-", "--secret-key-file"])
+        .arg(&key)
+        .stdin(fs::File::open(tmp.path().join("x.narinfo")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standard input"));
+    assert!(
+        !tmp.path().join("-").exists(),
+        "a file named '-' was written"
+    );
+}
+
+#[test]
+fn a_secret_key_given_as_trusted_key_is_named_not_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = fs::read_to_string(vector("keys/pyspec-1.secret")).unwrap();
+    let secret = secret.trim();
+    let out = nixferry()
+        .args(["copy", "--from"])
+        .arg(format!("file://{}", tmp.path().join("none").display()))
+        .arg("--to")
+        .arg(format!("file://{}", tmp.path().join("dst").display()))
+        .args(["--trusted-key", secret])
+        .arg("/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let data = secret.split_once(':').unwrap().1;
+    assert!(!err.contains(data), "the secret key was printed: {err}");
+    assert!(
+        !err.contains(&data[..16]),
+        "part of the secret key was printed: {err}"
+    );
+    assert!(err.contains("'pyspec-1' is a secret key"), "{err}");
+}
+
+#[test]
 fn key_generate_writes_nix_key_files() {
     let tmp = tempfile::tempdir().unwrap();
     let sk = tmp.path().join("k.secret");

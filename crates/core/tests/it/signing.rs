@@ -217,6 +217,11 @@ fn parse_errors() {
     }
     let public_cases = [
         ("k".to_owned(), SigningError::MissingColon(Kind::PublicKey)),
+        // A secret key's 64 bytes: named as the mistake it is.
+        (
+            format!("k:{}", b64(64)),
+            SigningError::SecretKeyGiven { name: name("k") },
+        ),
         (
             format!("k:{}", b64(31)),
             SigningError::WrongLength {

@@ -246,7 +246,18 @@ impl PublicKey {
     /// (libsodium would reject every signature under such a key).
     pub fn parse(s: &str) -> Result<Self, SigningError> {
         let (name, data) = split_named(s.trim_ascii(), Kind::PublicKey)?;
-        let bytes = decode_exact::<PUBLIC_KEY_LEN>(data, Kind::PublicKey, name)?;
+        let bytes = decode_exact::<PUBLIC_KEY_LEN>(data, Kind::PublicKey, name).map_err(|e| {
+            match e {
+                // The length of a secret key: a mistake worth naming.
+                SigningError::WrongLength {
+                    found: SECRET_KEY_LEN,
+                    ..
+                } => SigningError::SecretKeyGiven {
+                    name: name.to_owned(),
+                },
+                e => e,
+            }
+        })?;
         let invalid = || SigningError::InvalidPublicKey {
             name: name.to_owned(),
         };

@@ -128,6 +128,13 @@ pub enum SigningError {
         /// The decoded size.
         found: usize,
     },
+    /// A secret key was given where a public key was expected (it decodes
+    /// to a secret key's 64 bytes). The message names the key, never its
+    /// data.
+    SecretKeyGiven {
+        /// The key name.
+        name: String,
+    },
     /// A secret key's last 32 bytes are not the public key of its seed.
     PublicHalfMismatch {
         /// The key name.
@@ -168,6 +175,11 @@ impl std::fmt::Display for SigningError {
             } => write!(
                 f,
                 "{kind} '{name}' is not valid: {found} bytes instead of {expected}"
+            ),
+            Self::SecretKeyGiven { name } => write!(
+                f,
+                "'{name}' is a secret key, where a public key belongs: give its public half \
+                 (`nixferry key public SECRET_FILE` prints it), and keep the secret key secret"
             ),
             Self::PublicHalfMismatch { name } => write!(
                 f,
