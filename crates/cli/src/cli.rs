@@ -209,6 +209,9 @@ pub(crate) struct CopyArgs {
     /// other than this machine's need a valid signature by one of them.
     #[arg(long = "trusted-key")]
     pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key, as --trusted-key; repeatable.
+    #[arg(long = "trusted-key-file", value_name = "FILE")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
     /// Do not require signatures on paths from untrusted stores.
     #[arg(long)]
     pub(crate) no_check_sigs: bool,

@@ -162,8 +162,8 @@ fn copy_and_report(
 /// on the command line replacing Nix's default ones.
 fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
     let mut opts = CopyOptions::default();
-    if !args.trusted_keys.is_empty() {
-        opts = opts.with_trusted_keys(parse_trusted_keys(&args.trusted_keys)?);
+    if let Some(keys) = trusted_keys(&args.trusted_keys, &args.trusted_key_files)? {
+        opts = opts.with_trusted_keys(keys);
     }
     let secret_keys = args
         .secret_key_files
@@ -175,11 +175,18 @@ fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
     Ok(opts)
 }
 
-/// Parses `--trusted-key` values (`name:base64`), saying which one is bad
-/// by its position and name (never its data: it may be a secret key
-/// given by mistake).
-pub(super) fn parse_trusted_keys(keys: &[String]) -> anyhow::Result<TrustedKeys> {
-    keys.iter()
+/// The keys `--trusted-key` (`name:base64`) and `--trusted-key-file`
+/// give, or `None` without either. A bad one is named by its position and
+/// name, never its data: it may be a secret key given by mistake.
+pub(super) fn trusted_keys(
+    keys: &[String],
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<Option<TrustedKeys>> {
+    if keys.is_empty() && files.is_empty() {
+        return Ok(None);
+    }
+    let mut trusted = keys
+        .iter()
         .enumerate()
         .map(|(i, k)| {
             PublicKey::parse(k).with_context(|| {
@@ -187,7 +194,11 @@ pub(super) fn parse_trusted_keys(keys: &[String]) -> anyhow::Result<TrustedKeys>
                 format!("--trusted-key number {} ('{name}:…')", i + 1)
             })
         })
-        .collect()
+        .collect::<anyhow::Result<TrustedKeys>>()?;
+    for f in files {
+        trusted.add(PublicKey::from_file(f)?);
+    }
+    Ok(Some(trusted))
 }
 
 /// Shows events: JSON Lines on stdout, or a progress bar on a terminal.

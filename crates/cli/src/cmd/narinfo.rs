@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use nixferry::narinfo::NarInfo;
-use nixferry::signing::{PublicKey, TrustedKeys};
+use nixferry::signing::TrustedKeys;
 
 use crate::cli::{NarinfoCommand, VerifyArgs};
 use crate::exit::Failure;
@@ -107,14 +107,8 @@ fn show_json(info: &NarInfo) -> serde_json::Value {
 /// `narinfo verify` has no default keys: it checks against exactly the
 /// keys it is given.
 fn trusted_keys(args: &VerifyArgs) -> anyhow::Result<TrustedKeys> {
-    let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
-    for f in &args.trusted_key_files {
-        keys.add(PublicKey::from_file(f)?);
-    }
-    if args.trusted_keys.is_empty() && args.trusted_key_files.is_empty() {
-        anyhow::bail!("no trusted keys: give --trusted-key or --trusted-key-file");
-    }
-    Ok(keys)
+    super::copy::trusted_keys(&args.trusted_keys, &args.trusted_key_files)?
+        .ok_or_else(|| anyhow::anyhow!("no trusted keys: give --trusted-key or --trusted-key-file"))
 }
 
 fn verify(args: VerifyArgs) -> Result<(), Failure> {

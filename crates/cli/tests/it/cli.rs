@@ -240,3 +240,34 @@ fn broken_pipe_is_not_an_error() {
     assert_success(&out);
     assert!(out.stderr.is_empty());
 }
+
+#[test]
+fn copy_takes_trusted_keys_from_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("file://{}", vector("binary-cache/signed-xz").display());
+    let path = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
+    let copy = |dst: &str, key: &str| {
+        nixferry()
+            .args(["copy", "--from", &src, "--to"])
+            .arg(format!("file://{}", tmp.path().join(dst).display()))
+            .arg("--trusted-key-file")
+            .arg(vector(key))
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    // The key that signed the cache: copied.
+    assert_success(&copy("good", "keys/nixspec-test-1.public"));
+    // Another key: refused, nothing copied.
+    let out = copy("bad", "keys/pyspec-1.public");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!tmp
+        .path()
+        .join("bad/jgs69zx98r4fpm73d82y357pps9llcic.narinfo")
+        .exists());
+}

@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use nixferry::narinfo::Compression;
 use nixferry::server::{LogFormat, Server, ServerBuilder, ServerError};
-use nixferry::signing::PublicKey;
 
 use crate::cli::{ServeArgs, ServeCompression, ServeLogFormat};
 use crate::exit::Failure;
@@ -148,11 +147,7 @@ fn upstreams(mut builder: ServerBuilder, args: &ServeArgs) -> anyhow::Result<Ser
     for u in &args.upstreams {
         builder = builder.upstream(u.as_str());
     }
-    if !args.trusted_keys.is_empty() || !args.trusted_key_files.is_empty() {
-        let mut keys = super::copy::parse_trusted_keys(&args.trusted_keys)?;
-        for f in &args.trusted_key_files {
-            keys.add(PublicKey::from_file(f)?);
-        }
+    if let Some(keys) = super::copy::trusted_keys(&args.trusted_keys, &args.trusted_key_files)? {
         builder = builder.trusted_keys(keys);
     }
     if let Some(c) = &args.cache_upstream {
