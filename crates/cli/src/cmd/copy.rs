@@ -17,12 +17,6 @@ use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning};
 use crate::exit::Failure;
 
 pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
-    let src = paths::open(&args.from)?;
-    let dsts = args
-        .to
-        .iter()
-        .map(|url| paths::open(url))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut names = args.paths.clone();
     if args.stdin {
         for line in std::io::stdin().lock().lines() {
@@ -32,6 +26,20 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
             }
         }
     }
+    if names.is_empty() {
+        return Err(anyhow::anyhow!(if args.stdin {
+            "no paths to copy: standard input named none"
+        } else {
+            "no paths to copy: name store paths (or symlinks to them, such as ./result), or pass them on standard input with --stdin"
+        })
+        .into());
+    }
+    let src = paths::open(&args.from)?;
+    let dsts = args
+        .to
+        .iter()
+        .map(|url| paths::open(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let roots = paths::resolve(src.store_dir(), &names)?;
     let mut opts = options(&args)?;
     tune(&mut opts, &args.tuning);

@@ -271,3 +271,23 @@ fn copy_takes_trusted_keys_from_files() {
         .join("bad/jgs69zx98r4fpm73d82y357pps9llcic.narinfo")
         .exists());
 }
+
+#[test]
+fn copy_without_paths_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    for stdin in [false, true] {
+        let mut cmd = nixferry();
+        cmd.args(["copy", "--to"])
+            .arg(format!("file://{}", dst.display()))
+            .stdin(std::process::Stdio::null());
+        if stdin {
+            cmd.arg("--stdin");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--stdin: {stdin}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no paths to copy"), "{err}");
+    }
+    assert!(!dst.exists(), "the destination was created");
+}
