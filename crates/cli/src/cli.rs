@@ -314,10 +314,11 @@ pub(crate) struct ServeArgs {
     /// this server's signatures: `s3://BUCKET…`, `http(s)://…`.
     #[arg(long)]
     pub(crate) store: String,
-    /// The address to listen on; port 0 picks a free port (the address
-    /// is printed on stderr).
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    pub(crate) listen: std::net::SocketAddr,
+    /// The address to listen on, `HOST:PORT` (`localhost:8080`,
+    /// `0.0.0.0:5000`, `[::1]:5000`); port 0 picks a free port (the
+    /// address is printed on stderr).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
+    pub(crate) listen: String,
     /// Sign narinfos of a served Nix store (or s3://, http(s):// cache)
     /// with this key; repeatable.
     #[arg(long = "secret-key-file")]

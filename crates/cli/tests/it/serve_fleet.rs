@@ -245,3 +245,36 @@ fn sockets_meant_for_another_process_are_left_alone() {
     assert_eq!(server.get("/health").status, 200);
     drop((server, stderr));
 }
+
+#[test]
+fn listens_on_a_host_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = crate::common::nixferry()
+        .args(["serve", "--listen", "localhost:0", "--store"])
+        .arg(format!("file://{}", tmp.path().join("cache").display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let server = Server::adopt(child, addr.port());
+    if addr.is_ipv4() {
+        assert_eq!(server.get("/health").status, 200);
+    }
+    drop((server, stderr));
+    // Not an address, not a host: refused with what to give instead.
+    let out = crate::common::nixferry()
+        .args(["serve", "--listen", "nowhere", "--store"])
+        .arg(format!("file://{}", tmp.path().join("cache").display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected HOST:PORT"));
+}

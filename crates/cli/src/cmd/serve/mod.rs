@@ -64,7 +64,7 @@ async fn serve(args: ServeArgs, sockets: Vec<std::net::TcpListener>) -> anyhow::
         None => None,
     };
     let mut builder = Server::builder(args.store.as_str())
-        .listen(args.listen)
+        .listen(listen_address(&args.listen)?)
         .secret_keys(keys)
         .writable(args.write)
         .compression(match args.compression {
@@ -158,6 +158,22 @@ fn upstreams(mut builder: ServerBuilder, args: &ServeArgs) -> anyhow::Result<Ser
         bail!("--upstream-timeout must be above 0 and at most 3600 seconds, not {secs}");
     }
     Ok(builder.upstream_timeout(Duration::from_secs_f64(secs)))
+}
+
+/// The address `--listen` names: `HOST:PORT`, the host an address or a
+/// name (the first address it resolves to, as a server binding a name
+/// does).
+fn listen_address(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut found = text.to_socket_addrs().with_context(|| {
+        format!("--listen '{text}': expected HOST:PORT, such as 127.0.0.1:5000 or localhost:8080")
+    })?;
+    found
+        .next()
+        .with_context(|| format!("--listen '{text}': the host has no address"))
 }
 
 /// SIGHUP, if it can be listened for.
