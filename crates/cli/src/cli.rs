@@ -84,11 +84,20 @@ pub(crate) enum NarCommand {
         /// The file, directory or symlink to hash.
         path: PathBuf,
         /// How to print the hash.
-        #[arg(long, value_enum, default_value_t = HashFormat::Sri)]
+        #[arg(long, value_enum, default_value_t = HashFormat::Sri, group = "hash_format")]
         format: HashFormat,
-        /// Same as `--format base32` (like `nix-hash --type sha256 --base32`).
-        #[arg(long, conflicts_with = "format")]
+        /// Same as `--format base32`, as for `nix hash path`.
+        #[arg(long, group = "hash_format")]
         base32: bool,
+        /// Same as `--format base16`, as for `nix hash path`.
+        #[arg(long, group = "hash_format")]
+        base16: bool,
+        /// Same as `--format base64`, as for `nix hash path`.
+        #[arg(long, group = "hash_format")]
+        base64: bool,
+        /// Same as `--format sri` (the default), as for `nix hash path`.
+        #[arg(long, group = "hash_format")]
+        sri: bool,
     },
 }
 
@@ -101,6 +110,8 @@ pub(crate) enum HashFormat {
     Base32,
     /// Bare lowercase hex, as `nix-hash --type sha256` prints.
     Base16,
+    /// Bare base64, as `nix hash path --base64` prints.
+    Base64,
     /// `sha256:<nix32>`, as narinfo files write it.
     Nix32,
 }

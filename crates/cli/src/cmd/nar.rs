@@ -74,15 +74,25 @@ pub(super) fn run(cmd: NarCommand) -> Result<(), Failure> {
             path,
             format,
             base32,
+            base16,
+            base64,
+            sri,
         } => {
             let summary =
                 nar::hash_path(&path).with_context(|| format!("hashing '{}'", path.display()))?;
             let h = summary.nar_hash;
-            let format = if base32 { HashFormat::Base32 } else { format };
+            let format = match (base32, base16, base64, sri) {
+                (true, ..) => HashFormat::Base32,
+                (_, true, ..) => HashFormat::Base16,
+                (_, _, true, _) => HashFormat::Base64,
+                (.., true) => HashFormat::Sri,
+                _ => format,
+            };
             let text = match format {
                 HashFormat::Sri => h.to_sri(),
                 HashFormat::Base32 => h.to_nix32(),
                 HashFormat::Base16 => h.to_hex(),
+                HashFormat::Base64 => h.to_base64(),
                 HashFormat::Nix32 => h.to_string(),
             };
             super::print(&format!("{text}\n"))?;

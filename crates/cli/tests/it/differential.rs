@@ -64,6 +64,12 @@ fn nar_hash_equals_nix_hash() {
     );
     let theirs = run_text(nix("nix-hash").args(["--type", "sha256"]).arg(&t));
     assert_eq!(ours, theirs);
+    // `nix hash path`'s own flags.
+    for flag in ["--base16", "--base32", "--base64", "--sri"] {
+        let ours = run_text(nixferry().args(["nar", "hash", flag]).arg(&t));
+        let theirs = run_text(nix("nix").args(["hash", "path", flag]).arg(&t));
+        assert_eq!(ours, theirs, "{flag}");
+    }
 }
 
 #[test]
