@@ -125,9 +125,9 @@ fn copy_and_report(
         let whole = match &s.error {
             Some(e) => format!("failed: {e}"),
             None => format!(
-                "copied {} paths ({:.1} MiB), skipped {}, failed {} in {secs:.2} s",
-                s.copied,
-                s.nar_bytes as f64 / (1024.0 * 1024.0),
+                "copied {} ({}), skipped {}, failed {} in {secs:.2} s",
+                super::count(s.copied, "path", "paths"),
+                super::human_bytes(s.nar_bytes),
                 s.skipped,
                 s.failed.len(),
             ),

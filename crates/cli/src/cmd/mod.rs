@@ -65,3 +65,42 @@ fn print(s: &str) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// A byte count for people: `280 B`, `1.5 KiB`, `12.3 MiB`, `1.60 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let digits = if value >= 100.0 || unit == 0 { 1 } else { 2 };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
+/// `n` and the noun, singular or plural: `1 path`, `3 paths`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, human_bytes};
+
+    #[test]
+    fn sizes_and_counts_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(280), "280 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12_900_000), "12.30 MiB");
+        assert_eq!(human_bytes(1_717_986_918), "1.60 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+        assert_eq!(count(1, "path", "paths"), "1 path");
+        assert_eq!(count(0, "path", "paths"), "0 paths");
+    }
+}

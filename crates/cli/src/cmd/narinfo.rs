@@ -65,10 +65,11 @@ fn show_text(info: &NarInfo) -> String {
         line("file hash", h);
     }
     if let Some(n) = info.file_size() {
-        line("file size", &n);
+        line("file size", &format!("{n} ({})", super::human_bytes(n)));
     }
     line("nar hash", info.nar_hash());
-    line("nar size", &info.nar_size());
+    let n = info.nar_size();
+    line("nar size", &format!("{n} ({})", super::human_bytes(n)));
     for r in info.references() {
         line("reference", &dir.display(r));
     }

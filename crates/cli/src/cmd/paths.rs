@@ -65,12 +65,12 @@ pub(super) fn closure(args: ClosureArgs) -> Result<(), Failure> {
     }
     if args.size {
         let total: u64 = infos.iter().map(|i| i.nar_size).sum();
-        let msg = format!("{} paths, {total} bytes", infos.len());
-        if args.json {
-            eprintln!("{msg}");
-        } else {
-            writeln!(out, "{msg}")?;
-        }
+        // On stderr: stdout holds only the paths (or the JSON).
+        eprintln!(
+            "{}, {} ({total} bytes)",
+            super::count(infos.len(), "path", "paths"),
+            super::human_bytes(total)
+        );
     }
     out.flush()?;
     Ok(())

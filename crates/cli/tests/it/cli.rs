@@ -291,3 +291,29 @@ fn copy_without_paths_is_an_error() {
     }
     assert!(!dst.exists(), "the destination was created");
 }
+
+#[test]
+fn sizes_are_for_people_and_summaries_stay_off_stdout() {
+    let cache = format!("file://{}", vector("binary-cache/signed-xz").display());
+    let drv = "/nix/store/jgs69zx98r4fpm73d82y357pps9llcic-nixspec-drv";
+    let hi = "/nix/store/3pl2infwzaw2zw5fxxp3pvm3xasr0w4b-nixspec-hi.txt";
+    let out = run(nixferry().args(["closure", &cache, drv, "--size"]));
+    assert_success(&out);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, [hi, drv], "stdout holds the paths alone");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("2 paths, "), "{stderr}");
+    assert!(stderr.contains(" B ("), "{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(nixferry()
+        .args(["copy", "--no-check-sigs", "--from", &cache, "--to"])
+        .arg(format!("file://{}", tmp.path().join("dst").display()))
+        .arg(hi));
+    assert_success(&out);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("copied 1 path ("), "{stderr}");
+    assert!(!stderr.contains("MiB"), "{stderr}");
+}
