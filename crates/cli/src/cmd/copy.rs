@@ -155,6 +155,16 @@ fn copy_and_report(
             }
         }
     }
+    let untrusted = summaries
+        .iter()
+        .flat_map(|s| &s.failed)
+        .any(|(_, e)| matches!(e, copy::CopyError::Untrusted { .. }));
+    if untrusted && !json {
+        eprintln!(
+            "hint: trust the key that signed them with --trusted-key NAME:KEY (or \
+             --trusted-key-file FILE), or copy without signature checks with --no-check-sigs"
+        );
+    }
     if summaries.iter().any(|s| s.cancelled) {
         return Err(anyhow::anyhow!("interrupted; run the same copy again to finish it").into());
     }

@@ -258,13 +258,13 @@ fn copy_takes_trusted_keys_from_files() {
     };
     // The key that signed the cache: copied.
     assert_success(&copy("good", "keys/nixspec-test-1.public"));
-    // Another key: refused, nothing copied.
+    // Another key: refused, nothing copied, and what to do next said.
     let out = copy("bad", "keys/pyspec-1.public");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hint: trust the key") && err.contains("--no-check-sigs"),
+        "{err}"
     );
     assert!(!tmp
         .path()
