@@ -266,6 +266,10 @@ pub(crate) struct CopyClosureArgs {
     /// Print events as JSON Lines on stdout instead of progress bars.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Say each path as it starts copying; repeatable, as for
+    /// nix-copy-closure.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
     #[command(flatten)]
     pub(crate) tuning: CopyTuning,
 }

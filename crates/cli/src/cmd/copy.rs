@@ -44,7 +44,7 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     let mut opts = options(&args)?;
     tune(&mut opts, &args.tuning);
     opts.substitute_on_destination = args.substitute_on_destination;
-    copy_and_report(src, dsts, roots, &opts, args.json)
+    copy_and_report(src, dsts, roots, &opts, args.json, false)
 }
 
 /// `nixferry copy-closure [--to|--from] HOST PATHS...`: what
@@ -81,7 +81,7 @@ pub(super) fn copy_closure(args: CopyClosureArgs) -> Result<(), Failure> {
         roots.extend(outputs);
     }
     drop(rt);
-    copy_and_report(src, vec![dst], roots, &opts, args.json)
+    copy_and_report(src, vec![dst], roots, &opts, args.json, args.verbose > 0)
 }
 
 fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
@@ -99,9 +99,10 @@ fn copy_and_report(
     roots: Vec<StorePath>,
     opts: &CopyOptions,
     json: bool,
+    verbose: bool,
 ) -> Result<(), Failure> {
     let urls: Vec<String> = dsts.iter().map(|d| d.url().to_owned()).collect();
-    let progress = Reporter::new(json, urls);
+    let progress = Reporter::new(json, verbose, urls);
     let on_event: Arc<dyn Fn(Event) + Send + Sync> = {
         let progress = Arc::clone(&progress);
         Arc::new(move |e| progress.event(e))
@@ -222,6 +223,8 @@ pub(super) fn trusted_keys(
 /// Shows events: JSON Lines on stdout, or a progress bar on a terminal.
 struct Reporter {
     json: bool,
+    /// Whether to say each path as it starts.
+    verbose: bool,
     /// The destinations' URLs.
     urls: Vec<String>,
     bar: Option<ProgressBar>,
@@ -229,7 +232,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(json: bool, urls: Vec<String>) -> Arc<Self> {
+    fn new(json: bool, verbose: bool, urls: Vec<String>) -> Arc<Self> {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -244,6 +247,7 @@ impl Reporter {
         });
         Arc::new(Self {
             json,
+            verbose,
             urls,
             bar,
             counts: Mutex::new((0, 0)),
@@ -253,6 +257,17 @@ impl Reporter {
     fn event(&self, e: Event) {
         if self.json {
             self.print_json(&e);
+        }
+        if let (true, Event::Started { path, .. }) = (self.verbose && !self.json, &e) {
+            // As nix-copy-closure -v says it.
+            let line = match self.urls.as_slice() {
+                [url] => format!("copying path '{path}' to '{url}'..."),
+                _ => format!("copying path '{path}'..."),
+            };
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
         }
         let Some(bar) = &self.bar else {
             if let Event::Retrying {

@@ -137,12 +137,20 @@ fn copy_closure_like_nix_copy_closure() {
     // uses the remote's default store; these tests must not touch it).
     let host = format!("{}?remote-store={}", sshd.destination(), remote.display());
     let out = nixferry()
-        .args(["copy-closure", "--gzip", "-s", "--to", &host, &top])
+        .args(["copy-closure", "--gzip", "-s", "-v", "--to", &host, &top])
         .env("NIX_SSHOPTS", sshd.ssh_opts())
         .output()
         .unwrap();
     assert_success(&out);
     assert_same_closure(&remote, &top);
+    // -v says each path, as nix-copy-closure -v does.
+    let said = stderr(&out);
+    let top_name = top.rsplit('/').next().unwrap();
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("copying path '") && l.contains(top_name)),
+        "{said}"
+    );
 }
 
 /// A wrong host key, a refused key and a missing remote program are clear
