@@ -239,16 +239,18 @@ enum Msg {
 /// exception propagates. Ctrl-C cancels the copy, leaving the destination
 /// consistent, and raises `KeyboardInterrupt`.
 ///
-/// Paths that fail are listed in the summary; raises `CopyError` only when
-/// `raise_on_failure=True`. Raises `PathNotFoundError` or `ClosureError`
-/// when the source lacks a path of the closure.
+/// If paths fail, raises `CopyError`, whose ``failed`` lists them (with
+/// why) and whose ``summary`` is the `CopySummary`; with
+/// ``raise_on_failure=False`` the summary is returned and lists them
+/// instead. Raises `PathNotFoundError` or `ClosureError` when the source
+/// lacks a path of the closure.
 ///
 /// >>> summary = copy("local", "file:///tmp/cache", ["/nix/store/...-hello"],
 /// ...                progress=print, check_sigs=False)  # doctest: +SKIP
 #[pyfunction]
 #[pyo3(signature = (
     src, dst, paths, *, jobs = None, progress = None, check_sigs = true,
-    trusted_keys = None, secret_keys = Vec::new(), retries = 5, raise_on_failure = false
+    trusted_keys = None, secret_keys = None, retries = 5, raise_on_failure = true
 ))]
 #[allow(clippy::too_many_arguments)]
 fn copy(
@@ -260,10 +262,11 @@ fn copy(
     progress: Option<Bound<'_, PyAny>>,
     check_sigs: bool,
     trusted_keys: Option<Bound<'_, PyAny>>,
-    secret_keys: Vec<PySigningKey>,
+    secret_keys: Option<Vec<PySigningKey>>,
     retries: u32,
     raise_on_failure: bool,
 ) -> PyResult<CopySummary> {
+    let secret_keys = secret_keys.unwrap_or_default();
     let src = store_arg(py, src)?;
     let dst = store_arg(py, dst)?;
     let dir = src.store_dir().clone();
@@ -351,26 +354,34 @@ fn copy(
         .iter()
         .map(|(p, e)| (dir.full(p), e.to_string()))
         .collect();
-    if raise_on_failure && !failed.is_empty() {
-        let list = failed
-            .iter()
-            .map(|(p, e)| format!("{p}: {e}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(errors::new(
-            "CopyError",
-            format!("{} paths failed: {list}", failed.len()),
-            vec![("failed", errors::obj(py, failed.clone()))],
-        ));
-    }
-    Ok(CopySummary {
+    let list = failed
+        .iter()
+        .map(|(p, e)| format!("{p}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let result = CopySummary {
         url: summary.url,
         copied: summary.copied,
         skipped: summary.skipped,
         nar_bytes: summary.nar_bytes,
-        failed,
+        failed: failed.clone(),
         elapsed: summary.elapsed.as_secs_f64(),
-    })
+    };
+    if raise_on_failure && !failed.is_empty() {
+        let n = failed.len();
+        return Err(errors::new(
+            "CopyError",
+            format!(
+                "{n} {} failed: {list}",
+                if n == 1 { "path" } else { "paths" }
+            ),
+            vec![
+                ("failed", errors::obj(py, failed)),
+                ("summary", errors::obj(py, result)),
+            ],
+        ));
+    }
+    Ok(result)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

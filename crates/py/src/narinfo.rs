@@ -51,8 +51,8 @@ impl PyNarInfo {
     #[new]
     #[pyo3(signature = (
         store_path, url, nar_hash, nar_size, *, compression = "none", file_hash = None,
-        file_size = None, references = Vec::new(), deriver = None, system = None,
-        sigs = Vec::new(), ca = None, store_dir = "/nix/store"
+        file_size = None, references = None, deriver = None, system = None,
+        sigs = None, ca = None, store_dir = "/nix/store"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -63,13 +63,14 @@ impl PyNarInfo {
         compression: &str,
         file_hash: Option<PyNixHash>,
         file_size: Option<u64>,
-        references: Vec<Bound<'_, PyAny>>,
+        references: Option<Vec<Bound<'_, PyAny>>>,
         deriver: Option<Bound<'_, PyAny>>,
         system: Option<String>,
-        sigs: Vec<String>,
+        sigs: Option<Vec<String>>,
         ca: Option<&str>,
         store_dir: &str,
     ) -> PyResult<Self> {
+        let (references, sigs) = (references.unwrap_or_default(), sigs.unwrap_or_default());
         let dir = sp::store_dir(store_dir)?;
         let fields = NarInfoFields {
             store_dir: dir.clone(),

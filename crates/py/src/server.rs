@@ -181,10 +181,10 @@ impl PyServer {
 /// http://127.0.0.1:41023
 #[pyfunction]
 #[pyo3(signature = (
-    store, *, listen = "127.0.0.1:0", secret_keys = Vec::new(), priority = None,
+    store, *, listen = "127.0.0.1:0", secret_keys = None, priority = None,
     want_mass_query = None, writable = false, token = None, tokens_file = None,
     public_cache_info = false, compression = "none", verbose = false,
-    upstreams = Vec::new(), trusted_keys = None, cache_upstream = None,
+    upstreams = None, trusted_keys = None, cache_upstream = None,
     upstream_timeout = 3.0, log_format = "text", max_connections = 10_000,
     max_requests = 512, header_timeout = 30.0, io_timeout = 60.0
 ))]
@@ -193,7 +193,7 @@ fn serve(
     py: Python<'_>,
     store: &Bound<'_, PyAny>,
     listen: &str,
-    secret_keys: Vec<PySigningKey>,
+    secret_keys: Option<Vec<PySigningKey>>,
     priority: Option<i64>,
     want_mass_query: Option<bool>,
     writable: bool,
@@ -202,7 +202,7 @@ fn serve(
     public_cache_info: bool,
     compression: &str,
     verbose: bool,
-    upstreams: Vec<Bound<'_, PyAny>>,
+    upstreams: Option<Vec<Bound<'_, PyAny>>>,
     trusted_keys: Option<Bound<'_, PyAny>>,
     cache_upstream: Option<Bound<'_, PyAny>>,
     upstream_timeout: f64,
@@ -255,7 +255,7 @@ fn serve(
         .max_requests(max_requests)
         .header_timeout(seconds("header_timeout", header_timeout)?)
         .io_timeout(seconds("io_timeout", io_timeout)?)
-        .secret_keys(secret_keys.into_iter().map(|k| k.0))
+        .secret_keys(secret_keys.unwrap_or_default().into_iter().map(|k| k.0))
         .writable(writable)
         .compression(Compression::parse(compression));
     if let Some(t) = token {
@@ -273,7 +273,7 @@ fn serve(
     if verbose {
         builder = builder.log(|line| eprintln!("{line}"));
     }
-    for u in &upstreams {
+    for u in upstreams.iter().flatten() {
         builder = builder.upstream(served(u)?);
     }
     if let Some(k) = &trusted_keys {

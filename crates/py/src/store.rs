@@ -294,14 +294,15 @@ impl PyStore {
     ///
     /// Raises `StorePathError` for an invalid name, `NarError` for a tree
     /// a NAR cannot hold, `StoreError` when the store refuses it.
-    #[pyo3(signature = (path, *, name = None, secret_keys = Vec::new()))]
+    #[pyo3(signature = (path, *, name = None, secret_keys = None))]
     fn add(
         &self,
         py: Python<'_>,
         path: PathBuf,
         name: Option<String>,
-        secret_keys: Vec<PySigningKey>,
+        secret_keys: Option<Vec<PySigningKey>>,
     ) -> PyResult<PyPathInfo> {
+        let secret_keys = secret_keys.unwrap_or_default();
         let name = match name {
             Some(n) => n,
             None => sp::default_name(&path)?,

@@ -242,15 +242,15 @@ fn dir_and_references(
 /// (`recursive=False`, `nix-store --add-fixed`) or over its NAR
 /// (`recursive=True`).
 #[pyfunction]
-#[pyo3(signature = (name, hash, *, recursive = true, references = Vec::new(), store_dir = "/nix/store"))]
+#[pyo3(signature = (name, hash, *, recursive = true, references = None, store_dir = "/nix/store"))]
 fn fixed_output_path(
     name: &str,
     hash: PyNixHash,
     recursive: bool,
-    references: Vec<Bound<'_, PyAny>>,
+    references: Option<Vec<Bound<'_, PyAny>>>,
     store_dir: &str,
 ) -> PyResult<PyStorePath> {
-    let (dir, refs) = dir_and_references(store_dir, &references)?;
+    let (dir, refs) = dir_and_references(store_dir, &references.unwrap_or_default())?;
     let method = if recursive {
         FileIngestion::Recursive
     } else {
@@ -268,14 +268,14 @@ fn fixed_output_path(
 /// >>> str(text_path("hello.txt", b"hello\n"))[:11]
 /// '/nix/store/'
 #[pyfunction]
-#[pyo3(signature = (name, contents, *, references = Vec::new(), store_dir = "/nix/store"))]
+#[pyo3(signature = (name, contents, *, references = None, store_dir = "/nix/store"))]
 fn text_path(
     name: &str,
     contents: &[u8],
-    references: Vec<Bound<'_, PyAny>>,
+    references: Option<Vec<Bound<'_, PyAny>>>,
     store_dir: &str,
 ) -> PyResult<PyStorePath> {
-    let (dir, refs) = dir_and_references(store_dir, &references)?;
+    let (dir, refs) = dir_and_references(store_dir, &references.unwrap_or_default())?;
     let hash = nixferry::hash::NixHash::sha256(nixferry::hash::sha256(contents));
     let p = dir
         .make_text_path(name, &hash, refs.iter())

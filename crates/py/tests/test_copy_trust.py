@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
+
 import nixferry
 from nixferry import SigningKey, VerifyingKey
 
@@ -19,7 +21,7 @@ def test_copy_trusts_nixs_default_keys_and_its_own(
     # Nix's default trusted-public-keys (cache.nixos.org's key) do not
     # include the key the vectors are signed with: the input-addressed
     # path is refused, the content-addressed one copied.
-    refused = nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT])
+    refused = nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT], raise_on_failure=False)
     assert [p for p, _ in refused.failed] == [DRV_OUT]
     assert "not signed by a trusted key (signed by nixspec-test-1)" in refused.failed[0][1]
     assert refused.copied == 1
@@ -35,8 +37,11 @@ def test_copy_trusts_nixs_default_keys_and_its_own(
         src, f"file://{tmp_path / 'both'}", [DRV_OUT], trusted_keys=[other.verifying_key], secret_keys=[key]
     )
     assert summary.is_complete
-    summary = nixferry.copy(src, f"file://{tmp_path / 'other'}", [DRV_OUT], trusted_keys=[other.verifying_key])
-    assert [p for p, _ in summary.failed] == [DRV_OUT]
+    with pytest.raises(nixferry.CopyError) as refusal:
+        nixferry.copy(src, f"file://{tmp_path / 'other'}", [DRV_OUT], trusted_keys=[other.verifying_key])
+    assert [p for p, _ in refusal.value.failed] == [DRV_OUT]
+    summary_of_refusal = refusal.value.summary
+    assert summary_of_refusal is not None and summary_of_refusal.copied == 1
     trusted = VerifyingKey.from_file(vectors / "keys" / "nixspec-test-1.public")
     summary = nixferry.copy(src, f"file://{tmp_path / 'given'}", [DRV_OUT], trusted_keys=trusted)
     assert summary.is_complete

@@ -46,13 +46,14 @@ def test_copy_between_caches_with_progress(
     dst_url = f"file://{tmp_path / 'out'}?compression=zstd"
     # Not signed by a trusted key: refused. The path whose content address
     # verifies needs no signature and is copied.
-    refused = nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT], trusted_keys=[])
+    refused = nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT], trusted_keys=[], raise_on_failure=False)
     assert not refused.is_complete
     assert [p for p, _ in refused.failed] == [DRV_OUT]
     assert "lacks a valid signature" in refused.failed[0][1]
     with pytest.raises(nixferry.CopyError) as err:
-        nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT], trusted_keys=[], raise_on_failure=True)
+        nixferry.copy(src, f"file://{tmp_path / 'refused'}", [DRV_OUT], trusted_keys=[])
     assert err.value.failed
+    assert err.value.summary is not None and not err.value.summary.is_complete
 
     events: list[object] = []
     trusted = VerifyingKey.from_file(vectors / "keys" / "nixspec-test-1.public")

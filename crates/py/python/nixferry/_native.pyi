@@ -120,7 +120,7 @@ def fixed_output_path(
     hash: NixHash,
     *,
     recursive: bool = True,
-    references: builtins.list[_PathArg] = ...,
+    references: builtins.list[_PathArg] | None = None,
     store_dir: str = "/nix/store",
 ) -> StorePath:
     """The path of a fixed-output path with content hash ``hash``."""
@@ -129,7 +129,7 @@ def text_path(
     name: str,
     contents: bytes,
     *,
-    references: builtins.list[_PathArg] = ...,
+    references: builtins.list[_PathArg] | None = None,
     store_dir: str = "/nix/store",
 ) -> StorePath:
     """The path of a text file (``builtins.toFile``)."""
@@ -325,10 +325,10 @@ class NarInfo:
         compression: str = "none",
         file_hash: NixHash | None = None,
         file_size: int | None = None,
-        references: builtins.list[_PathArg] = ...,
+        references: builtins.list[_PathArg] | None = None,
         deriver: _PathArg | None = None,
         system: str | None = None,
-        sigs: builtins.list[str] = ...,
+        sigs: builtins.list[str] | None = None,
         ca: str | None = None,
         store_dir: str = "/nix/store",
     ) -> Self: ...
@@ -472,7 +472,7 @@ class Store:
         path: str | os.PathLike[str],
         *,
         name: str | None = None,
-        secret_keys: builtins.list[SigningKey] = ...,
+        secret_keys: builtins.list[SigningKey] | None = None,
     ) -> PathInfo:
         """Adds ``path`` as ``nix-store --add`` would, signed; returns its info."""
 
@@ -591,9 +591,9 @@ def copy(
     progress: Callable[[Any], object] | None = None,
     check_sigs: bool = True,
     trusted_keys: _TrustedKeys | None = None,
-    secret_keys: builtins.list[SigningKey] = ...,
+    secret_keys: builtins.list[SigningKey] | None = None,
     retries: int = 5,
-    raise_on_failure: bool = False,
+    raise_on_failure: bool = True,
 ) -> CopySummary:
     """Copies the closure of ``paths`` from ``src`` to ``dst``."""
 
@@ -629,7 +629,7 @@ def serve(
     store: Store | str,
     *,
     listen: str = "127.0.0.1:0",
-    secret_keys: builtins.list[SigningKey] = ...,
+    secret_keys: builtins.list[SigningKey] | None = None,
     priority: int | None = None,
     want_mass_query: bool | None = None,
     writable: bool = False,
@@ -638,7 +638,7 @@ def serve(
     public_cache_info: bool = False,
     compression: str = "none",
     verbose: bool = False,
-    upstreams: builtins.list[Store | str] = ...,
+    upstreams: builtins.list[Store | str] | None = None,
     trusted_keys: _TrustedKeys | None = None,
     cache_upstream: Store | str | None = None,
     upstream_timeout: float = 3.0,

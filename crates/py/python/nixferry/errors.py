@@ -18,6 +18,11 @@ NarInfoError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._native import CopySummary
+
 __all__ = [
     "NixferryError",
     "HashError",
@@ -115,6 +120,9 @@ class ClosureError(StoreError):
 
 
 class CopyError(NixferryError):
-    """Paths failed to copy; ``failed`` lists ``(path, reason)`` pairs."""
+    """Paths failed to copy; ``failed`` lists ``(path, reason)`` pairs, and
+    ``summary`` is the :class:`CopySummary` of the copy (what was copied
+    too)."""
 
     failed: list[tuple[str, str]] = []
+    summary: CopySummary | None = None
