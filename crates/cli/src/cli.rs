@@ -365,7 +365,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, default_value_t = ServeCompression::None)]
     pub(crate) compression: ServeCompression,
     /// Fetch what the store lacks from this binary cache (e.g.
-    /// https://cache.nixos.org), checking signatures against the trusted
+    /// `https://cache.nixos.org`), checking signatures against the trusted
     /// keys; repeatable, in order of preference.
     #[arg(long = "upstream", value_name = "URL")]
     pub(crate) upstreams: Vec<String>,
