@@ -42,6 +42,70 @@ pub(crate) enum Command {
     Add(AddArgs),
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
+    /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to
+    /// read): verify it.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Check every narinfo of a cache (or the closure of PATHS): parses,
+    /// signed by a trusted key, NAR file present with its FileSize and
+    /// FileHash, NAR of its NarSize and NarHash, references present,
+    /// listing right; and NAR files no narinfo names, temporary files
+    /// left behind. Exit code 0: clean; 1: problems found; 2: could not
+    /// run.
+    Verify(CacheVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheVerifyArgs {
+    /// The cache: `file:///DIR`, `s3://BUCKET[/PREFIX]?…`, or
+    /// `http(s)://…` with PATHS.
+    pub(crate) url: String,
+    /// Check the closures of these store paths only.
+    pub(crate) paths: Vec<String>,
+    /// A trusted public key, `name:base64`; repeatable (default: Nix's
+    /// default key, cache.nixos.org-1).
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key; repeatable.
+    #[arg(long = "trusted-key-file")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
+    /// How many narinfos to check at once (default: twice the cores, 4
+    /// to 32).
+    #[arg(long, short = 'j')]
+    pub(crate) jobs: Option<usize>,
+    /// NAR files no narinfo names and temporary files younger than this
+    /// are not reported (a writer may be at work): `90s`, `30m`, `1h`,
+    /// `2d`, or seconds.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) grace: std::time::Duration,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A duration: a number with an optional unit `s`, `m`, `h` or `d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 90s, 30m, 1h, 2d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit in '{s}': use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too long"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +455,21 @@ pub(crate) enum ServeCompression {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(
+            super::parse_duration("2d"),
+            Ok(Duration::from_secs(172_800))
+        );
+        assert_eq!(super::parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "h", "1w", "1.5h", "-1s"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory as _;

@@ -126,6 +126,7 @@
 
 pub mod atomic;
 mod backoff;
+pub mod cache;
 pub mod closure;
 pub mod compression;
 pub mod copy;

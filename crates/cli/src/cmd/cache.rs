@@ -1,0 +1,147 @@
+//! `nixferry cache`: looking after a binary cache.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nixferry::cache::{self, Cache, VerifyOptions, VerifyProgress, VerifyReport};
+use nixferry::signing::{PublicKey, TrustedKeys};
+
+use crate::cli::{CacheCommand, CacheVerifyArgs};
+use crate::exit::Failure;
+
+pub(crate) fn run(c: CacheCommand) -> Result<(), Failure> {
+    match c {
+        CacheCommand::Verify(a) => verify(a),
+    }
+}
+
+/// Opens a binary cache by URL.
+fn open(url: &str) -> anyhow::Result<Cache> {
+    Cache::open(url).with_context(|| format!("opening cache '{url}'"))
+}
+
+/// The keys `--trusted-key` and `--trusted-key-file` name, else Nix's
+/// default key.
+fn trusted_keys(keys: &[String], files: &[std::path::PathBuf]) -> anyhow::Result<TrustedKeys> {
+    if keys.is_empty() && files.is_empty() {
+        return Ok(TrustedKeys::nix_default());
+    }
+    let mut trusted = super::copy::parse_trusted_keys(keys)?;
+    for f in files {
+        trusted.add(PublicKey::from_file(f)?);
+    }
+    Ok(trusted)
+}
+
+/// A progress line on stderr, redrawn at most a few times a second, when
+/// stderr is a terminal.
+struct ProgressLine {
+    last: Mutex<Option<Instant>>,
+}
+
+impl ProgressLine {
+    fn show(&self, p: &VerifyProgress) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let done = p.checked == p.total;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) && !done {
+            return;
+        }
+        *last = Some(Instant::now());
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[Kchecked {}/{} narinfos, {:.1} MiB of NAR files read, {} problems",
+            p.checked,
+            p.total,
+            p.bytes_read as f64 / (1 << 20) as f64,
+            p.problems
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.last.lock().is_ok_and(|l| l.is_some()) {
+            eprintln!();
+        }
+    }
+}
+
+fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
+    let cache = open(&args.url)?;
+    let paths = super::paths::resolve(cache.store_dir(), &args.paths)?;
+    let mut opts = VerifyOptions {
+        trusted_keys: trusted_keys(&args.trusted_keys, &args.trusted_key_files)?,
+        paths,
+        grace: args.grace,
+        ..VerifyOptions::default()
+    };
+    if let Some(j) = args.jobs {
+        opts.jobs = j.max(1);
+    }
+    let line = (!args.json && std::io::stderr().is_terminal()).then(|| ProgressLine {
+        last: Mutex::new(None),
+    });
+    let report = super::paths::runtime()?.block_on(async {
+        let progress = |p: &VerifyProgress| {
+            if let Some(line) = &line {
+                line.show(p);
+            }
+        };
+        let report = cache::verify(&cache, &opts, &progress).await;
+        cache.store().close().await;
+        report
+    });
+    if let Some(line) = &line {
+        line.finish();
+    }
+    let report = report.with_context(|| format!("verifying '{}'", args.url))?;
+    let mut out = super::stdout();
+    if args.json {
+        writeln!(out, "{}", report_json(&report))?;
+    } else {
+        for p in &report.problems {
+            let what = p.path.as_deref().unwrap_or(&p.key);
+            writeln!(out, "{}: {what}: {}", p.kind.name(), p.message)?;
+        }
+    }
+    out.flush()?;
+    if !args.json {
+        eprintln!(
+            "{} narinfos checked, {} NAR files read ({} bytes), {} problems",
+            report.narinfos,
+            report.nar_files,
+            report.bytes_read,
+            report.problems.len()
+        );
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(Failure::Negative)
+    }
+}
+
+/// The report as JSON: counts, and one object per problem.
+fn report_json(report: &VerifyReport) -> serde_json::Value {
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "kind": p.kind.name(),
+                "path": p.path,
+                "key": p.key,
+                "message": p.message,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "narinfos": report.narinfos,
+        "narFiles": report.nar_files,
+        "bytesRead": report.bytes_read,
+        "clean": report.is_clean(),
+        "problems": problems,
+    })
+}

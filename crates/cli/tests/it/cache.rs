@@ -1,0 +1,297 @@
+//! `nixferry cache`: caches Nix wrote, checked whole and broken on
+//! purpose, in directories and in the S3 server.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{
+    build_closure, build_input_addressed, generate_key, have_nix, nix, nixferry, run, stderr,
+};
+use crate::s3;
+
+/// The hash part of a store path.
+fn hash_part(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// The `URL` a narinfo of the cache in `dir` gives for `path`.
+fn nar_url(dir: &Path, path: &str) -> String {
+    let text = fs::read_to_string(dir.join(format!("{}.narinfo", hash_part(path)))).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// `nix copy`s `paths` into a new `file://` cache at `dir`, signed with
+/// `sk`, with listings.
+fn nix_cache(dir: &Path, sk: &Path, paths: &[&str]) {
+    run(nix("nix")
+        .args(["copy", "--to"])
+        .arg(format!(
+            "file://{}?compression=xz&write-nar-listing=true&secret-key={}",
+            dir.display(),
+            sk.display()
+        ))
+        .args(paths));
+}
+
+/// Runs `cache verify --json` with `args`: the exit code and the
+/// problems as (kind, path or key) pairs.
+fn verify(cmd: &mut Command, args: &[&str]) -> (i32, BTreeSet<(String, String)>, Output) {
+    let out = cmd
+        .args(["cache", "verify", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap();
+    let problems = if code == 2 {
+        BTreeSet::new()
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let what = p["path"].as_str().or(p["key"].as_str()).unwrap();
+                (p["kind"].as_str().unwrap().to_owned(), what.to_owned())
+            })
+            .collect()
+    };
+    (code, problems, out)
+}
+
+fn pair(kind: &str, what: &str) -> (String, String) {
+    (kind.to_owned(), what.to_owned())
+}
+
+/// A cache Nix wrote verifies clean, with its key trusted: NAR files,
+/// hashes, references and listings alike; with only Nix's default key,
+/// every path is untrusted.
+#[test]
+fn a_cache_nix_wrote_verifies_clean() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (sk, pk) = generate_key(tmp.path(), "verify-clean");
+    let top = build_closure("cache-verify-clean");
+    let cache = tmp.path().join("cache");
+    nix_cache(&cache, &sk, &[&top]);
+    let url = format!("file://{}", cache.display());
+
+    let (code, problems, out) = verify(&mut nixferry(), &[&url, "--trusted-key", pk.trim()]);
+    assert_eq!((code, problems), (0, BTreeSet::new()), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["narinfos"], 3);
+    assert_eq!(v["narFiles"], 3);
+
+    // The closure of the top alone: the same three paths.
+    let (code, _, out) = verify(&mut nixferry(), &[&url, &top, "--trusted-key", pk.trim()]);
+    assert_eq!(code, 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["narinfos"], 3);
+
+    let (code, problems, _) = verify(&mut nixferry(), &[&url]);
+    assert_eq!(code, 1);
+    assert!(
+        problems.len() == 3 && problems.iter().all(|(k, _)| k == "untrusted"),
+        "{problems:?}"
+    );
+
+    // A cache that is not there cannot be checked.
+    let missing = format!("file://{}", tmp.path().join("none").display());
+    let (code, _, out) = verify(&mut nixferry(), &[&missing]);
+    assert_eq!(code, 2, "{}", stderr(&out));
+    assert!(!tmp.path().join("none").exists());
+}
+
+/// The paths of a broken cache, and what is wrong with each.
+struct Broken {
+    cache: tempfile::TempDir,
+    pk: String,
+    truncated: String,
+    expected: BTreeSet<(String, String)>,
+}
+
+/// A cache Nix wrote, then broken: one path's NAR file deleted, one's
+/// truncated, one's signature spoilt, one unsigned, one whose reference
+/// lost its narinfo (which leaves that NAR file an orphan), a NAR file
+/// put there by hand, a temporary file.
+fn broken_cache(tag: &str) -> Broken {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path();
+    let (sk, pk) = generate_key(dir, &format!("{tag}-1"));
+    let top = build_closure(&format!("{tag}-closure"));
+    let deleted = build_input_addressed(&format!("{tag}-deleted"));
+    let truncated = build_input_addressed(&format!("{tag}-truncated"));
+    let bad_sig = build_input_addressed(&format!("{tag}-bad-sig"));
+    let unsigned = build_input_addressed(&format!("{tag}-unsigned"));
+    nix_cache(
+        &dir.join("c"),
+        &sk,
+        &[&top, &deleted, &truncated, &bad_sig, &unsigned],
+    );
+    let c = dir.join("c");
+    fs::remove_file(c.join(nar_url(&c, &deleted))).unwrap();
+    let nar = c.join(nar_url(&c, &truncated));
+    let len = fs::metadata(&nar).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&nar)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let edit = |path: &str, f: &dyn Fn(&str) -> Option<String>| {
+        let file = c.join(format!("{}.narinfo", hash_part(path)));
+        let text = fs::read_to_string(&file).unwrap();
+        let new: String = text.lines().filter_map(f).map(|l| l + "\n").collect();
+        assert_ne!(text, new);
+        fs::write(&file, new).unwrap();
+    };
+    edit(&bad_sig, &|l| {
+        Some(match l.strip_prefix("Sig: ") {
+            // Another signature by the same key: valid base64, wrong bytes.
+            Some(sig) => {
+                let (name, b64) = sig.split_once(':').unwrap();
+                let flipped = if b64.starts_with('A') { "B" } else { "A" };
+                format!("Sig: {name}:{flipped}{}", &b64[1..])
+            }
+            None => l.to_owned(),
+        })
+    });
+    edit(&unsigned, &|l| {
+        (!l.starts_with("Sig: ")).then(|| l.to_owned())
+    });
+    // `base` of the closure: `mid` and `top` refer to it.
+    let infos = crate::common::nix_closure_infos(None, &top);
+    let base = infos
+        .iter()
+        .find(|i| i.0.ends_with("-base"))
+        .unwrap()
+        .0
+        .clone();
+    let base_nar = nar_url(&c, &base);
+    fs::remove_file(c.join(format!("{}.narinfo", hash_part(&base)))).unwrap();
+    fs::remove_file(c.join(format!("{}.ls", hash_part(&base)))).unwrap();
+    let stray = "nar/0000000000000000000000000000000000000000000000000000.nar.xz";
+    fs::write(c.join(stray), b"not a NAR").unwrap();
+    let tmp_file = format!("nar/{}.tmp.4242.XyZ", hash_part(&top));
+    fs::write(c.join(&tmp_file), b"half").unwrap();
+
+    let referrers: Vec<_> = infos
+        .iter()
+        .filter(|i| i.3.contains(&base) && i.0 != base)
+        .map(|i| i.0.clone())
+        .collect();
+    assert_eq!(referrers.len(), 2);
+    let mut expected: BTreeSet<_> = [
+        pair("nar-missing", &deleted),
+        pair("nar-file-mismatch", &truncated),
+        pair("bad-signature", &bad_sig),
+        pair("unsigned", &unsigned),
+        pair("orphan-nar", &base_nar),
+        pair("orphan-nar", stray),
+        pair("temporary-file", &tmp_file),
+    ]
+    .into();
+    for r in referrers {
+        expected.insert(pair("missing-reference", &r));
+    }
+    Broken {
+        cache,
+        pk: pk.trim().to_owned(),
+        truncated,
+        expected,
+    }
+}
+
+/// Each problem of a broken cache is reported, named by its path (or
+/// file), and nothing else.
+#[test]
+fn a_broken_cache_is_reported_exactly() {
+    if !have_nix() {
+        return;
+    }
+    let b = broken_cache("cache-broken");
+    let url = format!("file://{}", b.cache.path().join("c").display());
+    let (code, problems, out) = verify(
+        &mut nixferry(),
+        &[&url, "--trusted-key", &b.pk, "--grace", "0s"],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    assert_eq!(problems, b.expected);
+
+    // Files a writer may still be at work on are left out.
+    let (_, problems, _) = verify(&mut nixferry(), &[&url, "--trusted-key", &b.pk]);
+    let young: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, _)| k != "orphan-nar" && k != "temporary-file")
+        .cloned()
+        .collect();
+    assert_eq!(problems, young);
+
+    // The text report names each problem too.
+    let out = nixferry()
+        .args([
+            "cache",
+            "verify",
+            &url,
+            "--trusted-key",
+            &b.pk,
+            "--grace=0s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (kind, what) in &b.expected {
+        assert!(
+            text.contains(&format!("{kind}: {what}: ")),
+            "{kind} {what}:\n{text}"
+        );
+    }
+}
+
+/// The same broken cache in an S3 bucket is reported the same.
+#[test]
+fn a_broken_bucket_is_reported_exactly() {
+    if !s3::ready() {
+        return;
+    }
+    let server = s3::S3::start();
+    let b = broken_cache("cache-broken-s3");
+    let c = b.cache.path().join("c");
+    let mut stack = vec![c.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let key = path.strip_prefix(&c).unwrap().to_str().unwrap();
+                server.put("cache", &format!("p/{key}"), &path);
+            }
+        }
+    }
+    let url = server.url("cache/p", "");
+    let (code, problems, out) = verify(
+        &mut server.nixferry(),
+        &[&url, "--trusted-key", &b.pk, "--grace", "0s"],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    assert_eq!(problems, b.expected);
+
+    // The closure of one path: only its problem.
+    let (code, problems, out) = verify(
+        &mut server.nixferry(),
+        &[&url, &b.truncated, "--trusted-key", &b.pk, "--grace", "0s"],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    assert_eq!(problems, [pair("nar-file-mismatch", &b.truncated)].into());
+}
