@@ -43,7 +43,7 @@ pub(crate) enum Command {
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
     /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to
-    /// read): verify it.
+    /// read): verify and repair it.
     #[command(subcommand)]
     Cache(CacheCommand),
 }
@@ -82,6 +82,17 @@ pub(crate) struct CacheVerifyArgs {
     /// `2d`, or seconds.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub(crate) grace: std::time::Duration,
+    /// Copy broken and missing paths again from --from (broken ones are
+    /// removed first), then verify again.
+    #[arg(long, requires = "from")]
+    pub(crate) repair: bool,
+    /// The store to repair from (any store URL).
+    #[arg(long, value_name = "SRC", requires = "repair")]
+    pub(crate) from: Option<String>,
+    /// Remove broken paths that are not repaired: narinfo first, then
+    /// listing and NAR file.
+    #[arg(long)]
+    pub(crate) delete_broken: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nixferry::cache::{self, Cache, VerifyOptions, VerifyProgress, VerifyReport};
+use nixferry::cache::{
+    self, Cache, RepairOptions, RepairReport, VerifyOptions, VerifyProgress, VerifyReport,
+};
+use nixferry::copy::CopyOptions;
 use nixferry::signing::{PublicKey, TrustedKeys};
 
 use crate::cli::{CacheCommand, CacheVerifyArgs};
@@ -61,8 +64,10 @@ impl ProgressLine {
         let _ = err.flush();
     }
 
+    /// Ends the line, if one was drawn.
     fn finish(&self) {
-        if self.last.lock().is_ok_and(|l| l.is_some()) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.take().is_some() {
             eprintln!();
         }
     }
@@ -83,24 +88,62 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     let line = (!args.json && std::io::stderr().is_terminal()).then(|| ProgressLine {
         last: Mutex::new(None),
     });
-    let report = super::paths::runtime()?.block_on(async {
+    let from = args.from.as_deref().map(super::paths::open).transpose()?;
+    let fix = args.repair || args.delete_broken;
+    let result = super::paths::runtime()?.block_on(async {
         let progress = |p: &VerifyProgress| {
             if let Some(line) = &line {
                 line.show(p);
             }
         };
-        let report = cache::verify(&cache, &opts, &progress).await;
+        let result = async {
+            let report = cache::verify(&cache, &opts, &progress).await?;
+            if !fix || report.is_clean() {
+                return Ok((report, None));
+            }
+            if let Some(line) = &line {
+                line.finish();
+            }
+            let repair_opts = RepairOptions {
+                from: from.clone(),
+                delete_broken: args.delete_broken,
+                copy: CopyOptions::default().with_trusted_keys(opts.trusted_keys.clone()),
+            };
+            let repaired = cache::repair(&cache, &report, &repair_opts).await?;
+            // What is left.
+            let report = cache::verify(&cache, &opts, &progress).await?;
+            Ok::<_, nixferry::store::StoreError>((report, Some(repaired)))
+        }
+        .await;
         cache.store().close().await;
-        report
+        if let Some(from) = &from {
+            from.close().await;
+        }
+        result
     });
     if let Some(line) = &line {
         line.finish();
     }
-    let report = report.with_context(|| format!("verifying '{}'", args.url))?;
+    let (report, repaired) = result.with_context(|| format!("verifying '{}'", args.url))?;
     let mut out = super::stdout();
     if args.json {
-        writeln!(out, "{}", report_json(&report))?;
+        let mut json = report_json(&report);
+        if let Some(r) = &repaired {
+            json["repair"] = repair_json(r);
+        }
+        writeln!(out, "{json}")?;
     } else {
+        if let Some(r) = &repaired {
+            for p in &r.repaired {
+                writeln!(out, "repaired: {p}")?;
+            }
+            for p in &r.deleted {
+                writeln!(out, "deleted: {p}")?;
+            }
+            for (p, why) in &r.unrepaired {
+                writeln!(out, "not repaired: {p}: {why}")?;
+            }
+        }
         for p in &report.problems {
             let what = p.path.as_deref().unwrap_or(&p.key);
             writeln!(out, "{}: {what}: {}", p.kind.name(), p.message)?;
@@ -121,6 +164,20 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::Negative)
     }
+}
+
+/// What a repair did, as JSON.
+fn repair_json(r: &RepairReport) -> serde_json::Value {
+    let unrepaired: Vec<_> = r
+        .unrepaired
+        .iter()
+        .map(|(path, why)| serde_json::json!({"path": path, "reason": why}))
+        .collect();
+    serde_json::json!({
+        "repaired": r.repaired,
+        "deleted": r.deleted,
+        "unrepaired": unrepaired,
+    })
 }
 
 /// The report as JSON: counts, and one object per problem.

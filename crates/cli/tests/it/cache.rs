@@ -114,7 +114,11 @@ fn a_cache_nix_wrote_verifies_clean() {
 struct Broken {
     cache: tempfile::TempDir,
     pk: String,
+    deleted: String,
     truncated: String,
+    /// A path whose narinfo was removed; its NAR file is left.
+    base: String,
+    base_nar: String,
     expected: BTreeSet<(String, String)>,
 }
 
@@ -205,7 +209,10 @@ fn broken_cache(tag: &str) -> Broken {
     Broken {
         cache,
         pk: pk.trim().to_owned(),
+        deleted,
         truncated,
+        base,
+        base_nar,
         expected,
     }
 }
@@ -294,4 +301,109 @@ fn a_broken_bucket_is_reported_exactly() {
     );
     assert_eq!(code, 1, "{}", stderr(&out));
     assert_eq!(problems, [pair("nar-file-mismatch", &b.truncated)].into());
+}
+
+/// `--repair --from` copies broken and missing paths again (a truncated
+/// NAR file replaced, not kept for its name), signed by the cache's key;
+/// what no copy fixes stays reported; Nix then reads the repaired paths.
+#[test]
+fn repair_copies_broken_and_missing_paths_again() {
+    if !have_nix() {
+        return;
+    }
+    let b = broken_cache("cache-repair");
+    let c = b.cache.path().join("c");
+    let sk = b.cache.path().join("cache-repair-1.secret");
+    let url = format!("file://{}?secret-key={}", c.display(), sk.display());
+    let (code, problems, out) = verify(
+        &mut nixferry(),
+        &[
+            &url,
+            "--trusted-key",
+            &b.pk,
+            "--grace",
+            "0s",
+            "--repair",
+            "--from",
+            "local",
+        ],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    let left: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, what)| {
+            let fixed = ["nar-missing", "nar-file-mismatch", "missing-reference"];
+            // The NAR file of the path copied again is its own again.
+            let reused = k == "orphan-nar" && *what == b.base_nar;
+            !fixed.contains(&k.as_str()) && !reused
+        })
+        .cloned()
+        .collect();
+    assert_eq!(problems, left, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repaired: BTreeSet<_> = v["repair"]["repaired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        repaired,
+        [b.deleted.clone(), b.truncated.clone(), b.base.clone()].into()
+    );
+
+    // Nix copies the repaired paths, trusting the cache's key only.
+    let store = b.cache.path().join("chroot");
+    run(nix("nix")
+        .args(["copy", "--from"])
+        .arg(format!("file://{}", c.display()))
+        .arg("--to")
+        .arg(&store)
+        .args(["--option", "trusted-public-keys", &b.pk])
+        .args([&b.deleted, &b.truncated, &b.base]));
+}
+
+/// `--delete-broken` removes the narinfos of paths it cannot repair, and
+/// their broken NAR files; then only the other problems are left.
+#[test]
+fn delete_broken_removes_what_cannot_be_served() {
+    if !have_nix() {
+        return;
+    }
+    let b = broken_cache("cache-delete");
+    let c = b.cache.path().join("c");
+    let url = format!("file://{}", c.display());
+    let truncated_nar = nar_url(&c, &b.truncated);
+    let (code, problems, out) = verify(
+        &mut nixferry(),
+        &[
+            &url,
+            "--trusted-key",
+            &b.pk,
+            "--grace=0s",
+            "--delete-broken",
+        ],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    let left: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, _)| k != "nar-missing" && k != "nar-file-mismatch")
+        .cloned()
+        .collect();
+    assert_eq!(problems, left);
+    for path in [&b.deleted, &b.truncated] {
+        assert!(!c.join(format!("{}.narinfo", hash_part(path))).exists());
+        assert!(!c.join(format!("{}.ls", hash_part(path))).exists());
+    }
+    assert!(!c.join(truncated_nar).exists());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["repair"]["deleted"].as_array().unwrap().len(), 2);
+
+    // Without --delete-broken or --repair, nothing changes.
+    let before = fs::read_dir(&c).unwrap().count();
+    let (code, _, _) = verify(&mut nixferry(), &[&url, "--trusted-key", &b.pk]);
+    assert_eq!(code, 1);
+    assert_eq!(fs::read_dir(&c).unwrap().count(), before);
 }

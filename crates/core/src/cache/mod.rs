@@ -1,5 +1,5 @@
 //! Looking after a binary cache as a whole: checking it ([`verify()`]),
-//! and the raw access to its files that this needs ([`CacheFiles`]).
+//! repairing it ([`repair()`]), and the raw access to its files that this needs ([`CacheFiles`]).
 //!
 //! A binary cache (docs/formats.md §3.1) is a set of files: narinfos at
 //! the top, NAR files under `nar/`, `.ls` listings beside the narinfos.
@@ -23,8 +23,10 @@ use crate::atomic;
 use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
 
+pub mod repair;
 pub mod verify;
 
+pub use repair::{repair, RepairOptions, RepairReport};
 pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
 
 /// One file of a cache, as a listing gives it.

@@ -163,6 +163,10 @@ pub struct Problem {
     pub key: String,
     /// Details, for a human.
     pub message: String,
+    /// For a [`ProblemKind::MissingReference`], the missing path.
+    pub reference: Option<String>,
+    /// For a problem with a narinfo's NAR file, that file's key.
+    pub nar_file: Option<String>,
 }
 
 /// What [`verify()`] found.
@@ -306,6 +310,8 @@ pub async fn verify(
                     path: None,
                     key: entry.key.clone(),
                     message: format!("no narinfo names this NAR file ({} bytes)", entry.size),
+                    reference: None,
+                    nar_file: Some(entry.key.clone()),
                 });
             }
         }
@@ -316,6 +322,8 @@ pub async fn verify(
                     path: None,
                     key: format!("{hash}.ls"),
                     message: "a listing without a narinfo".to_owned(),
+                    reference: None,
+                    nar_file: None,
                 });
             }
         }
@@ -325,6 +333,8 @@ pub async fn verify(
                 path: None,
                 key: entry.key.clone(),
                 message: format!("a temporary file a writer left ({} bytes)", entry.size),
+                reference: None,
+                nar_file: None,
             });
         }
     }
@@ -372,6 +382,8 @@ async fn walk_closure(
                     path: Some(store_dir.full(&path)),
                     key,
                     message: "the cache has no narinfo for this path".to_owned(),
+                    reference: None,
+                    nar_file: None,
                 }),
                 // A missing reference: its referrer's check reports it.
                 Ok(None) => {}
@@ -490,6 +502,8 @@ impl Ctx<'_> {
                 path: path.map(|p| self.store_dir.full(p)),
                 key: key.to_owned(),
                 message,
+                reference: None,
+                nar_file: None,
             });
         };
         let bytes = match self.files.read_small(key, MAX_NARINFO_LEN).await {
@@ -532,20 +546,27 @@ impl Ctx<'_> {
             }
             Err(e) => problem(ProblemKind::Untrusted, p, e.to_string()),
         }
-        for r in narinfo.references() {
-            if !self.present.contains(r.hash_part()) {
-                problem(
-                    ProblemKind::MissingReference,
-                    p,
-                    format!(
-                        "its reference '{}' has no narinfo in the cache",
-                        self.store_dir.full(r)
-                    ),
-                );
-            }
-        }
         let nar_url = narinfo.url().to_owned();
         self.check_nar(&narinfo, &mut problem).await;
+        let nar_problems = found.len();
+        for r in narinfo.references() {
+            if !self.present.contains(r.hash_part()) {
+                let full = self.store_dir.full(r);
+                found.push(Problem {
+                    kind: ProblemKind::MissingReference,
+                    path: Some(self.store_dir.full(&path)),
+                    key: key.to_owned(),
+                    message: format!("its reference '{full}' has no narinfo in the cache"),
+                    reference: Some(full),
+                    nar_file: None,
+                });
+            }
+        }
+        for p in &mut found[..nar_problems] {
+            if p.kind.breaks_path() {
+                p.nar_file = Some(nar_url.clone());
+            }
+        }
         Some(nar_url)
     }
 
