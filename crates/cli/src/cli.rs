@@ -57,6 +57,35 @@ pub(crate) enum CacheCommand {
     /// left behind. Exit code 0: clean; 1: problems found; 2: could not
     /// run.
     Verify(CacheVerifyArgs),
+    /// Sign every narinfo with a new key (key rotation), optionally
+    /// removing an old key's signatures; each narinfo is rewritten at
+    /// once. Exit code 1 if some narinfos were left unsigned.
+    Sign(CacheSignArgs),
+    /// Print what a cache holds: paths, NAR bytes, stored bytes,
+    /// compression ratio, unsigned paths.
+    Stats {
+        /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+        url: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheSignArgs {
+    /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+    pub(crate) url: String,
+    /// The secret key to sign with; repeatable.
+    #[arg(long = "secret-key-file", required = true)]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// Remove signatures by the key of this name; repeatable.
+    #[arg(long = "remove-signatures-by", value_name = "NAME")]
+    pub(crate) remove_signatures_by: Vec<String>,
+    /// Only sign narinfos that carry a valid signature by this key
+    /// (`name:base64`); repeatable. Without it, every narinfo is signed.
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,19 +5,96 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use nixferry::cache::SignOptions;
 use nixferry::cache::{
     self, Cache, RepairOptions, RepairReport, VerifyOptions, VerifyProgress, VerifyReport,
 };
 use nixferry::copy::CopyOptions;
-use nixferry::signing::{PublicKey, TrustedKeys};
+use nixferry::signing::{PublicKey, SecretKey, TrustedKeys};
 
-use crate::cli::{CacheCommand, CacheVerifyArgs};
+use crate::cli::{CacheCommand, CacheSignArgs, CacheVerifyArgs};
 use crate::exit::Failure;
 
 pub(crate) fn run(c: CacheCommand) -> Result<(), Failure> {
     match c {
         CacheCommand::Verify(a) => verify(a),
+        CacheCommand::Sign(a) => sign(a),
+        CacheCommand::Stats { url, json } => stats(&url, json),
     }
+}
+
+fn sign(args: CacheSignArgs) -> Result<(), Failure> {
+    let cache = open(&args.url)?;
+    let keys = args
+        .secret_key_files
+        .iter()
+        .map(|f| SecretKey::from_file(f).with_context(|| format!("reading '{}'", f.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = SignOptions {
+        keys,
+        remove_signatures_by: args.remove_signatures_by,
+        require_trusted: (!args.trusted_keys.is_empty())
+            .then(|| super::copy::parse_trusted_keys(&args.trusted_keys))
+            .transpose()?,
+    };
+    let report = super::paths::runtime()?.block_on(async {
+        let report = cache::sign(&cache, &opts).await;
+        cache.store().close().await;
+        report
+    });
+    let report = report.with_context(|| format!("signing '{}'", args.url))?;
+    for key in &report.untrusted {
+        eprintln!("not signed: {key}: no valid signature by a trusted key");
+    }
+    for (key, why) in &report.failed {
+        eprintln!("failed: {key}: {why}");
+    }
+    eprintln!(
+        "{} narinfos: {} rewritten, {} unchanged, {} left alone, {} failed",
+        report.narinfos,
+        report.rewritten,
+        report.unchanged,
+        report.untrusted.len(),
+        report.failed.len()
+    );
+    if report.untrusted.is_empty() && report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Negative)
+    }
+}
+
+fn stats(url: &str, json: bool) -> Result<(), Failure> {
+    let cache = open(url)?;
+    let stats = super::paths::runtime()?.block_on(async {
+        let stats = cache::stats(&cache).await;
+        cache.store().close().await;
+        stats
+    });
+    let s = stats.with_context(|| format!("reading '{url}'"))?;
+    let mut out = super::stdout();
+    if json {
+        let v = serde_json::json!({
+            "paths": s.paths,
+            "unreadable": s.unreadable,
+            "narBytes": s.nar_bytes,
+            "storedBytes": s.stored_bytes,
+            "narDirBytes": s.nar_dir_bytes,
+            "compressionRatio": s.compression_ratio(),
+            "unsigned": s.unsigned,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "paths:             {}", s.paths)?;
+        writeln!(out, "unreadable:        {}", s.unreadable)?;
+        writeln!(out, "NAR bytes:         {}", s.nar_bytes)?;
+        writeln!(out, "stored bytes:      {}", s.stored_bytes)?;
+        writeln!(out, "nar/ bytes:        {}", s.nar_dir_bytes)?;
+        writeln!(out, "compression ratio: {:.3}", s.compression_ratio())?;
+        writeln!(out, "unsigned paths:    {}", s.unsigned)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Opens a binary cache by URL.

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::{
-    build_closure, build_input_addressed, generate_key, have_nix, nix, nixferry, run, stderr,
+    assert_success, build_closure, build_input_addressed, generate_key, have_nix, nix, nixferry,
+    run, stderr,
 };
 use crate::s3;
 
@@ -406,4 +407,80 @@ fn delete_broken_removes_what_cannot_be_served() {
     let (code, _, _) = verify(&mut nixferry(), &[&url, "--trusted-key", &b.pk]);
     assert_eq!(code, 1);
     assert_eq!(fs::read_dir(&c).unwrap().count(), before);
+}
+
+/// `cache sign` rotates the key of a cache Nix wrote: with the old key's
+/// signatures removed, the cache verifies with the new key alone and Nix
+/// copies from it trusting only that key; `cache stats` counts it.
+#[test]
+fn sign_rotates_the_key_and_stats_count() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_sk, old_pk) = generate_key(tmp.path(), "rotate-old-1");
+    let (new_sk, new_pk) = generate_key(tmp.path(), "rotate-new-1");
+    let top = build_closure("cache-rotate");
+    let c = tmp.path().join("c");
+    nix_cache(&c, &old_sk, &[&top]);
+    let url = format!("file://{}", c.display());
+
+    let out = run(nixferry().args(["cache", "stats", "--json", &url]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let infos = crate::common::nix_closure_infos(None, &top);
+    let nar_bytes: u64 = infos.iter().map(|i| i.2).sum();
+    assert_eq!(v["paths"], 3);
+    assert_eq!(v["unsigned"], 0);
+    assert_eq!(v["narBytes"], nar_bytes);
+    let stored = v["storedBytes"].as_u64().unwrap();
+    assert!(stored > 0 && stored == v["narDirBytes"].as_u64().unwrap());
+
+    let sign = |extra: &[&str]| {
+        nixferry()
+            .args(["cache", "sign", &url, "--secret-key-file"])
+            .arg(&new_sk)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = sign(&[
+        "--remove-signatures-by",
+        "rotate-old-1",
+        "--trusted-key",
+        old_pk.trim(),
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("3 rewritten"), "{}", stderr(&out));
+    // Once more: nothing to do.
+    let out = sign(&[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("0 rewritten, 3 unchanged"),
+        "{}",
+        stderr(&out)
+    );
+    // The old key no longer signs anything: a sign that requires it
+    // leaves every narinfo alone.
+    let out = sign(&["--trusted-key", old_pk.trim()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3 left alone"), "{}", stderr(&out));
+
+    let (code, problems, _) = verify(&mut nixferry(), &[&url, "--trusted-key", new_pk.trim()]);
+    assert_eq!((code, problems), (0, BTreeSet::new()));
+    let (code, problems, _) = verify(&mut nixferry(), &[&url, "--trusted-key", old_pk.trim()]);
+    assert_eq!(code, 1);
+    assert!(problems.iter().all(|(k, _)| k == "untrusted") && problems.len() == 3);
+
+    let store = tmp.path().join("chroot");
+    run(nix("nix")
+        .args(["copy", "--from", &url, "--to"])
+        .arg(&store)
+        .args(["--option", "trusted-public-keys", new_pk.trim(), &top]));
+    let out = nix("nix")
+        .args(["copy", "--from", &url, "--to"])
+        .arg(tmp.path().join("chroot-old"))
+        .args(["--option", "trusted-public-keys", old_pk.trim(), &top])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the old key is trusted still");
 }

@@ -1,5 +1,6 @@
 //! Looking after a binary cache as a whole: checking it ([`verify()`]),
-//! repairing it ([`repair()`]), and the raw access to its files that this needs ([`CacheFiles`]).
+//! repairing it ([`repair()`]), signing it again ([`sign()`]), counting
+//! what it holds ([`stats()`]), and the raw access to its files that this needs ([`CacheFiles`]).
 //!
 //! A binary cache (docs/formats.md §3.1) is a set of files: narinfos at
 //! the top, NAR files under `nar/`, `.ls` listings beside the narinfos.
@@ -24,9 +25,11 @@ use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
 
 pub mod repair;
+pub mod sign;
 pub mod verify;
 
 pub use repair::{repair, RepairOptions, RepairReport};
+pub use sign::{sign, stats, CacheStats, SignOptions, SignReport};
 pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
 
 /// One file of a cache, as a listing gives it.
