@@ -484,3 +484,57 @@ fn sign_rotates_the_key_and_stats_count() {
         .unwrap();
     assert!(!out.status.success(), "the old key is trusted still");
 }
+
+/// `cache sign` and `cache stats` on a bucket: the narinfos are replaced
+/// whole, and the bucket verifies with the new key.
+#[test]
+fn sign_and_stats_in_a_bucket() {
+    if !s3::ready() {
+        return;
+    }
+    let server = s3::S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_sk, old_pk) = generate_key(tmp.path(), "bucket-old-1");
+    let (new_sk, new_pk) = generate_key(tmp.path(), "bucket-new-1");
+    let top = build_closure("cache-sign-s3");
+    let url = server.url("cache", &format!("secret-key={}", old_sk.display()));
+    let out = server
+        .nixferry()
+        .args(["copy", "--to", &url, &top])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let url = server.url("cache", "");
+    let out = run(server.nixferry().args(["cache", "stats", "--json", &url]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["paths"].as_u64(), v["unsigned"].as_u64()),
+        (Some(3), Some(0))
+    );
+
+    let out = server
+        .nixferry()
+        .args([
+            "cache",
+            "sign",
+            &url,
+            "--remove-signatures-by",
+            "bucket-old-1",
+        ])
+        .arg("--secret-key-file")
+        .arg(&new_sk)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(stderr(&out).contains("3 rewritten"), "{}", stderr(&out));
+    let (code, problems, out) = verify(
+        &mut server.nixferry(),
+        &[&url, "--trusted-key", new_pk.trim()],
+    );
+    assert_eq!((code, problems), (0, BTreeSet::new()), "{}", stderr(&out));
+    let (code, _, _) = verify(
+        &mut server.nixferry(),
+        &[&url, "--trusted-key", old_pk.trim()],
+    );
+    assert_eq!(code, 1);
+}
