@@ -115,6 +115,8 @@ fn a_cache_nix_wrote_verifies_clean() {
 struct Broken {
     cache: tempfile::TempDir,
     pk: String,
+    /// The top of a closure whose `base` lost its narinfo.
+    top: String,
     deleted: String,
     truncated: String,
     /// A path whose narinfo was removed; its NAR file is left.
@@ -210,6 +212,7 @@ fn broken_cache(tag: &str) -> Broken {
     Broken {
         cache,
         pk: pk.trim().to_owned(),
+        top,
         deleted,
         truncated,
         base,
@@ -537,4 +540,42 @@ fn sign_and_stats_in_a_bucket() {
         &[&url, "--trusted-key", old_pk.trim()],
     );
     assert_eq!(code, 1);
+}
+
+/// An HTTP cache can be verified path by path (it cannot list its files):
+/// the problems of the closures asked for, and an error without paths.
+#[test]
+fn an_http_cache_is_verified_by_path() {
+    if !have_nix() {
+        return;
+    }
+    let b = broken_cache("cache-http");
+    let c = b.cache.path().join("c");
+    let server = crate::serve::Server::start(&["--store", &format!("file://{}", c.display())]);
+    let url = server.url();
+    let roots = [&b.top, &b.deleted, &b.truncated];
+    let mut args = vec![url.as_str(), "--trusted-key", &b.pk];
+    args.extend(roots.iter().map(|r| r.as_str()));
+    let (code, problems, out) = verify(&mut nixferry(), &args);
+    assert_eq!(code, 1, "{}", stderr(&out));
+    let expected: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "nar-missing" | "nar-file-mismatch" | "missing-reference"
+            )
+        })
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 4);
+    assert_eq!(problems, expected);
+
+    let (code, _, out) = verify(&mut nixferry(), &[&url, "--trusted-key", &b.pk]);
+    assert_eq!(code, 2);
+    assert!(stderr(&out).contains("name the paths"), "{}", stderr(&out));
+    // Nor counted.
+    let out = nixferry().args(["cache", "stats", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
