@@ -305,6 +305,36 @@ fn a_broken_bucket_is_reported_exactly() {
     );
     assert_eq!(code, 1, "{}", stderr(&out));
     assert_eq!(problems, [pair("nar-file-mismatch", &b.truncated)].into());
+
+    // --delete-broken deletes objects: the narinfos, listings and the
+    // truncated NAR file go; the rest is as before.
+    let truncated_nar = nar_url(&c, &b.truncated);
+    let (code, problems, out) = verify(
+        &mut server.nixferry(),
+        &[
+            &url,
+            "--trusted-key",
+            &b.pk,
+            "--grace",
+            "0s",
+            "--delete-broken",
+        ],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    let left: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, _)| k != "nar-missing" && k != "nar-file-mismatch")
+        .cloned()
+        .collect();
+    assert_eq!(problems, left);
+    let keys = server.keys("cache");
+    for path in [&b.deleted, &b.truncated] {
+        assert!(!keys.contains(&format!("p/{}.narinfo", hash_part(path))));
+        assert!(!keys.contains(&format!("p/{}.ls", hash_part(path))));
+    }
+    assert!(!keys.contains(&format!("p/{truncated_nar}")));
+    assert!(keys.contains(&format!("p/{}.narinfo", hash_part(&b.top))));
 }
 
 /// `--repair --from` copies broken and missing paths again (a truncated
