@@ -42,6 +42,110 @@ pub(crate) enum Command {
     Add(AddArgs),
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
+    /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to
+    /// read): verify and repair it.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Check every narinfo of a cache (or the closure of PATHS): parses,
+    /// signed by a trusted key, NAR file present with its FileSize and
+    /// FileHash, NAR of its NarSize and NarHash, references present,
+    /// listing right; and NAR files no narinfo names, temporary files
+    /// left behind. Exit code 0: clean; 1: problems found; 2: could not
+    /// run.
+    Verify(CacheVerifyArgs),
+    /// Sign every narinfo with a new key (key rotation), optionally
+    /// removing an old key's signatures; each narinfo is rewritten at
+    /// once. Exit code 1 if some narinfos were left unsigned.
+    Sign(CacheSignArgs),
+    /// Print what a cache holds: paths, NAR bytes, stored bytes,
+    /// compression ratio, unsigned paths.
+    Stats {
+        /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+        url: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheSignArgs {
+    /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+    pub(crate) url: String,
+    /// The secret key to sign with; repeatable.
+    #[arg(long = "secret-key-file", required = true)]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// Remove signatures by the key of this name; repeatable.
+    #[arg(long = "remove-signatures-by", value_name = "NAME")]
+    pub(crate) remove_signatures_by: Vec<String>,
+    /// Only sign narinfos that carry a valid signature by this key
+    /// (`name:base64`); repeatable. Without it, every narinfo is signed.
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheVerifyArgs {
+    /// The cache: `file:///DIR`, `s3://BUCKET[/PREFIX]?…`, or
+    /// `http(s)://…` with PATHS.
+    pub(crate) url: String,
+    /// Check the closures of these store paths only.
+    pub(crate) paths: Vec<String>,
+    /// A trusted public key, `name:base64`; repeatable (default: Nix's
+    /// default key, cache.nixos.org-1).
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key; repeatable.
+    #[arg(long = "trusted-key-file")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
+    /// How many narinfos to check at once (default: twice the cores, 4
+    /// to 32).
+    #[arg(long, short = 'j')]
+    pub(crate) jobs: Option<usize>,
+    /// NAR files no narinfo names and temporary files younger than this
+    /// are not reported (a writer may be at work): `90s`, `30m`, `1h`,
+    /// `2d`, or seconds.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) grace: std::time::Duration,
+    /// Copy broken and missing paths again from --from (broken ones are
+    /// removed first), then verify again.
+    #[arg(long, requires = "from")]
+    pub(crate) repair: bool,
+    /// The store to repair from (any store URL).
+    #[arg(long, value_name = "SRC", requires = "repair")]
+    pub(crate) from: Option<String>,
+    /// Remove broken paths that are not repaired: narinfo first, then
+    /// listing and NAR file.
+    #[arg(long)]
+    pub(crate) delete_broken: bool,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A duration: a number with an optional unit `s`, `m`, `h` or `d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 90s, 30m, 1h, 2d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit in '{s}': use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too long"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -436,6 +540,21 @@ pub(crate) enum ServeCompression {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(
+            super::parse_duration("2d"),
+            Ok(Duration::from_secs(172_800))
+        );
+        assert_eq!(super::parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "h", "1w", "1.5h", "-1s"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory as _;

@@ -1,6 +1,7 @@
 //! One function per subcommand; each is a thin shell over the library.
 
 mod add;
+mod cache;
 mod copy;
 mod key;
 mod nar;
@@ -31,6 +32,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Cache(c) => cache::run(c),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tests of the `nixferry` binary: run it in temporary directories and
 //! compare what it does with real Nix.
 
+mod cache;
 mod cli;
 mod common;
 mod copy;

@@ -77,6 +77,7 @@ mod url;
 pub mod verify;
 
 pub use add::add_to_store;
+pub(crate) use url::Scheme;
 pub use url::{StoreUrl, UrlError};
 
 /// A stream of NAR bytes (or compressed NAR bytes, see [`CompressedNar`]).
@@ -582,15 +583,15 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let parsed = StoreUrl::parse(url)?;
     match parsed.scheme() {
-        url::Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
+        Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
         #[cfg(feature = "http")]
-        url::Scheme::Http | url::Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
+        Scheme::Http | Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
         #[cfg(feature = "local")]
-        url::Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
+        Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
         #[cfg(feature = "ssh")]
-        url::Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
+        Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
         #[cfg(feature = "s3")]
-        url::Scheme::S3 => Ok(Arc::new(s3::S3Store::open(&parsed)?)),
+        Scheme::S3 => Ok(Arc::new(s3::S3Store::open(&parsed)?)),
         #[allow(unreachable_patterns)]
         scheme => Err(UrlError::NotBuilt {
             url: url.to_owned(),

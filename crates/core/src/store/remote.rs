@@ -119,6 +119,31 @@ pub(crate) trait Blobs: Send + Sync + fmt::Debug + 'static {
     /// [`StoreError::Corrupt`].
     async fn get(&self, nar_url: &str) -> Result<Option<Download>, StoreError>;
 
+    /// Every file whose key starts with `prefix`, for caches that can
+    /// list their files.
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::cache::FileEntry>, StoreError> {
+        let _ = prefix;
+        Err(StoreError::Unsupported {
+            store: self.store_url().to_owned(),
+            what: "listing its files",
+        })
+    }
+
+    /// Removes `key`; a key that is not there is no error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported {
+            store: self.store_url().to_owned(),
+            what: "deleting files",
+        })
+    }
+
+    /// Whether [`Blobs::list`] and [`Blobs::delete`] work, and
+    /// [`Blobs::put`] may be used by the cache's maintenance.
+    fn can_list(&self) -> bool {
+        false
+    }
+
     /// Finishes what is pending (such as cancelled uploads to clean up).
     async fn close(&self) {}
 }
@@ -481,6 +506,75 @@ impl<B: Blobs> RemoteCache<B> {
     /// A blocking task that panicked or was cancelled.
     fn join_error(&self, e: tokio::task::JoinError) -> StoreError {
         StoreError::task_died(format_args!("a blocking task of '{}'", self.url()), e)
+    }
+}
+
+/// The files of a remote cache, for [`crate::cache`]: what [`Blobs`]
+/// offers, under the cache's own rules for keys.
+#[derive(Debug)]
+pub(crate) struct BlobFiles<B>(pub(crate) Arc<RemoteCache<B>>);
+
+#[async_trait::async_trait]
+impl<B: Blobs> crate::cache::CacheFiles for BlobFiles<B> {
+    fn url(&self) -> &str {
+        self.0.url()
+    }
+
+    fn locate(&self, key: &str) -> String {
+        self.0.blobs.locate(key)
+    }
+
+    fn can_list(&self) -> bool {
+        self.0.blobs.can_list()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::cache::FileEntry>, StoreError> {
+        self.0.blobs.list(prefix).await
+    }
+
+    async fn read_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.key(key)?;
+        self.0.blobs.get_small(key, limit).await
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<NarStream>, StoreError> {
+        self.key(key)?;
+        Ok(self.0.blobs.get(key).await?.map(|d| d.body))
+    }
+
+    async fn write(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        self.key(key)?;
+        if !self.0.blobs.can_list() {
+            return Err(StoreError::Unsupported {
+                store: self.url().to_owned(),
+                what: "rewriting files",
+            });
+        }
+        let content_type = if key.ends_with(".narinfo") {
+            content_type::NARINFO
+        } else if key.ends_with(".ls") {
+            content_type::LISTING
+        } else if key == "nix-cache-info" {
+            content_type::CACHE_INFO
+        } else {
+            "application/octet-stream"
+        };
+        self.0.blobs.put(key, content_type, Body::Bytes(data)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.key(key)?;
+        self.0.blobs.delete(key).await
+    }
+}
+
+impl<B: Blobs> BlobFiles<B> {
+    /// Refuses a key that is not a path inside the cache.
+    fn key<'k>(&self, key: &'k str) -> Result<&'k str, StoreError> {
+        relative_key(key).ok_or_else(|| {
+            self.0
+                .corrupt(format!("'{key}' is not a relative path inside the cache"))
+        })
     }
 }
 

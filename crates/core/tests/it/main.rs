@@ -1,5 +1,6 @@
 //! Integration tests of the nixferry core, one module per topic.
 
+mod cache;
 mod closure;
 mod common;
 mod copy;

@@ -1291,3 +1291,22 @@ proptest! {
         nixferry::fuzzing::narinfo_parse(&data);
     }
 }
+
+#[test]
+fn signatures_are_removed_by_key_name() {
+    let mut info = parse_ok(&text_vector(BASELINE));
+    let a = SecretKey::generate("remove-a-1").unwrap();
+    let b = SecretKey::generate("remove-b-1").unwrap();
+    info.sign(&a);
+    info.sign(&b);
+    let before = info.signatures().count();
+    assert_eq!(info.remove_signatures_by("remove-a-1"), 1);
+    assert_eq!(info.remove_signatures_by("remove-a-1"), 0);
+    assert_eq!(info.signatures().count(), before - 1);
+    assert!(info.signatures().all(|s| !s.starts_with("remove-a-1:")));
+    // What is left still parses and verifies.
+    let again = parse_ok(info.as_str());
+    let mut trusted = TrustedKeys::new();
+    trusted.add(b.public());
+    assert_eq!(again.verify(&trusted), Ok("remove-b-1"));
+}

@@ -423,6 +423,14 @@ impl NarInfo {
         self.rewrite_sigs(by_same_key, Some(&sig));
     }
 
+    /// Removes the signatures by the key named `name`; returns how many
+    /// there were.
+    pub fn remove_signatures_by(&mut self, name: &str) -> usize {
+        let before = self.signatures().count();
+        self.rewrite_sigs(|value| sig_key_name(value) == Some(name), None);
+        before - self.signatures().count()
+    }
+
     /// Removes every `Sig` line.
     pub fn clear_signatures(&mut self) {
         self.rewrite_sigs(|_| true, None);

@@ -139,6 +139,11 @@ impl std::fmt::Debug for Auth {
 }
 
 impl HttpStore {
+    /// The cache's files, for [`crate::cache`]: read-only, by name.
+    pub(crate) fn files(&self) -> Arc<dyn crate::cache::CacheFiles> {
+        Arc::new(super::remote::BlobFiles(Arc::clone(&self.inner)))
+    }
+
     /// Opens the cache an `http://` or `https://` URL names. Nothing is
     /// fetched yet: `nix-cache-info` is read on first use.
     ///

@@ -358,6 +358,11 @@ impl S3Store {
         })
     }
 
+    /// The cache's files, for [`crate::cache`].
+    pub(crate) fn files(&self) -> Arc<dyn crate::cache::CacheFiles> {
+        Arc::new(super::remote::BlobFiles(Arc::clone(&self.inner)))
+    }
+
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.inner.blobs.bucket
@@ -717,6 +722,49 @@ impl Blobs for S3 {
             length,
             body: Box::pin(tokio_util::io::StreamReader::new(stream)),
         }))
+    }
+
+    fn can_list(&self) -> bool {
+        true
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::cache::FileEntry>, StoreError> {
+        // object_store lists by directory: list the one the prefix is in
+        // and keep the keys that start with it.
+        let dir_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let dir = format!("{}{dir_rel}", self.prefix);
+        let dir = dir.trim_end_matches('/');
+        let dir = if dir.is_empty() {
+            None
+        } else {
+            Some(Key::parse(dir).map_err(|e| StoreError::Corrupt {
+                store: self.url.clone(),
+                message: format!("invalid key '{prefix}': {e}"),
+            })?)
+        };
+        let mut listing = self.client.list(dir.as_ref());
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.failed("LIST", prefix, e))?;
+            let Some(key) = meta.location.as_ref().strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if key.starts_with(prefix) {
+                out.push(crate::cache::FileEntry {
+                    key: key.to_owned(),
+                    size: meta.size,
+                    modified: Some(meta.last_modified.into()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.client.delete(&self.key(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.error("DELETE", key, e).map_or(Ok(()), Err),
+        }
     }
 
     /// Waits for the aborts of cancelled uploads, then tries once more to

@@ -1,0 +1,315 @@
+//! Looking after a binary cache as a whole: checking it ([`verify()`]),
+//! repairing it ([`repair()`]), signing it again ([`sign()`]), counting
+//! what it holds ([`stats()`]), and the raw access to its files that this needs ([`CacheFiles`]).
+//!
+//! A binary cache (docs/formats.md §3.1) is a set of files: narinfos at
+//! the top, NAR files under `nar/`, `.ls` listings beside the narinfos.
+//! The [`crate::store::Store`] view of it answers questions about paths;
+//! the operations here work on the files themselves, which only the cache
+//! can list: [`Cache::open`] gives both views of one cache.
+//!
+//! | URL | list | read | write, delete |
+//! |---|---|---|---|
+//! | `file:///dir` | yes | yes | yes (writes are atomic: temporary file, rename) |
+//! | `s3://bucket[/prefix]` | yes | yes | yes (one `PUT` replaces an object whole) |
+//! | `http(s)://…` | no | files whose names are known (narinfos of given paths, and what they name) | no |
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::atomic;
+use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
+use crate::store_path::StoreDir;
+
+pub mod repair;
+pub mod sign;
+pub mod verify;
+
+pub use repair::{repair, RepairOptions, RepairReport};
+pub use sign::{sign, stats, CacheStats, SignOptions, SignReport};
+pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
+
+/// One file of a cache, as a listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Its key: the path relative to the cache's root, `/`-separated
+    /// (`nar/….nar.xz`, `<hashPart>.narinfo`).
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written, where known.
+    pub modified: Option<SystemTime>,
+}
+
+/// Raw access to the files of a binary cache, by key (the path relative
+/// to the cache's root, as narinfo `URL`s name NAR files). See the
+/// [module docs](self) for what each kind of cache supports; what it does
+/// not is [`StoreError::Unsupported`].
+#[async_trait::async_trait]
+pub trait CacheFiles: Send + Sync + fmt::Debug {
+    /// The cache's URL, for messages.
+    fn url(&self) -> &str;
+
+    /// Where `key` is, for messages (a file path or URL).
+    fn locate(&self, key: &str) -> String;
+
+    /// Whether [`CacheFiles::list`] works.
+    fn can_list(&self) -> bool;
+
+    /// Every file whose key starts with `prefix` (a directory such as
+    /// `nar/`, or empty for all), in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<FileEntry>, StoreError>;
+
+    /// The whole of a small file: `None` if the cache does not have it, an
+    /// error if it is longer than `limit` bytes.
+    async fn read_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A file's bytes as they are stored, streamed: `None` if the cache
+    /// does not have it.
+    async fn open(&self, key: &str) -> Result<Option<NarStream>, StoreError>;
+
+    /// Replaces (or creates) a small file at once: a reader sees the old
+    /// content or the new, never a part.
+    async fn write(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Removes a file; one that is not there is no error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// A binary cache, as a store and as files.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    store: Arc<dyn Store>,
+    files: Arc<dyn CacheFiles>,
+}
+
+impl Cache {
+    /// Opens the binary cache `url` names: `file://`, `s3://` or
+    /// `http(s)://`. A `file://` cache must exist (it is not created).
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for a malformed URL or one that is not a binary
+    /// cache, [`StoreError::Io`] for a `file://` directory that does not
+    /// exist, otherwise what opening the store gives.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let parsed = StoreUrl::parse(url)?;
+        match parsed.scheme() {
+            store::Scheme::File => {
+                let root = PathBuf::from(parsed.location());
+                if !root.is_dir() {
+                    return Err(StoreError::Io {
+                        what: "opening the cache",
+                        path: root.display().to_string(),
+                        source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+                    });
+                }
+                let store = store::file::FileStore::open(&parsed)?;
+                let files = Arc::new(DirFiles {
+                    url: url.to_owned(),
+                    root: store.root().to_owned(),
+                });
+                Ok(Self {
+                    store: Arc::new(store),
+                    files,
+                })
+            }
+            #[cfg(feature = "s3")]
+            store::Scheme::S3 => {
+                let store = store::s3::S3Store::open(&parsed)?;
+                let files = store.files();
+                Ok(Self {
+                    store: Arc::new(store),
+                    files,
+                })
+            }
+            #[cfg(feature = "http")]
+            store::Scheme::Http | store::Scheme::Https => {
+                let store = store::http::HttpStore::open(&parsed)?;
+                let files = store.files();
+                Ok(Self {
+                    store: Arc::new(store),
+                    files,
+                })
+            }
+            _ => Err(store::UrlError::Malformed {
+                url: url.to_owned(),
+                reason: "not a binary cache (expected file://, s3:// or http(s):// with its feature built)",
+            }
+            .into()),
+        }
+    }
+
+    /// The cache as a store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The cache's files.
+    pub fn files(&self) -> &Arc<dyn CacheFiles> {
+        &self.files
+    }
+
+    /// The store directory of the cache's paths.
+    pub fn store_dir(&self) -> &StoreDir {
+        self.store.store_dir()
+    }
+}
+
+/// The files of a `file://` cache.
+#[derive(Debug)]
+struct DirFiles {
+    url: String,
+    root: PathBuf,
+}
+
+impl DirFiles {
+    /// The file of `key`, which must be a relative path inside the cache.
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(key);
+        let inside = !key.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(StoreError::Corrupt {
+                store: self.url.clone(),
+                message: format!("'{key}' is not a relative path inside the cache"),
+            });
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+/// An I/O error on `path`.
+fn io_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Runs blocking file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::task_died("a blocking task of a file:// cache", e))?
+}
+
+/// Every file under `dir`, recursively, keyed by its path relative to
+/// `root` (after `prefix`).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("listing", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error("listing", dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_error("listing", &path))?;
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else if kind.is_file() {
+            let meta = entry.metadata().map_err(io_error("reading", &path))?;
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let key: Vec<_> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect();
+            out.push(FileEntry {
+                key: key.join("/"),
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl CacheFiles for DirFiles {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn locate(&self, key: &str) -> String {
+        self.root.join(key).display().to_string()
+    }
+
+    fn can_list(&self) -> bool {
+        true
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<FileEntry>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            // The directory the prefix is in; keys are filtered below.
+            let dir = match prefix.rfind('/') {
+                Some(i) => root.join(&prefix[..i]),
+                None => root.clone(),
+            };
+            let mut out = Vec::new();
+            walk(&root, &dir, &mut out)?;
+            out.retain(|e| e.key.starts_with(&prefix));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(key)?;
+        let url = self.url.clone();
+        blocking(move || {
+            use io::Read as _;
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error("opening", &path)(e)),
+            };
+            let mut data = Vec::new();
+            file.take(limit as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(io_error("reading", &path))?;
+            if data.len() > limit {
+                return Err(StoreError::Corrupt {
+                    store: url,
+                    message: format!("'{}' is longer than {limit} bytes", path.display()),
+                });
+            }
+            Ok(Some(data))
+        })
+        .await
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<NarStream>, StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Some(Box::pin(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("opening", &path)(e)),
+        }
+    }
+
+    async fn write(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        blocking(move || Ok(atomic::write(&path, &data, true)?)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("deleting", &path)(e)),
+        }
+    }
+}
