@@ -44,6 +44,18 @@ pub struct FileEntry {
     pub modified: Option<SystemTime>,
 }
 
+/// A multipart upload that was begun and neither completed nor aborted
+/// (S3 keeps its parts, and bills them, until one or the other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadEntry {
+    /// The key the upload would create.
+    pub key: String,
+    /// The server's id of the upload.
+    pub id: String,
+    /// When it was begun, where known.
+    pub initiated: Option<SystemTime>,
+}
+
 /// Raw access to the files of a binary cache, by key (the path relative
 /// to the cache's root, as narinfo `URL`s name NAR files). See the
 /// [module docs](self) for what each kind of cache supports; what it does
@@ -77,6 +89,21 @@ pub trait CacheFiles: Send + Sync + fmt::Debug {
 
     /// Removes a file; one that is not there is no error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Multipart uploads under the cache that were begun and neither
+    /// completed nor aborted; none for a cache without them.
+    async fn list_uploads(&self) -> Result<Vec<UploadEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Aborts a multipart upload [`CacheFiles::list_uploads`] gave, freeing
+    /// its parts; one already gone is no error.
+    async fn abort_upload(&self, _upload: &UploadEntry) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported {
+            store: self.url().to_owned(),
+            what: "aborting multipart uploads",
+        })
+    }
 }
 
 /// A binary cache, as a store and as files.
