@@ -61,8 +61,35 @@ pub(crate) enum CacheCommand {
     /// removing an old key's signatures; each narinfo is rewritten at
     /// once. Exit code 1 if some narinfos were left unsigned.
     Sign(CacheSignArgs),
+    /// Record a deployed generation of PATHS under NAME (one pin per
+    /// host or environment, say), in the cache itself: `cache gc` keeps
+    /// the closures of each pin's last generations.
+    Pin(CachePinArgs),
+    /// List the pins of a cache, with their generations and closure sizes.
+    Pins {
+        /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+        url: String,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a pin, or one generation of it.
+    Unpin {
+        /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+        url: String,
+        /// The pin.
+        name: String,
+        /// Remove only this generation.
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Delete what no pin keeps: keeps the closures of every pin's kept
+    /// generations and of paths uploaded recently, deletes the rest
+    /// (narinfo first, then NAR files and listings nothing uses), removes
+    /// temporary files and unfinished uploads older than --grace.
+    Gc(CacheGcArgs),
     /// Print what a cache holds: paths, NAR bytes, stored bytes,
-    /// compression ratio, unsigned paths.
+    /// compression ratio, unsigned paths, pins.
     Stats {
         /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
         url: String,
@@ -70,6 +97,69 @@ pub(crate) enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CachePinArgs {
+    /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+    pub(crate) url: String,
+    /// The pin's name: letters, digits, `.`, `_`, `-`.
+    pub(crate) name: String,
+    /// The store paths deployed together (they must be in the cache).
+    #[arg(required = true)]
+    pub(crate) paths: Vec<String>,
+    /// How many generations the pin keeps (default: 3, or what it was
+    /// set to before).
+    #[arg(long)]
+    pub(crate) keep: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheGcArgs {
+    /// The cache: `file:///DIR` or `s3://BUCKET[/PREFIX]?…`.
+    pub(crate) url: String,
+    /// Keep paths uploaded less than this long ago, and their closures:
+    /// `14d`, `12h`, or seconds.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) keep_newer_than: Option<std::time::Duration>,
+    /// Then delete the least recently uploaded unpinned paths until the
+    /// cache takes at most this much: `200G`, `500M`, or bytes.
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) max_size: Option<u64>,
+    /// Never delete files younger than this (a writer may be at work).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) grace: std::time::Duration,
+    /// Print what would be deleted, and delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Files read or deleted at once.
+    #[arg(long, short = 'j', default_value_t = 16)]
+    pub(crate) jobs: usize,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A size: a number with an optional unit `K`, `M`, `G` or `T` (powers
+/// of 1024).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 500M, 200G"))?;
+    let shift = match unit.trim_end_matches(['B', 'i']) {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown unit in '{s}': use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -540,6 +630,18 @@ pub(crate) enum ServeCompression {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("512"), Ok(512));
+        assert_eq!(super::parse_size("500M"), Ok(500 << 20));
+        assert_eq!(super::parse_size("200G"), Ok(200 << 30));
+        assert_eq!(super::parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(super::parse_size("1T"), Ok(1 << 40));
+        assert!(super::parse_size("1X").is_err());
+        assert!(super::parse_size("G").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
+
     #[test]
     fn durations() {
         use std::time::Duration;

@@ -5,20 +5,28 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nixferry::cache::SignOptions;
 use nixferry::cache::{
     self, Cache, RepairOptions, RepairReport, VerifyOptions, VerifyProgress, VerifyReport,
 };
+use nixferry::cache::{GcOptions, SignOptions};
 use nixferry::copy::CopyOptions;
 use nixferry::signing::TrustedKeys;
 
-use crate::cli::{CacheCommand, CacheSignArgs, CacheVerifyArgs};
+use crate::cli::{CacheCommand, CacheGcArgs, CachePinArgs, CacheSignArgs, CacheVerifyArgs};
 use crate::exit::Failure;
 
 pub(crate) fn run(c: CacheCommand) -> Result<(), Failure> {
     match c {
         CacheCommand::Verify(a) => verify(a),
         CacheCommand::Sign(a) => sign(a),
+        CacheCommand::Pin(a) => pin(a),
+        CacheCommand::Pins { url, json } => list_pins(&url, json),
+        CacheCommand::Unpin {
+            url,
+            name,
+            generation,
+        } => unpin(&url, &name, generation),
+        CacheCommand::Gc(a) => gc(a),
         CacheCommand::Stats { url, json } => stats(&url, json),
     }
 }
@@ -62,6 +70,202 @@ fn sign(args: CacheSignArgs) -> Result<(), Failure> {
     }
 }
 
+/// Runs `f` on the cache, then closes it.
+fn with_cache<T>(cache: &Cache, f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    Ok(super::paths::runtime()?.block_on(async {
+        let out = f.await;
+        cache.store().close().await;
+        out
+    }))
+}
+
+fn pin(args: CachePinArgs) -> Result<(), Failure> {
+    let cache = open(&args.url)?;
+    let paths = super::paths::resolve(cache.store_dir(), &args.paths)?;
+    let pin = with_cache(&cache, cache::pin(&cache, &args.name, &paths, args.keep))?
+        .with_context(|| format!("pinning in '{}'", args.url))?;
+    if let Some(g) = pin.generations.last() {
+        eprintln!(
+            "pinned {} as generation {} of '{}' (keeping the last {})",
+            super::count(g.paths.len(), "path", "paths"),
+            g.number,
+            pin.name,
+            pin.keep
+        );
+    }
+    Ok(())
+}
+
+fn unpin(url: &str, name: &str, generation: Option<u64>) -> Result<(), Failure> {
+    let cache = open(url)?;
+    with_cache(&cache, cache::unpin(&cache, name, generation))?
+        .with_context(|| format!("unpinning in '{url}'"))?;
+    Ok(())
+}
+
+fn list_pins(url: &str, json: bool) -> Result<(), Failure> {
+    let cache = open(url)?;
+    let listed = with_cache(&cache, async {
+        let mut out = Vec::new();
+        for pin in cache::pins(&cache).await? {
+            let mut sizes = Vec::new();
+            for g in &pin.generations {
+                let roots = g
+                    .paths
+                    .iter()
+                    .filter_map(|p| cache.store_dir().parse(p).ok())
+                    .collect::<Vec<_>>();
+                sizes.push(cache::closure_size(&cache, &roots).await?);
+            }
+            out.push((pin, sizes));
+        }
+        Ok::<_, cache::PinError>(out)
+    })?
+    .with_context(|| format!("reading the pins of '{url}'"))?;
+    if listed.is_empty() && !json {
+        eprintln!("no pins in '{url}'");
+    }
+    let mut out = super::stdout();
+    if json {
+        let v: Vec<_> = listed
+            .iter()
+            .map(|(pin, sizes)| {
+                let kept = pin.kept().len();
+                let skip = pin.generations.len() - kept;
+                serde_json::json!({
+                    "name": pin.name,
+                    "keep": pin.keep,
+                    "generations": pin.generations.iter().zip(sizes).enumerate().map(|(i, (g, s))| serde_json::json!({
+                        "generation": g.number,
+                        "time": unix_secs(g.time),
+                        "paths": g.paths,
+                        "kept": i >= skip,
+                        "closurePaths": s.paths,
+                        "closureNarSize": s.nar_bytes,
+                        "closureFileSize": s.file_bytes,
+                        "missingPaths": s.missing,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(v))?;
+    } else {
+        for (pin, sizes) in &listed {
+            writeln!(out, "{} (keeps {}):", pin.name, pin.keep)?;
+            for (g, s) in pin.generations.iter().zip(sizes) {
+                let missing = if s.missing > 0 {
+                    format!(", {} MISSING", s.missing)
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "  generation {}  {}  {} paths, {} ({} stored){missing}",
+                    g.number,
+                    super::utc(g.time),
+                    s.paths,
+                    super::human_bytes(s.nar_bytes),
+                    super::human_bytes(s.file_bytes),
+                )?;
+                for p in &g.paths {
+                    writeln!(out, "    {p}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn gc(args: CacheGcArgs) -> Result<(), Failure> {
+    let cache = open(&args.url)?;
+    let opts = GcOptions {
+        keep_newer_than: args.keep_newer_than,
+        max_size: args.max_size,
+        grace: args.grace,
+        dry_run: args.dry_run,
+        jobs: args.jobs.max(1),
+    };
+    let report = with_cache(&cache, cache::gc(&cache, &opts))?
+        .with_context(|| format!("collecting garbage in '{}'", args.url))?;
+    let mut out = super::stdout();
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    if args.json {
+        let deleted: Vec<_> = report
+            .deleted
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "kind": d.kind.name(), "key": d.key, "path": d.path, "size": d.size,
+                })
+            })
+            .collect();
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(k, why)| serde_json::json!({"key": k, "reason": why}))
+            .collect();
+        let v = serde_json::json!({
+            "dryRun": report.dry_run,
+            "narinfos": report.narinfos,
+            "pins": report.pins,
+            "pinned": report.pinned,
+            "kept": report.kept,
+            "keptBytes": report.kept_bytes,
+            "freedBytes": report.freed_bytes,
+            "deleted": deleted,
+            "failed": failed,
+            "pinnedMissing": report.pinned_missing,
+            "unparsable": report.unparsable,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        for d in &report.deleted {
+            let what = d.path.as_deref().unwrap_or(&d.key);
+            writeln!(out, "{verb} {}: {what} ({} bytes)", d.kind.name(), d.size)?;
+        }
+    }
+    out.flush()?;
+    for p in &report.pinned_missing {
+        eprintln!("nixferry: warning: pinned path '{p}' is not in the cache");
+    }
+    for u in &report.unparsable {
+        eprintln!("nixferry: warning: left alone, does not parse: {u}");
+    }
+    for (k, why) in &report.failed {
+        eprintln!("nixferry: could not delete '{k}': {why}");
+    }
+    let paths = report
+        .deleted
+        .iter()
+        .filter(|d| d.path.is_some() || d.key.ends_with(".narinfo"))
+        .count();
+    eprintln!(
+        "{verb} {paths} of {} and {}, {} freed; kept {} ({} pinned by {}), {}",
+        super::count(report.narinfos, "path", "paths"),
+        super::count(report.deleted.len() - paths, "file", "files"),
+        super::human_bytes(report.freed_bytes),
+        super::count(report.kept, "path", "paths"),
+        report.pinned,
+        super::count(report.pins, "pin", "pins"),
+        super::human_bytes(report.kept_bytes),
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Negative)
+    }
+}
+
 fn stats(url: &str, json: bool) -> Result<(), Failure> {
     let cache = open(url)?;
     let stats = super::paths::runtime()?.block_on(async {
@@ -80,6 +284,7 @@ fn stats(url: &str, json: bool) -> Result<(), Failure> {
             "narDirBytes": s.nar_dir_bytes,
             "compressionRatio": s.compression_ratio(),
             "unsigned": s.unsigned,
+            "pins": s.pins,
         });
         writeln!(out, "{v}")?;
     } else {
@@ -90,6 +295,7 @@ fn stats(url: &str, json: bool) -> Result<(), Failure> {
         writeln!(out, "nar/ bytes:        {}", s.nar_dir_bytes)?;
         writeln!(out, "compression ratio: {:.3}", s.compression_ratio())?;
         writeln!(out, "unsigned paths:    {}", s.unsigned)?;
+        writeln!(out, "pins:              {}", s.pins)?;
     }
     out.flush()?;
     Ok(())

@@ -24,10 +24,14 @@ use crate::atomic;
 use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
 
+pub mod gc;
+pub mod pins;
 pub mod repair;
 pub mod sign;
 pub mod verify;
 
+pub use gc::{gc, GcOptions, GcReport};
+pub use pins::{closure_size, pin, pins, read_pin, unpin, ClosureSize, Generation, Pin, PinError};
 pub use repair::{repair, RepairOptions, RepairReport};
 pub use sign::{sign, stats, CacheStats, SignOptions, SignReport};
 pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
@@ -89,6 +93,21 @@ pub trait CacheFiles: Send + Sync + fmt::Debug {
 
     /// Removes a file; one that is not there is no error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes a file unless it was written again since a listing gave
+    /// its time as `modified`: whether it was deleted. In a directory the
+    /// check and the deletion are one step, as far as other writers can
+    /// tell; elsewhere the file is deleted as [`CacheFiles::delete`]
+    /// does.
+    async fn delete_unless_changed(
+        &self,
+        key: &str,
+        modified: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        let _ = modified;
+        self.delete(key).await?;
+        Ok(true)
+    }
 
     /// Multipart uploads under the cache that were begun and neither
     /// completed nor aborted; none for a cache without them.
@@ -183,6 +202,17 @@ impl Cache {
     pub fn store_dir(&self) -> &StoreDir {
         self.store.store_dir()
     }
+}
+
+/// A name beside `path` for it while it is being deleted:
+/// `<name>.tmp.<pid>.gc<n>`, a temporary file as writers name them, so
+/// that one left by a process that died is cleaned up as such.
+fn aside_name(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp.{}.gc{n}", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// The files of a `file://` cache.
@@ -317,6 +347,41 @@ impl CacheFiles for DirFiles {
         .await
     }
 
+    async fn delete_unless_changed(
+        &self,
+        key: &str,
+        modified: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        blocking(move || {
+            // Moved aside first: a writer that refreshes or rewrites the
+            // file from now on finds it gone (and writes it anew), one
+            // that did so before left its time on it.
+            let aside = aside_name(&path);
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+                Err(e) => return Err(io_error("moving aside", &path)(e)),
+            }
+            let now = std::fs::metadata(&aside)
+                .map_err(io_error("reading", &aside))?
+                .modified()
+                .ok();
+            if modified.is_some() && now == modified {
+                std::fs::remove_file(&aside).map_err(io_error("deleting", &aside))?;
+                return Ok(true);
+            }
+            // Written since: put back, unless a writer made it anew.
+            if std::fs::hard_link(&aside, &path).is_err() && !path.exists() {
+                std::fs::rename(&aside, &path).map_err(io_error("restoring", &path))?;
+                return Ok(false);
+            }
+            std::fs::remove_file(&aside).map_err(io_error("deleting", &aside))?;
+            Ok(false)
+        })
+        .await
+    }
+
     async fn open(&self, key: &str) -> Result<Option<NarStream>, StoreError> {
         let path = self.path(key)?;
         match tokio::fs::File::open(&path).await {
@@ -328,7 +393,13 @@ impl CacheFiles for DirFiles {
 
     async fn write(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        blocking(move || Ok(atomic::write(&path, &data, true)?)).await
+        blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+            }
+            Ok(atomic::write(&path, &data, true)?)
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

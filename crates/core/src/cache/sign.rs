@@ -161,6 +161,8 @@ pub struct CacheStats {
     pub nar_dir_bytes: u64,
     /// Paths without any signature.
     pub unsigned: usize,
+    /// Pins (files under `nixferry/pins/`).
+    pub pins: usize,
 }
 
 impl CacheStats {
@@ -195,6 +197,14 @@ pub async fn stats(cache: &Cache) -> Result<CacheStats, StoreError> {
         .collect();
     let mut stats = CacheStats {
         nar_dir_bytes: sizes.values().sum(),
+        pins: listing
+            .iter()
+            .filter(|e| {
+                e.key
+                    .strip_prefix(super::pins::PINS_PREFIX)
+                    .is_some_and(|n| n.ends_with(".json"))
+            })
+            .count(),
         ..CacheStats::default()
     };
     let keys = listing

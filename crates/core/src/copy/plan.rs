@@ -107,7 +107,8 @@ impl Engine {
     }
 
     /// Which of `paths` destination `dest` has (after substituting, if
-    /// asked to), retrying failures that may pass.
+    /// asked to), each refreshed ([`crate::store::Store::refresh_paths`]),
+    /// retrying failures that may pass.
     async fn query_present(
         &self,
         dest: usize,
@@ -115,12 +116,15 @@ impl Engine {
     ) -> Result<BTreeSet<StorePath>, CopyError> {
         let dst = &self.dsts[dest];
         self.retrying(dest, "", None, || async {
-            let r = if self.opts.substitute_on_destination {
-                dst.substitute_paths(paths).await
+            let present = if self.opts.substitute_on_destination {
+                dst.substitute_paths(paths).await?
             } else {
-                dst.query_valid_paths(paths).await
+                dst.query_valid_paths(paths).await?
             };
-            r.map_err(CopyError::from)
+            // What is skipped must stay: a gc of the destination at work
+            // now keeps what was just refreshed.
+            let present: Vec<StorePath> = present.into_iter().collect();
+            Ok(dst.refresh_paths(&present).await?)
         })
         .await
     }
