@@ -13,12 +13,12 @@ use crate::common::{
 use crate::s3;
 
 /// The hash part of a store path.
-fn hash_part(path: &str) -> &str {
+pub(crate) fn hash_part(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
 }
 
 /// The `URL` a narinfo of the cache in `dir` gives for `path`.
-fn nar_url(dir: &Path, path: &str) -> String {
+pub(crate) fn nar_url(dir: &Path, path: &str) -> String {
     let text = fs::read_to_string(dir.join(format!("{}.narinfo", hash_part(path)))).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("URL: "))
@@ -28,7 +28,7 @@ fn nar_url(dir: &Path, path: &str) -> String {
 
 /// `nix copy`s `paths` into a new `file://` cache at `dir`, signed with
 /// `sk`, with listings.
-fn nix_cache(dir: &Path, sk: &Path, paths: &[&str]) {
+pub(crate) fn nix_cache(dir: &Path, sk: &Path, paths: &[&str]) {
     run(nix("nix")
         .args(["copy", "--to"])
         .arg(format!(
@@ -41,7 +41,10 @@ fn nix_cache(dir: &Path, sk: &Path, paths: &[&str]) {
 
 /// Runs `cache verify --json` with `args`: the exit code and the
 /// problems as (kind, path or key) pairs.
-fn verify(cmd: &mut Command, args: &[&str]) -> (i32, BTreeSet<(String, String)>, Output) {
+pub(crate) fn verify(
+    cmd: &mut Command,
+    args: &[&str],
+) -> (i32, BTreeSet<(String, String)>, Output) {
     let out = cmd
         .args(["cache", "verify", "--json"])
         .args(args)
@@ -66,7 +69,7 @@ fn verify(cmd: &mut Command, args: &[&str]) -> (i32, BTreeSet<(String, String)>,
     (code, problems, out)
 }
 
-fn pair(kind: &str, what: &str) -> (String, String) {
+pub(crate) fn pair(kind: &str, what: &str) -> (String, String) {
     (kind.to_owned(), what.to_owned())
 }
 

@@ -2,6 +2,7 @@
 //! compare what it does with real Nix.
 
 mod cache;
+mod cache_gc;
 mod cli;
 mod common;
 mod copy;

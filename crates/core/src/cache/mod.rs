@@ -273,7 +273,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), StoreEr
         if kind.is_dir() {
             walk(root, &path, out)?;
         } else if kind.is_file() {
-            let meta = entry.metadata().map_err(io_error("reading", &path))?;
+            // A writer may rename or remove a file while it is listed.
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("reading", &path)(e)),
+            };
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
             };
