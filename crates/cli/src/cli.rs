@@ -201,6 +201,11 @@ pub(crate) struct CacheVerifyArgs {
     /// `2d`, or seconds.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub(crate) grace: std::time::Duration,
+    /// A store that may hold references the cache lacks (a cache its
+    /// clients also substitute from, such as `https://cache.nixos.org`):
+    /// a reference found there is not a problem; repeatable.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub(crate) upstreams: Vec<String>,
     /// Copy broken and missing paths again from --from (broken ones are
     /// removed first), then verify again.
     #[arg(long, requires = "from")]

@@ -350,10 +350,16 @@ impl ProgressLine {
 fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     let cache = open(&args.url)?;
     let paths = super::paths::resolve(cache.store_dir(), &args.paths)?;
+    let upstreams = args
+        .upstreams
+        .iter()
+        .map(|u| super::paths::open(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut opts = VerifyOptions {
         trusted_keys: trusted_keys(&args.trusted_keys, &args.trusted_key_files)?,
         paths,
         grace: args.grace,
+        upstreams: upstreams.clone(),
         ..VerifyOptions::default()
     };
     if let Some(j) = args.jobs {
@@ -390,8 +396,8 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
         }
         .await;
         cache.store().close().await;
-        if let Some(from) = &from {
-            from.close().await;
+        for store in from.iter().chain(&upstreams) {
+            store.close().await;
         }
         result
     });

@@ -240,6 +240,29 @@ fn a_broken_cache_is_reported_exactly() {
     assert_eq!(code, 1, "{}", stderr(&out));
     assert_eq!(problems, b.expected);
 
+    // A reference another store has (here, the local store, where it was
+    // built) is no problem when that store is an upstream.
+    let (code, problems, out) = verify(
+        &mut nixferry(),
+        &[
+            &url,
+            "--trusted-key",
+            &b.pk,
+            "--grace",
+            "0s",
+            "--upstream",
+            "local",
+        ],
+    );
+    assert_eq!(code, 1, "{}", stderr(&out));
+    let without_references: BTreeSet<_> = b
+        .expected
+        .iter()
+        .filter(|(k, _)| k != "missing-reference")
+        .cloned()
+        .collect();
+    assert_eq!(problems, without_references);
+
     // Files a writer may still be at work on are left out.
     let (_, problems, _) = verify(&mut nixferry(), &[&url, "--trusted-key", &b.pk]);
     let young: BTreeSet<_> = b

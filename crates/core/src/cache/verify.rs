@@ -8,7 +8,7 @@
 //! | a signature by a trusted key verifies (or its content address does) | [`ProblemKind::Unsigned`], [`ProblemKind::Untrusted`] (signed by other keys only), [`ProblemKind::BadSignature`] (a trusted key's signature does not verify) |
 //! | its NAR file exists, with the declared `FileSize` and `FileHash` | [`ProblemKind::NarMissing`], [`ProblemKind::NarFileMismatch`] |
 //! | the file decompresses to a valid NAR of `NarSize` and `NarHash` | [`ProblemKind::NarCorrupt`], [`ProblemKind::NarMismatch`] |
-//! | every reference has a narinfo in the cache | [`ProblemKind::MissingReference`] |
+//! | every reference has a narinfo in the cache (or in one of [`VerifyOptions::upstreams`]) | [`ProblemKind::MissingReference`] |
 //! | its `.ls` listing, where there is one, is the NAR's | [`ProblemKind::ListingMismatch`] |
 //!
 //! A whole cache (one that can list its files) is also checked for NAR
@@ -58,6 +58,10 @@ pub struct VerifyOptions {
     /// Orphan and temporary files younger than this are left alone: a
     /// writer may be at work on them.
     pub grace: Duration,
+    /// Stores that may hold references the cache lacks (the caches
+    /// clients also substitute from): a reference one of them has is not
+    /// a [`ProblemKind::MissingReference`].
+    pub upstreams: Vec<std::sync::Arc<dyn crate::store::Store>>,
 }
 
 impl Default for VerifyOptions {
@@ -70,6 +74,7 @@ impl Default for VerifyOptions {
             paths: Vec::new(),
             jobs: (cpus * 2).clamp(4, 32),
             grace: Duration::from_secs(3600),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -338,6 +343,13 @@ pub async fn verify(
             });
         }
     }
+    if !opts.upstreams.is_empty() {
+        let upstream = in_upstreams(store_dir, &opts.upstreams, &problems).await?;
+        problems.retain(|p| {
+            p.kind != ProblemKind::MissingReference
+                || !p.reference.as_ref().is_some_and(|r| upstream.contains(r))
+        });
+    }
     problems.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
     Ok(VerifyReport {
         narinfos: keys.len(),
@@ -345,6 +357,32 @@ pub async fn verify(
         bytes_read: ctx.bytes.load(Ordering::Relaxed),
         problems,
     })
+}
+
+/// The missing references of `problems` that one of `upstreams` has,
+/// as full paths.
+async fn in_upstreams(
+    store_dir: &StoreDir,
+    upstreams: &[std::sync::Arc<dyn crate::store::Store>],
+    problems: &[Problem],
+) -> Result<HashSet<String>, StoreError> {
+    let mut wanted: Vec<StorePath> = problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::MissingReference)
+        .filter_map(|p| store_dir.parse(p.reference.as_deref()?).ok())
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut found = HashSet::new();
+    for up in upstreams {
+        if wanted.is_empty() {
+            break;
+        }
+        let has = up.query_valid_paths(&wanted).await?;
+        wanted.retain(|p| !has.contains(p));
+        found.extend(has.iter().map(|p| store_dir.full(p)));
+    }
+    Ok(found)
 }
 
 /// The narinfo keys of the closure of `opts.paths`, and the hash parts
