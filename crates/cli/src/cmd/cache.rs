@@ -5,9 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nixferry::cache::{
-    self, Cache, RepairOptions, RepairReport, VerifyOptions, VerifyProgress, VerifyReport,
-};
+use nixferry::cache::{self, Cache, RepairOptions, VerifyOptions, VerifyProgress};
 use nixferry::cache::{GcOptions, SignOptions};
 use nixferry::copy::CopyOptions;
 use nixferry::signing::TrustedKeys;
@@ -105,50 +103,14 @@ fn unpin(url: &str, name: &str, generation: Option<u64>) -> Result<(), Failure> 
 
 fn list_pins(url: &str, json: bool) -> Result<(), Failure> {
     let cache = open(url)?;
-    let listed = with_cache(&cache, async {
-        let mut out = Vec::new();
-        for pin in cache::pins(&cache).await? {
-            let mut sizes = Vec::new();
-            for g in &pin.generations {
-                let roots = g
-                    .paths
-                    .iter()
-                    .filter_map(|p| cache.store_dir().parse(p).ok())
-                    .collect::<Vec<_>>();
-                sizes.push(cache::closure_size(&cache, &roots).await?);
-            }
-            out.push((pin, sizes));
-        }
-        Ok::<_, cache::PinError>(out)
-    })?
-    .with_context(|| format!("reading the pins of '{url}'"))?;
+    let listed = with_cache(&cache, cache::pins_with_sizes(&cache))?
+        .with_context(|| format!("reading the pins of '{url}'"))?;
     if listed.is_empty() && !json {
         eprintln!("no pins in '{url}'");
     }
     let mut out = super::stdout();
     if json {
-        let v: Vec<_> = listed
-            .iter()
-            .map(|(pin, sizes)| {
-                let kept = pin.kept().len();
-                let skip = pin.generations.len() - kept;
-                serde_json::json!({
-                    "name": pin.name,
-                    "keep": pin.keep,
-                    "generations": pin.generations.iter().zip(sizes).enumerate().map(|(i, (g, s))| serde_json::json!({
-                        "generation": g.number,
-                        "time": unix_secs(g.time),
-                        "paths": g.paths,
-                        "kept": i >= skip,
-                        "closurePaths": s.paths,
-                        "closureNarSize": s.nar_bytes,
-                        "closureFileSize": s.file_bytes,
-                        "missingPaths": s.missing,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        writeln!(out, "{}", serde_json::Value::Array(v))?;
+        writeln!(out, "{}", cache::pins_json(&listed))?;
     } else {
         for (pin, sizes) in &listed {
             writeln!(out, "{} (keeps {}):", pin.name, pin.keep)?;
@@ -160,10 +122,10 @@ fn list_pins(url: &str, json: bool) -> Result<(), Failure> {
                 };
                 writeln!(
                     out,
-                    "  generation {}  {}  {} paths, {} ({} stored){missing}",
+                    "  generation {}  {}  {}, {} ({} stored){missing}",
                     g.number,
                     super::utc(g.time),
-                    s.paths,
+                    super::count(s.paths, "path", "paths"),
                     super::human_bytes(s.nar_bytes),
                     super::human_bytes(s.file_bytes),
                 )?;
@@ -175,11 +137,6 @@ fn list_pins(url: &str, json: bool) -> Result<(), Failure> {
     }
     out.flush()?;
     Ok(())
-}
-
-fn unix_secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn gc(args: CacheGcArgs) -> Result<(), Failure> {
@@ -200,34 +157,7 @@ fn gc(args: CacheGcArgs) -> Result<(), Failure> {
         "deleted"
     };
     if args.json {
-        let deleted: Vec<_> = report
-            .deleted
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "kind": d.kind.name(), "key": d.key, "path": d.path, "size": d.size,
-                })
-            })
-            .collect();
-        let failed: Vec<_> = report
-            .failed
-            .iter()
-            .map(|(k, why)| serde_json::json!({"key": k, "reason": why}))
-            .collect();
-        let v = serde_json::json!({
-            "dryRun": report.dry_run,
-            "narinfos": report.narinfos,
-            "pins": report.pins,
-            "pinned": report.pinned,
-            "kept": report.kept,
-            "keptBytes": report.kept_bytes,
-            "freedBytes": report.freed_bytes,
-            "deleted": deleted,
-            "failed": failed,
-            "pinnedMissing": report.pinned_missing,
-            "unparsable": report.unparsable,
-        });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", report.to_json())?;
     } else {
         for d in &report.deleted {
             let what = d.path.as_deref().unwrap_or(&d.key);
@@ -276,17 +206,7 @@ fn stats(url: &str, json: bool) -> Result<(), Failure> {
     let s = stats.with_context(|| format!("reading '{url}'"))?;
     let mut out = super::stdout();
     if json {
-        let v = serde_json::json!({
-            "paths": s.paths,
-            "unreadable": s.unreadable,
-            "narBytes": s.nar_bytes,
-            "storedBytes": s.stored_bytes,
-            "narDirBytes": s.nar_dir_bytes,
-            "compressionRatio": s.compression_ratio(),
-            "unsigned": s.unsigned,
-            "pins": s.pins,
-        });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", s.to_json())?;
     } else {
         writeln!(out, "paths:             {}", s.paths)?;
         writeln!(out, "unreadable:        {}", s.unreadable)?;
@@ -407,10 +327,10 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     let (report, repaired) = result.with_context(|| format!("verifying '{}'", args.url))?;
     let mut out = super::stdout();
     if args.json {
-        let mut json = report_json(&report);
-        if let Some(r) = &repaired {
-            json["repair"] = repair_json(r);
-        }
+        let json = match &repaired {
+            Some(r) => report.to_json_with_repair(r),
+            None => report.to_json(),
+        };
         writeln!(out, "{json}")?;
     } else {
         if let Some(r) = &repaired {
@@ -444,41 +364,4 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::Negative)
     }
-}
-
-/// What a repair did, as JSON.
-fn repair_json(r: &RepairReport) -> serde_json::Value {
-    let unrepaired: Vec<_> = r
-        .unrepaired
-        .iter()
-        .map(|(path, why)| serde_json::json!({"path": path, "reason": why}))
-        .collect();
-    serde_json::json!({
-        "repaired": r.repaired,
-        "deleted": r.deleted,
-        "unrepaired": unrepaired,
-    })
-}
-
-/// The report as JSON: counts, and one object per problem.
-fn report_json(report: &VerifyReport) -> serde_json::Value {
-    let problems: Vec<_> = report
-        .problems
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "kind": p.kind.name(),
-                "path": p.path,
-                "key": p.key,
-                "message": p.message,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "narinfos": report.narinfos,
-        "narFiles": report.nar_files,
-        "bytesRead": report.bytes_read,
-        "clean": report.is_clean(),
-        "problems": problems,
-    })
 }

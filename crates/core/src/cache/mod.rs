@@ -25,13 +25,18 @@ use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
 use crate::store_path::StoreDir;
 
 pub mod gc;
+mod json;
 pub mod pins;
 pub mod repair;
 pub mod sign;
 pub mod verify;
 
 pub use gc::{gc, GcOptions, GcReport};
-pub use pins::{closure_size, pin, pins, read_pin, unpin, ClosureSize, Generation, Pin, PinError};
+pub use json::pins_json;
+pub use pins::{
+    closure_size, pin, pins, pins_with_sizes, read_pin, unpin, ClosureSize, Generation, Pin,
+    PinError,
+};
 pub use repair::{repair, RepairOptions, RepairReport};
 pub use sign::{sign, stats, CacheStats, SignOptions, SignReport};
 pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};

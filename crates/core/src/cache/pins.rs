@@ -118,7 +118,7 @@ fn key_of(name: &str) -> String {
 }
 
 impl Pin {
-    fn to_json(&self) -> Value {
+    fn file_json(&self) -> Value {
         json!({
             "version": 1,
             "name": self.name,
@@ -302,7 +302,7 @@ pub async fn pin(
 }
 
 async fn write_pin(files: &dyn CacheFiles, pin: &Pin) -> Result<(), StoreError> {
-    let mut text = pin.to_json().to_string();
+    let mut text = pin.file_json().to_string();
     text.push('\n');
     files.write(&key_of(&pin.name), text.into_bytes()).await
 }
@@ -332,6 +332,28 @@ pub async fn unpin(cache: &Cache, name: &str, generation: Option<u64>) -> Result
         }
     }
     Ok(())
+}
+
+/// Every pin of the cache, each with the closure sizes of its
+/// generations (in order).
+///
+/// # Errors
+/// As [`pins`] and [`closure_size`].
+pub async fn pins_with_sizes(cache: &Cache) -> Result<Vec<(Pin, Vec<ClosureSize>)>, PinError> {
+    let mut out = Vec::new();
+    for pin in pins(cache).await? {
+        let mut sizes = Vec::new();
+        for g in &pin.generations {
+            let roots: Vec<StorePath> = g
+                .paths
+                .iter()
+                .filter_map(|p| cache.store_dir().parse(p).ok())
+                .collect();
+            sizes.push(closure_size(cache, &roots).await?);
+        }
+        out.push((pin, sizes));
+    }
+    Ok(out)
 }
 
 /// What a closure in the cache holds.
@@ -423,7 +445,7 @@ mod tests {
                 })
                 .collect(),
         };
-        let bytes = pin.to_json().to_string();
+        let bytes = pin.file_json().to_string();
         let back = Pin::from_json("k", bytes.as_bytes()).unwrap();
         assert_eq!(back, pin);
         assert_eq!(
