@@ -33,6 +33,7 @@ use std::sync::OnceLock;
 use pyo3::prelude::*;
 
 mod blocking;
+mod cache;
 mod copy;
 mod errors;
 mod hash;
@@ -73,5 +74,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     copy::register(m)?;
     server::register(m)?;
+    cache::register(m)?;
     Ok(())
 }

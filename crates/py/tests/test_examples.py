@@ -13,7 +13,7 @@ import types
 import pytest
 
 import nixferry
-from nixferry import _native, errors, hash, nar, store_path
+from nixferry import _native, cache, errors, hash, nar, store_path
 
 # How many examples each module's docstrings hold, so that a doctest that
 # stops being found (or a module that loses its examples) fails here rather
@@ -24,6 +24,7 @@ EXAMPLES = {
     hash: 2,
     store_path: 3,
     errors: 2,
+    cache: 17,
 }
 
 # The native module's docstrings are written in the Rust sources, next to

@@ -31,7 +31,7 @@ pub mod repair;
 pub mod sign;
 pub mod verify;
 
-pub use gc::{gc, GcOptions, GcReport};
+pub use gc::{gc, Deleted, Garbage, GcError, GcOptions, GcReport};
 pub use json::pins_json;
 pub use pins::{
     closure_size, pin, pins, pins_with_sizes, read_pin, unpin, ClosureSize, Generation, Pin,

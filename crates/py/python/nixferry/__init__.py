@@ -12,6 +12,8 @@ The core of the ``nixferry`` Rust library:
   ``file:///dir``, ``ssh://host``) and closure copies between them;
 - :func:`serve`: a store served as a binary cache over HTTP, as
   ``nixferry serve`` does, for as long as a ``with`` block lasts;
+- :mod:`nixferry.cache`: verify, repair, re-sign, pin and collect the
+  garbage of a binary cache, as ``nixferry cache`` does;
 - :mod:`nixferry.errors`: the exceptions, all :class:`NixferryError`.
 
 Calls that do I/O or heavy work release the GIL, and Ctrl-C interrupts
@@ -136,6 +138,7 @@ from ._native import (
     serve,
 )
 from .errors import (
+    CacheError,
     ClosureError,
     CopyError,
     HashError,
@@ -167,6 +170,7 @@ CopyEvent = (
 
 __all__ = [
     "BytesCopied",
+    "CacheError",
     "ClosureError",
     "CopyError",
     "CopyEvent",

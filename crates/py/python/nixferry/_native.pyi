@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self, final
 
 __version__: Final[str]
-__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
+__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
 
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes | bytearray | None: ...
@@ -649,3 +649,35 @@ def serve(
     io_timeout: float = 60.0,
 ) -> Server:
     """Serves ``store`` as a Nix binary cache over HTTP."""
+
+def cache_verify(
+    url: str,
+    paths: _Paths | None = None,
+    *,
+    trusted_keys: _TrustedKeys | None = None,
+    jobs: int | None = None,
+    grace: float = 3600.0,
+    upstreams: builtins.list[Store | str] | None = None,
+    repair_from: Store | str | None = None,
+    delete_broken: bool = False,
+) -> str: ...
+def cache_sign(
+    url: str,
+    secret_keys: builtins.list[SigningKey],
+    *,
+    remove_signatures_by: builtins.list[str] | None = None,
+    trusted_keys: _TrustedKeys | None = None,
+) -> str: ...
+def cache_stats(url: str) -> str: ...
+def cache_pin(url: str, name: str, paths: _Paths, *, keep: int | None = None) -> str: ...
+def cache_pins(url: str) -> str: ...
+def cache_unpin(url: str, name: str, *, generation: int | None = None) -> None: ...
+def cache_gc(
+    url: str,
+    *,
+    keep_newer_than: float | None = None,
+    max_size: int | None = None,
+    grace: float = 3600.0,
+    dry_run: bool = False,
+    jobs: int = 16,
+) -> str: ...

@@ -39,6 +39,7 @@ __all__ = [
     "PathNotFoundError",
     "ClosureError",
     "CopyError",
+    "CacheError",
 ]
 
 
@@ -117,6 +118,11 @@ class PathNotFoundError(StoreError, LookupError):
 
 class ClosureError(StoreError):
     """A closure cannot be computed: a reference is missing, or a cycle."""
+
+
+class CacheError(NixferryError):
+    """A cache operation cannot run: a pin name or pin file is bad, a
+    path to pin is not in the cache, or a gc would keep nothing."""
 
 
 class CopyError(NixferryError):
