@@ -148,7 +148,7 @@ fn cache_sign(
 #[pyfunction]
 fn cache_stats(py: Python<'_>, url: &str) -> PyResult<String> {
     let cache = open(py, url)?;
-    run(py, &cache, |c| cache::stats(c))?
+    run(py, &cache, cache::stats)?
         .map(|s| s.to_json())
         .map_err(|e| errors::store(&e))
 }
@@ -176,7 +176,7 @@ fn cache_pin(
 #[pyfunction]
 fn cache_pins(py: Python<'_>, url: &str) -> PyResult<String> {
     let cache = open(py, url)?;
-    run(py, &cache, |c| cache::pins_with_sizes(c))?
+    run(py, &cache, cache::pins_with_sizes)?
         .map(|p| cache::pins_json(&p))
         .map_err(|e| pin_error(&e))
 }
