@@ -10,7 +10,7 @@
 //! | codecs: [`compression`] | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
 //! | stores: [`store`] (`file://` always; `local`, `ssh`, `http`, `s3` behind features of those names) | here | tokio; SQLite, reqwest, object_store as their features ask |
 //! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
-//! | binary cache upkeep: [`cache`] (verify, repair, sign, stats) | here | the `file://`, `s3://` and `http(s)://` stores built |
+//! | binary cache upkeep: [`cache`] (verify, repair, sign, stats, pins, gc) | here | the `file://`, `s3://` and `http(s)://` stores built |
 //! | the HTTP binary cache server: [`server`] | here, feature `server` | hyper |
 //!
 //! Every feature is on by default. An embedder who only reads and writes

@@ -1,6 +1,9 @@
 //! Looking after a binary cache as a whole: checking it ([`verify()`]),
 //! repairing it ([`repair()`]), signing it again ([`sign()`]), counting
-//! what it holds ([`stats()`]), and the raw access to its files that this needs ([`CacheFiles`]).
+//! what it holds ([`stats()`]), recording what a fleet runs ([`pins`])
+//! and deleting the rest ([`gc()`]), and the raw access to its files
+//! that this needs ([`CacheFiles`]). The reports render as the JSON that
+//! `nixferry cache … --json` prints (`to_json`).
 //!
 //! A binary cache (docs/formats.md §3.1) is a set of files: narinfos at
 //! the top, NAR files under `nar/`, `.ls` listings beside the narinfos.
