@@ -3,7 +3,7 @@
 //! A gc marks, then sweeps:
 //!
 //! 1. **Roots.** The paths of the kept generations of every
-//!    [pin](super::pins); every path whose narinfo was written less than
+//!    [pin](mod@super::pins); every path whose narinfo was written less than
 //!    [`GcOptions::grace`] ago (a writer may be at work on its closure);
 //!    and every path written less than [`GcOptions::keep_newer_than`] ago
 //!    (all of them, without that option, when [`GcOptions::max_size`] is

@@ -1,6 +1,6 @@
 //! Looking after a binary cache as a whole: checking it ([`verify()`]),
 //! repairing it ([`repair()`]), signing it again ([`sign()`]), counting
-//! what it holds ([`stats()`]), recording what a fleet runs ([`pins`])
+//! what it holds ([`stats()`]), recording what a fleet runs ([`pin()`], [`mod@pins`])
 //! and deleting the rest ([`gc()`]), and the raw access to its files
 //! that this needs ([`CacheFiles`]). The reports render as the JSON that
 //! `nixferry cache … --json` prints (`to_json`).
