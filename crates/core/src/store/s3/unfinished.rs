@@ -332,7 +332,18 @@ impl S3 {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use object_store::path::Path as Key;
+
     use super::*;
+    use crate::cache::{verify, Cache, ProblemKind, VerifyOptions};
+    use crate::store::s3::S3Store;
+    use crate::store::StoreUrl;
 
     fn at(secs: u64, nanos: u32) -> Option<SystemTime> {
         SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
@@ -417,5 +428,170 @@ mod tests {
         ] {
             assert!(parse_page(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The S3 server of the command's tests (moto, signatures checked),
+    /// with the bucket `cache`; killed when dropped.
+    struct Moto {
+        child: Child,
+        port: u16,
+        key_id: String,
+        secret: String,
+        dir: tempfile::TempDir,
+    }
+
+    impl Moto {
+        /// Starts it, if its Python is there (`NIXFERRY_TEST_PYTHON`, else
+        /// the test command's virtualenv); when it is not, the test skips,
+        /// or fails in CI or with `NIXFERRY_REQUIRE_NIX` set.
+        fn start() -> Option<Self> {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let python = std::env::var_os("NIXFERRY_TEST_PYTHON")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| root.join("target/py-venv/bin/python"), PathBuf::from);
+            let found = Command::new(&python)
+                .args(["-c", "import moto.server, boto3"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                let required = ["CI", "NIXFERRY_REQUIRE_NIX"]
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+                assert!(!required, "{} cannot import moto[server]", python.display());
+                eprintln!(
+                    "note: {} cannot import moto[server]; skipping a test",
+                    python.display()
+                );
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (port_file, creds) = (dir.path().join("port"), dir.path().join("creds.json"));
+            let mut child = Command::new(&python)
+                .arg(root.join("crates/cli/tests/it/s3_server.py"))
+                .arg("serve")
+                .arg("--port-file")
+                .arg(&port_file)
+                .arg("--creds-file")
+                .arg(&creds)
+                .args(["--bucket", "cache", "--tmp-dir"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            let port = loop {
+                if let Ok(p) = std::fs::read_to_string(&port_file) {
+                    break p.trim().parse().unwrap();
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("the S3 server exited: {status}");
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "no S3 server");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+            let field = |name: &str| v[name].as_str().unwrap().to_owned();
+            Some(Self {
+                child,
+                port,
+                key_id: field("access_key_id"),
+                secret: field("secret_access_key"),
+                dir,
+            })
+        }
+
+        /// The cache at `bucket_and_prefix`, with the server's
+        /// credentials and nothing else from the environment.
+        fn store(&self, bucket_and_prefix: &str) -> S3Store {
+            let url = format!(
+                "s3://{bucket_and_prefix}?endpoint=127.0.0.1:{}&scheme=http",
+                self.port
+            );
+            let none = self.dir.path().join("none");
+            let env = |name: &str| match name {
+                "AWS_ACCESS_KEY_ID" => Some(OsString::from(&self.key_id)),
+                "AWS_SECRET_ACCESS_KEY" => Some(OsString::from(&self.secret)),
+                "AWS_SHARED_CREDENTIALS_FILE" | "AWS_CONFIG_FILE" => Some(none.clone().into()),
+                "XDG_STATE_HOME" => Some(self.dir.path().join("state").into()),
+                _ => None,
+            };
+            S3Store::open_in(&StoreUrl::parse(&url).unwrap(), &env).unwrap()
+        }
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Against the S3 server: uploads begun and left are listed under the
+    /// cache's prefix, keyed relative to it, reported by `verify`, and
+    /// gone once aborted (twice is no error).
+    #[tokio::test]
+    async fn uploads_in_the_s3_server() {
+        let Some(server) = Moto::start() else { return };
+        let store = server.store("cache/sub");
+        let whole = server.store("cache");
+        let s3 = &store.inner.blobs;
+        let ours = s3
+            .client
+            .create_multipart(&s3.key("nar/1abc.nar.xz").unwrap())
+            .await
+            .unwrap();
+        let theirs = s3
+            .client
+            .create_multipart(&Key::from("elsewhere/nar/2def.nar"))
+            .await
+            .unwrap();
+
+        let files = store.files();
+        let uploads = files.list_uploads().await.unwrap();
+        assert_eq!(uploads.len(), 1, "{uploads:?}");
+        assert_eq!(
+            (uploads[0].key.as_str(), &uploads[0].id),
+            ("nar/1abc.nar.xz", &ours)
+        );
+        assert!(uploads[0].initiated.is_some());
+        let mut all: Vec<_> = whole
+            .files()
+            .list_uploads()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.key, u.id))
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("elsewhere/nar/2def.nar".to_owned(), theirs.clone()),
+                ("sub/nar/1abc.nar.xz".to_owned(), ours.clone()),
+            ]
+        );
+
+        let cache = Cache::from_parts(Arc::new(store.clone()), Arc::clone(&files));
+        let opts = VerifyOptions {
+            grace: Duration::ZERO,
+            ..VerifyOptions::default()
+        };
+        let report = verify(&cache, &opts, &|_| {}).await.unwrap();
+        let found: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.key.as_str()))
+            .collect();
+        assert_eq!(found, [(ProblemKind::UnfinishedUpload, "nar/1abc.nar.xz")]);
+
+        files.abort_upload(&uploads[0]).await.unwrap();
+        files.abort_upload(&uploads[0]).await.unwrap();
+        assert_eq!(files.list_uploads().await.unwrap(), []);
+        assert!(verify(&cache, &opts, &|_| {}).await.unwrap().is_clean());
+        let left = whole.files().list_uploads().await.unwrap();
+        assert_eq!(left.len(), 1);
+        whole.files().abort_upload(&left[0]).await.unwrap();
+        assert_eq!(whole.files().list_uploads().await.unwrap(), []);
     }
 }
