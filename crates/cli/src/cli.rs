@@ -54,8 +54,8 @@ pub(crate) enum CacheCommand {
     /// signed by a trusted key, NAR file present with its FileSize and
     /// FileHash, NAR of its NarSize and NarHash, references present,
     /// listing right; and NAR files no narinfo names, temporary files
-    /// left behind. Exit code 0: clean; 1: problems found; 2: could not
-    /// run.
+    /// left behind, unfinished multipart uploads (S3). Exit code 0:
+    /// clean; 1: problems found; 2: could not run.
     Verify(CacheVerifyArgs),
     /// Sign every narinfo with a new key (key rotation), optionally
     /// removing an old key's signatures; each narinfo is rewritten at
@@ -196,9 +196,9 @@ pub(crate) struct CacheVerifyArgs {
     /// to 32).
     #[arg(long, short = 'j')]
     pub(crate) jobs: Option<usize>,
-    /// NAR files no narinfo names and temporary files younger than this
-    /// are not reported (a writer may be at work): `90s`, `30m`, `1h`,
-    /// `2d`, or seconds.
+    /// NAR files no narinfo names, temporary files and multipart uploads
+    /// younger than this are not reported (a writer may be at work):
+    /// `90s`, `30m`, `1h`, `2d`, or seconds.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub(crate) grace: std::time::Duration,
     /// A store that may hold references the cache lacks (a cache its

@@ -363,6 +363,74 @@ fn a_broken_bucket_is_reported_exactly() {
     assert!(keys.contains(&format!("p/{}.narinfo", hash_part(&b.top))));
 }
 
+/// Multipart uploads begun in a bucket and never completed are reported,
+/// keyed relative to the cache, once older than `--grace` (moto dates
+/// every upload 2010-11-10), and no longer once aborted.
+#[test]
+fn unfinished_uploads_in_a_bucket_are_reported() {
+    if !s3::have_s3() {
+        return;
+    }
+    let server = s3::S3::start();
+    let ours = server.begin_upload("cache", "sub/nar/1abc.nar.xz");
+    // Not under the cache's prefix.
+    let theirs = server.begin_upload("cache", "elsewhere/nar/2def.nar.xz");
+    let url = server.url("cache/sub", "");
+
+    let (code, problems, out) = verify(&mut server.nixferry(), &[&url, "--grace", "0s"]);
+    assert_eq!(code, 1, "{}", stderr(&out));
+    assert_eq!(
+        problems,
+        [pair("unfinished-upload", "nar/1abc.nar.xz")].into()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problem = &v["problems"][0];
+    assert_eq!(problem["path"], serde_json::Value::Null);
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("a multipart upload begun ")
+            && message.contains(" ago and never completed")
+            && message.contains(&ours),
+        "{message}"
+    );
+    // The text report too.
+    let out = server
+        .nixferry()
+        .args(["cache", "verify", &url, "--grace=0s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("unfinished-upload: nar/1abc.nar.xz: a multipart upload begun "),
+        "{text}"
+    );
+
+    // Younger than the grace: left alone.
+    let (code, problems, out) = verify(&mut server.nixferry(), &[&url, "--grace", "36500d"]);
+    assert_eq!((code, problems), (0, BTreeSet::new()), "{}", stderr(&out));
+
+    // The whole bucket has both.
+    let (code, problems, _) = verify(
+        &mut server.nixferry(),
+        &[&server.url("cache", ""), "--grace", "0s"],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems,
+        [
+            pair("unfinished-upload", "elsewhere/nar/2def.nar.xz"),
+            pair("unfinished-upload", "sub/nar/1abc.nar.xz"),
+        ]
+        .into()
+    );
+
+    server.abort_upload("cache", "sub/nar/1abc.nar.xz", &ours);
+    let (code, problems, out) = verify(&mut server.nixferry(), &[&url, "--grace", "0s"]);
+    assert_eq!((code, problems), (0, BTreeSet::new()), "{}", stderr(&out));
+    server.abort_upload("cache", "elsewhere/nar/2def.nar.xz", &theirs);
+}
+
 /// `--repair --from` copies broken and missing paths again (a truncated
 /// NAR file replaced, not kept for its name), signed by the cache's key;
 /// what no copy fixes stays reported; Nix then reads the repaired paths.

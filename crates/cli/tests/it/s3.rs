@@ -30,7 +30,7 @@ pub(crate) fn harness() -> PathBuf {
 
 /// Whether the S3 server can run; when it cannot, the test
 /// [skips](skip).
-fn have_s3() -> bool {
+pub(crate) fn have_s3() -> bool {
     let found = Command::new(python())
         .args(["-c", "import moto.server, boto3"])
         .output()
@@ -211,6 +211,21 @@ impl S3 {
     /// The unfinished multipart uploads in `bucket`.
     fn uploads(&self, bucket: &str) -> Vec<serde_json::Value> {
         self.query("uploads", bucket)
+    }
+
+    /// Begins a multipart upload of `key` in `bucket` (one part sent) and
+    /// leaves it unfinished: its upload id.
+    pub(crate) fn begin_upload(&self, bucket: &str, key: &str) -> String {
+        let out = run(self.boto("begin", bucket).args(["--key", key]));
+        let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        id.as_str().unwrap().to_owned()
+    }
+
+    /// Aborts the multipart upload `id` of `key` in `bucket`.
+    pub(crate) fn abort_upload(&self, bucket: &str, key: &str, id: &str) {
+        run(self
+            .boto("abort", bucket)
+            .args(["--key", key, "--upload-id", id]));
     }
 
     /// Every narinfo in `bucket` (under `prefix`) has its NAR file there.

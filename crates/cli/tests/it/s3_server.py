@@ -20,9 +20,11 @@ proxy
     it drops every connection through it while the server keeps its state,
     which is how the tests stop "the server" in the middle of an upload.
 
-uploads, keys, put, get
+uploads, keys, put, get, begin, abort
     boto3 helpers for the tests: list the unfinished multipart uploads or the
-    keys of a bucket as JSON, upload or download one object.
+    keys of a bucket as JSON, upload or download one object, begin a
+    multipart upload (one small part sent, never completed; its id printed as
+    JSON) or abort one.
 
 `serve` and `proxy` write their port (decimal, newline) to the port file
 last, atomically, once they accept connections; then they run until killed.
@@ -562,6 +564,20 @@ def get(args):
     os.replace(tmp, args.out)
 
 
+def begin(args):
+    s3 = client(args)
+    upload_id = s3.create_multipart_upload(Bucket=args.bucket, Key=args.key)["UploadId"]
+    s3.upload_part(
+        Bucket=args.bucket, Key=args.key, UploadId=upload_id, PartNumber=1, Body=b"part"
+    )
+    print_json(upload_id)
+
+
+def abort(args):
+    s3 = client(args)
+    s3.abort_multipart_upload(Bucket=args.bucket, Key=args.key, UploadId=args.upload_id)
+
+
 # --- command line ------------------------------------------------------------
 
 
@@ -629,6 +645,13 @@ def main():
     p.add_argument("--key", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=get)
+    p = boto_command("begin", "begin a multipart upload and leave it unfinished")
+    p.add_argument("--key", required=True)
+    p.set_defaults(run=begin)
+    p = boto_command("abort", "abort a multipart upload")
+    p.add_argument("--key", required=True)
+    p.add_argument("--upload-id", required=True)
+    p.set_defaults(run=abort)
 
     args = parser.parse_args()
     args.run(args)

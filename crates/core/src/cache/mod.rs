@@ -16,6 +16,11 @@
 //! | `file:///dir` | yes | yes | yes (writes are atomic: temporary file, rename) |
 //! | `s3://bucket[/prefix]` | yes | yes | yes (one `PUT` replaces an object whole) |
 //! | `http(s)://…` | no | files whose names are known (narinfos of given paths, and what they name) | no |
+//!
+//! An S3 cache also lists the multipart uploads under it that were begun
+//! and never completed nor aborted, and aborts them
+//! ([`CacheFiles::list_uploads`], [`CacheFiles::abort_upload`]): a
+//! writer that died leaves them, and S3 keeps (and bills) their parts.
 
 use std::fmt;
 use std::io;
@@ -194,6 +199,12 @@ impl Cache {
             }
             .into()),
         }
+    }
+
+    /// A cache of these two views of it.
+    #[cfg(test)]
+    pub(crate) fn from_parts(store: Arc<dyn Store>, files: Arc<dyn CacheFiles>) -> Self {
+        Self { store, files }
     }
 
     /// The cache as a store.

@@ -13,11 +13,13 @@
 //!
 //! A whole cache (one that can list its files) is also checked for NAR
 //! files no narinfo names ([`ProblemKind::OrphanNar`]), listings without
-//! a narinfo ([`ProblemKind::OrphanListing`]) and temporary files left by
-//! writers that died ([`ProblemKind::TemporaryFile`]); files written less
-//! than [`VerifyOptions::grace`] ago are left out of those, since a
-//! writer at work has them. Given paths that the cache lacks are
-//! [`ProblemKind::MissingPath`].
+//! a narinfo ([`ProblemKind::OrphanListing`]), temporary files left by
+//! writers that died ([`ProblemKind::TemporaryFile`]) and multipart
+//! uploads (of S3 caches) begun and never completed nor aborted
+//! ([`ProblemKind::UnfinishedUpload`], see [`CacheFiles::list_uploads`]);
+//! files written, and uploads begun, less than [`VerifyOptions::grace`]
+//! ago are left out of those, since a writer at work has them. Given
+//! paths that the cache lacks are [`ProblemKind::MissingPath`].
 //!
 //! NAR files are streamed (a file's bytes are hashed on one thread while
 //! a second decompresses and decodes them), [`VerifyOptions::jobs`] at a
@@ -32,7 +34,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt as _;
 use tokio_util::io::SyncIoBridge;
 
-use super::{Cache, CacheFiles, FileEntry};
+use super::{Cache, CacheFiles, FileEntry, UploadEntry};
 use crate::compression::Compression;
 use crate::hash::{HashingWriter, NixHash};
 use crate::nar::{Listing, NarError, NarSummary};
@@ -55,8 +57,8 @@ pub struct VerifyOptions {
     pub paths: Vec<StorePath>,
     /// Narinfos checked at once.
     pub jobs: usize,
-    /// Orphan and temporary files younger than this are left alone: a
-    /// writer may be at work on them.
+    /// Orphan and temporary files, and unfinished uploads, younger than
+    /// this are left alone: a writer may be at work on them.
     pub grace: Duration,
     /// Stores that may hold references the cache lacks (the caches
     /// clients also substitute from): a reference one of them has is not
@@ -116,6 +118,9 @@ pub enum ProblemKind {
     OrphanListing,
     /// A temporary file a writer left.
     TemporaryFile,
+    /// A multipart upload begun and neither completed nor aborted (S3
+    /// keeps, and bills, its parts until one or the other).
+    UnfinishedUpload,
 }
 
 impl ProblemKind {
@@ -138,6 +143,7 @@ impl ProblemKind {
             Self::OrphanNar => "orphan-nar",
             Self::OrphanListing => "orphan-listing",
             Self::TemporaryFile => "temporary-file",
+            Self::UnfinishedUpload => "unfinished-upload",
         }
     }
 
@@ -216,6 +222,8 @@ struct Inventory {
     listings: HashSet<String>,
     /// Temporary files.
     temporary: Vec<FileEntry>,
+    /// Multipart uploads begun and not finished.
+    uploads: Vec<UploadEntry>,
 }
 
 /// Whether `key` is a temporary file a writer makes and renames
@@ -224,6 +232,24 @@ pub(crate) fn is_temporary(key: &str) -> bool {
     key.rsplit('/')
         .next()
         .is_some_and(|name| name.contains(".tmp."))
+}
+
+/// A duration in its two largest units: `3d 4h`, `2h 5m`, `45s`.
+fn human_age(d: Duration) -> String {
+    let secs = d.as_secs();
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let Some(first) = units.iter().position(|(_, n)| secs >= *n) else {
+        return "0s".to_owned();
+    };
+    let (name, n) = units[first];
+    let mut out = format!("{}{name}", secs / n);
+    if let Some((next, m)) = units.get(first + 1) {
+        let rest = secs % n / m;
+        if rest > 0 {
+            out.push_str(&format!(" {rest}{next}"));
+        }
+    }
+    out
 }
 
 /// The hash part of a top-level `<hashPart><suffix>` key.
@@ -269,6 +295,7 @@ pub async fn verify(
                 inventory.listings.insert(hash.to_owned());
             }
         }
+        inventory.uploads = files.list_uploads().await?;
         keys.sort();
         (keys, present, Some(inventory))
     } else {
@@ -338,6 +365,30 @@ pub async fn verify(
                 path: None,
                 key: entry.key.clone(),
                 message: format!("a temporary file a writer left ({} bytes)", entry.size),
+                reference: None,
+                nar_file: None,
+            });
+        }
+        for upload in &inventory.uploads {
+            // One begun in the future (clocks disagree) is as young as can be.
+            let age = upload
+                .initiated
+                .map(|i| now.duration_since(i).unwrap_or_default());
+            if age.is_some_and(|age| age < opts.grace) {
+                continue;
+            }
+            let begun = match age {
+                Some(age) => format!("begun {} ago", human_age(age)),
+                None => "begun at an unknown time".to_owned(),
+            };
+            problems.push(Problem {
+                kind: ProblemKind::UnfinishedUpload,
+                path: None,
+                key: upload.key.clone(),
+                message: format!(
+                    "a multipart upload {begun} and never completed (upload id {})",
+                    upload.id
+                ),
                 reference: None,
                 nar_file: None,
             });
@@ -732,5 +783,27 @@ impl Ctx<'_> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        let age = |s| human_age(Duration::from_secs(s));
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(45), "45s");
+        assert_eq!(age(3600), "1h");
+        assert_eq!(age(3600 + 5 * 60 + 7), "1h 5m");
+        assert_eq!(age(3 * 86_400 + 4 * 3600 + 59), "3d 4h");
+        assert_eq!(age(86_400 + 30), "1d");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(ProblemKind::UnfinishedUpload.name(), "unfinished-upload");
+        assert!(!ProblemKind::UnfinishedUpload.breaks_path());
     }
 }

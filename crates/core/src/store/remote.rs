@@ -138,6 +138,23 @@ pub(crate) trait Blobs: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Multipart uploads under the cache that were begun and neither
+    /// completed nor aborted, keyed like [`Blobs::list`]'s files; none
+    /// for a cache without them.
+    async fn list_uploads(&self) -> Result<Vec<crate::cache::UploadEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Aborts a multipart upload [`Blobs::list_uploads`] gave; one already
+    /// gone is no error.
+    async fn abort_upload(&self, upload: &crate::cache::UploadEntry) -> Result<(), StoreError> {
+        let _ = upload;
+        Err(StoreError::Unsupported {
+            store: self.store_url().to_owned(),
+            what: "aborting multipart uploads",
+        })
+    }
+
     /// Whether [`Blobs::list`] and [`Blobs::delete`] work, and
     /// [`Blobs::put`] may be used by the cache's maintenance.
     fn can_list(&self) -> bool {
@@ -565,6 +582,15 @@ impl<B: Blobs> crate::cache::CacheFiles for BlobFiles<B> {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.key(key)?;
         self.0.blobs.delete(key).await
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<crate::cache::UploadEntry>, StoreError> {
+        self.0.blobs.list_uploads().await
+    }
+
+    async fn abort_upload(&self, upload: &crate::cache::UploadEntry) -> Result<(), StoreError> {
+        self.key(&upload.key)?;
+        self.0.blobs.abort_upload(upload).await
     }
 }
 

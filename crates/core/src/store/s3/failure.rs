@@ -156,6 +156,13 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// The URL every request about the bucket starts with.
+    pub(super) fn bucket_url(&self) -> &str {
+        &self.bucket_url
+    }
+}
+
 impl HttpConnector for Connector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;

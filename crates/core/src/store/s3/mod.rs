@@ -53,7 +53,10 @@
 //! same machine aborts those of a process that was killed, before its own
 //! first upload to the bucket (no narinfo ever points to them). For
 //! uploads that no run comes back to, an `AbortIncompleteMultipartUpload`
-//! lifecycle rule on the bucket is the safety net.
+//! lifecycle rule on the bucket is the safety net; `cache verify` reports
+//! them (`unfinished-upload`), and [`crate::cache::CacheFiles`] lists and
+//! aborts them (`ListMultipartUploads`, which `object_store` lacks, is
+//! sent signed through the same client).
 //!
 //! Content types are Nix's (`application/x-nix-nar`,
 //! `text/x-nix-narinfo`, …). Payloads are not signed (as by Nix: requests
@@ -85,6 +88,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpClient, HttpConnector as _};
 use object_store::path::Path as Key;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore,
@@ -93,6 +97,7 @@ use object_store::{
 use tokio::sync::Semaphore;
 
 mod failure;
+mod unfinished;
 mod upload;
 
 use super::cache_writer::{io_err, CacheWriter};
@@ -144,6 +149,12 @@ struct S3 {
     /// Prepended to every key: empty, or ending in `/`.
     prefix: String,
     client: AmazonS3,
+    /// The bucket's URL (path-style: `{endpoint}/{bucket}`), for the
+    /// requests `object_store` cannot make.
+    bucket_url: String,
+    region: String,
+    /// The client's connections, for those requests.
+    http: HttpClient,
     retries: u32,
     part_size: u64,
     /// Permits for parts in memory, shared by all uploads.
@@ -310,9 +321,15 @@ impl S3Store {
             max_retries: retries as usize,
             retry_timeout: Duration::from_secs(180),
         };
+        let bucket_url = connector.bucket_url().to_owned();
+        let setup_failed = |e: object_store::Error| StoreError::Connection {
+            store: url.as_str().to_owned(),
+            message: format!("cannot set up the S3 client: {e}"),
+        };
+        let http = connector.connect(&options).map_err(setup_failed)?;
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region(region)
+            .with_region(&region)
             .with_client_options(options)
             .with_retry(retry)
             .with_http_connector(connector)
@@ -330,15 +347,15 @@ impl S3Store {
                 builder = builder.with_token(token);
             }
         }
-        let client = builder.build().map_err(|e| StoreError::Connection {
-            store: url.as_str().to_owned(),
-            message: format!("cannot set up the S3 client: {e}"),
-        })?;
+        let client = builder.build().map_err(setup_failed)?;
         let s3 = S3 {
             url: url.as_str().to_owned(),
             bucket: bucket.to_owned(),
             prefix,
             client,
+            bucket_url,
+            region,
+            http,
             retries,
             part_size,
             parts: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
@@ -767,6 +784,14 @@ impl Blobs for S3 {
         }
     }
 
+    async fn list_uploads(&self) -> Result<Vec<crate::cache::UploadEntry>, StoreError> {
+        self.unfinished_uploads().await
+    }
+
+    async fn abort_upload(&self, upload: &crate::cache::UploadEntry) -> Result<(), StoreError> {
+        self.abort_unfinished(upload).await
+    }
+
     /// Waits for the aborts of cancelled uploads, then tries once more to
     /// abort those whose abort failed (the server may be back). What
     /// still fails is left to the bucket's lifecycle rules.
@@ -1014,6 +1039,94 @@ mod tests {
         assert_eq!(server.count("GET /b/huge"), 1);
         let e = s3.get_small("ok", 4).await.unwrap_err();
         assert!(e.to_string().contains("longer than 4 bytes"), "{e}");
+    }
+
+    /// Answers about multipart upload listings: two pages under `p/`, and
+    /// buckets that fail in one way each.
+    fn listing_answer(method: &str, path: &str) -> Vec<u8> {
+        let xml = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let root = |inner: &str| {
+            format!("<ListMultipartUploadsResult>{inner}</ListMultipartUploadsResult>")
+        };
+        match (method, path) {
+            ("GET", "/b?uploads&prefix=p%2F") => xml(&root(
+                "<IsTruncated>true</IsTruncated>\
+                 <NextKeyMarker>p/nar/a b.nar</NextKeyMarker>\
+                 <NextUploadIdMarker>1</NextUploadIdMarker>\
+                 <Upload><Key>p/nar/a b.nar</Key><UploadId>1</UploadId>\
+                 <Initiated>2020-01-01T00:00:00.000Z</Initiated></Upload>",
+            )),
+            ("GET", "/b?uploads&prefix=p%2F&key-marker=p%2Fnar%2Fa%20b.nar&upload-id-marker=1") => {
+                xml(&root(
+                    "<IsTruncated>false</IsTruncated>\
+                     <Upload><Key>p/nar/c.nar</Key><UploadId>2</UploadId></Upload>",
+                ))
+            }
+            ("DELETE", p) if p.starts_with("/b/p/nar/") => {
+                error_answer("404 Not Found", "NoSuchUpload")
+            }
+            ("GET", p) if p.starts_with("/busy?uploads") => {
+                error_answer("503 Service Unavailable", "SlowDown")
+            }
+            ("GET", p) if p.starts_with("/denied?uploads") => {
+                error_answer("403 Forbidden", "AccessDenied")
+            }
+            ("GET", p) if p.starts_with("/stuck?uploads") => {
+                xml(&root("<IsTruncated>true</IsTruncated>"))
+            }
+            ("GET", p) if p.starts_with("/junk?uploads") => xml("<html></html>"),
+            _ => error_answer("404 Not Found", "NoSuchBucket"),
+        }
+    }
+
+    /// Unfinished uploads are listed page by page, keyed relative to the
+    /// cache; an abort of one that is gone succeeds; failures are told
+    /// apart as for other requests.
+    #[tokio::test]
+    async fn unfinished_uploads() {
+        let server = Canned::start(listing_answer);
+        let files = server.store("b/p").files();
+        let uploads = files.list_uploads().await.unwrap();
+        let got: Vec<_> = uploads
+            .iter()
+            .map(|u| (u.key.as_str(), u.id.as_str(), u.initiated))
+            .collect();
+        let new_year = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+        assert_eq!(
+            got,
+            [
+                ("nar/a b.nar", "1", Some(new_year)),
+                ("nar/c.nar", "2", None)
+            ]
+        );
+        files.abort_upload(&uploads[0]).await.unwrap();
+        assert_eq!(server.count("DELETE /b/p/nar/a%20b.nar?uploadId=1"), 1);
+
+        let list = |bucket: &str| server.store(bucket).files();
+        let e = list("busy").list_uploads().await.unwrap_err();
+        assert!(matches!(e, StoreError::Connection { .. }), "{e}");
+        assert!(e.to_string().contains("SlowDown"), "{e}");
+        assert_eq!(server.count("GET /busy?uploads"), 3);
+        let e = list("denied").list_uploads().await.unwrap_err();
+        assert!(matches!(e, StoreError::Login { .. }), "{e}");
+        assert!(
+            e.to_string().contains(
+                "listing the multipart uploads under s3://denied/: 403 Forbidden: AccessDenied"
+            ),
+            "{e}"
+        );
+        assert_eq!(server.count("GET /denied?uploads"), 1);
+        for bucket in ["stuck", "junk", "nobucket"] {
+            let e = list(bucket).list_uploads().await.unwrap_err();
+            assert!(matches!(e, StoreError::Remote { .. }), "{bucket}: {e}");
+        }
     }
 
     #[test]
