@@ -319,9 +319,25 @@ fn gc_in_a_bucket() {
         "{text}"
     );
 
-    // Everything is new: the grace period keeps it all.
+    // An upload a writer began and never finished, and one outside the
+    // cache's prefix.
+    server.begin_upload("cache", "gc/nar/1abc.nar.xz");
+    server.begin_upload("cache", "other/nar/2def.nar.xz");
+
+    // Everything is new: the grace period keeps it all (the server dates
+    // its uploads long ago, so the upload goes).
     let report = gc(&mut server.nixferry(), &[&url]);
     assert_eq!(deleted_paths(&report), BTreeSet::new());
+    assert_eq!(
+        deleted_keys(&report, "unfinished-upload"),
+        BTreeSet::from(["nar/1abc.nar.xz".to_owned()])
+    );
+    let left: Vec<_> = server
+        .uploads("cache")
+        .iter()
+        .map(|u| u["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["other/nar/2def.nar.xz"]);
     let report = gc(&mut server.nixferry(), &[&url, "--grace", "0s"]);
     let web_closure = closure(&web);
     let db_only: BTreeSet<_> = closure(&db).difference(&web_closure).cloned().collect();

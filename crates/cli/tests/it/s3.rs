@@ -209,7 +209,7 @@ impl S3 {
     }
 
     /// The unfinished multipart uploads in `bucket`.
-    fn uploads(&self, bucket: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn uploads(&self, bucket: &str) -> Vec<serde_json::Value> {
         self.query("uploads", bucket)
     }
 
