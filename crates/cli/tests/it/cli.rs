@@ -317,3 +317,50 @@ fn sizes_are_for_people_and_summaries_stay_off_stdout() {
     assert!(stderr.contains("copied 1 path ("), "{stderr}");
     assert!(!stderr.contains("MiB"), "{stderr}");
 }
+
+/// Reading from a directory that is not a cache (or not there) writes
+/// nothing into it; the first path written lays the cache out.
+#[test]
+fn reading_a_directory_never_writes_into_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("not-a-cache");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), "mine\n").unwrap();
+    let absent = format!("/nix/store/{}-x", "a".repeat(32));
+    for url in [
+        format!("file://{}", dir.display()),
+        format!("file://{}", tmp.path().join("missing").display()),
+    ] {
+        let out = nixferry()
+            .args(["path-info", &url, &absent])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let out = nixferry()
+            .args(["copy", "--from", &url, "--to"])
+            .arg(format!("file://{}", tmp.path().join("dest").display()))
+            .arg(&absent)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}");
+    }
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+    assert!(!tmp.path().join("missing").exists());
+    assert!(!tmp.path().join("dest").exists());
+
+    // Writing a path makes the layout Nix gives a cache.
+    let src = tmp.path().join("file");
+    fs::write(&src, "hello\n").unwrap();
+    run(nixferry()
+        .arg("add")
+        .arg(&src)
+        .arg("--to")
+        .arg(format!("file://{}", dir.display())));
+    for made in ["nix-cache-info", "nar", "log", "realisations"] {
+        assert!(dir.join(made).exists(), "{made}");
+    }
+}

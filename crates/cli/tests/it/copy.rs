@@ -10,9 +10,13 @@ use crate::common::{
     run_text,
 };
 
+/// The narinfos of the cache in `cache` (none if nothing was ever
+/// written there).
 fn narinfos(cache: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(cache)
-        .unwrap()
+    let Ok(dir) = fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = dir
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "narinfo"))
         .collect();

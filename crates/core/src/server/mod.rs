@@ -753,6 +753,11 @@ fn backend(
                 None => files.store_dir().clone(),
             };
             let root = files.root();
+            // A cache to write into, or a new one, gets the layout a
+            // first write would give it.
+            if writable || !root.exists() {
+                files.lay_out()?;
+            }
             let root = std::fs::canonicalize(root).map_err(|source| ServerError::CacheDir {
                 path: root.to_path_buf(),
                 source,

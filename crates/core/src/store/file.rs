@@ -6,8 +6,12 @@
 //! <dir>/<hashPart>.narinfo             one per path, written last
 //! <dir>/<hashPart>.ls                  with ?write-nar-listing=true
 //! <dir>/nar/<fileHash>.nar<ext>        the NAR, compressed, named by the file's hash
-//! <dir>/log/, <dir>/realisations/      created empty, as by Nix
+//! <dir>/log/, <dir>/realisations/      created empty, as by Nix, with the first write
 //! ```
+//!
+//! Opening the cache writes nothing: reading a directory never changes
+//! it (Nix creates the layout even to read). The first path written
+//! creates what is missing.
 //!
 //! # URL parameters
 //!
@@ -118,16 +122,19 @@ struct Inner {
     /// place (`fsync`, on by default).
     fsync: bool,
     writer: CacheWriter,
+    /// Set once the cache's directories and `nix-cache-info` are known to
+    /// be there: the first write makes them, reading never does.
+    laid_out: std::sync::Mutex<bool>,
+    /// What `nix-cache-info` gets when the first write creates it.
+    new_cache_info: CacheInfo,
 }
 
 impl FileStore {
-    /// Opens the cache a `file:///dir?…` URL names, creating the directory,
-    /// `nar/`, `log/`, `realisations/` and `nix-cache-info` if missing, as
-    /// Nix does (even to read).
-    ///
-    /// If the directories cannot be created but the cache directory exists
-    /// (a read-only cache), opening goes on: reading works, and writing
-    /// fails when it is tried.
+    /// Opens the cache a `file:///dir?…` URL names. Opening writes
+    /// nothing (Nix creates the directory, `nar/`, `log/`, `realisations/`
+    /// and `nix-cache-info` even to read): the first path written creates
+    /// what is missing. A directory that does not exist reads as an empty
+    /// cache.
     ///
     /// # Errors
     /// [`StoreError::Url`] for a parameter that is unknown or has a bad
@@ -152,9 +159,12 @@ impl FileStore {
         let priority = url.int_param("priority")?;
 
         let root = PathBuf::from(url.location());
-        create_dirs(&root)?;
+        let mut new_cache_info = CacheInfo::new(store_dir.clone());
+        new_cache_info.want_mass_query = want_mass_query.unwrap_or(false);
+        new_cache_info.priority = priority;
         let cache_info =
-            read_or_create_cache_info(url.as_str(), &root, &store_dir, want_mass_query, priority)?;
+            read_cache_info(url.as_str(), &root, &store_dir, want_mass_query, priority)?
+                .unwrap_or_else(|| new_cache_info.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 url: url.as_str().to_owned(),
@@ -163,8 +173,20 @@ impl FileStore {
                 cache_info,
                 fsync,
                 writer,
+                laid_out: std::sync::Mutex::new(false),
+                new_cache_info,
             }),
         })
+    }
+
+    /// Creates what the cache lacks of the layout Nix gives a new cache
+    /// (the directory, `nar/`, `log/`, `realisations/`,
+    /// `nix-cache-info`); writing a path does this first.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if a directory or file cannot be created.
+    pub fn lay_out(&self) -> Result<(), StoreError> {
+        self.inner.lay_out()
     }
 
     /// The cache directory.
@@ -195,31 +217,15 @@ impl FileStore {
     }
 }
 
-/// Creates the cache directory and its subdirectories, as Nix's
-/// `LocalBinaryCacheStore::init` does. A failure is tolerated for an
-/// existing cache directory, so that read-only caches can be read.
-fn create_dirs(root: &Path) -> Result<(), StoreError> {
-    for sub in ["nar", "log", "realisations"] {
-        let dir = root.join(sub);
-        if let Err(e) = fs::create_dir_all(&dir) {
-            if !root.is_dir() {
-                return Err(io_err("creating", &dir)(e));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads `nix-cache-info`, or creates it as Nix does (`StoreDir` only,
-/// plus the URL's `want-mass-query` and `priority` if given), and checks
-/// that it is for `store_dir`.
-fn read_or_create_cache_info(
+/// Reads `nix-cache-info` (`None` if there is none) and checks that it
+/// is for `store_dir`; the URL's `want-mass-query` and `priority` win.
+fn read_cache_info(
     url: &str,
     root: &Path,
     store_dir: &StoreDir,
     want_mass_query: Option<bool>,
     priority: Option<i64>,
-) -> Result<CacheInfo, StoreError> {
+) -> Result<Option<CacheInfo>, StoreError> {
     let path = root.join("nix-cache-info");
     let mut info = match read_limited(&path, MAX_NARINFO_LEN) {
         Ok(text) => {
@@ -231,12 +237,13 @@ fn read_or_create_cache_info(
             info.check_store_dir(store_dir).map_err(|e| corrupt(&e))?;
             info
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut info = CacheInfo::new(store_dir.clone());
-            info.want_mass_query = want_mass_query.unwrap_or(false);
-            info.priority = priority;
-            atomic::write_atomic(&path, info.render().as_bytes())?;
-            info
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
         }
         Err(e) => return Err(io_err("reading", &path)(e)),
     };
@@ -246,7 +253,7 @@ fn read_or_create_cache_info(
     if priority.is_some() {
         info.priority = priority;
     }
-    Ok(info)
+    Ok(Some(info))
 }
 
 impl Inner {
@@ -332,11 +339,32 @@ impl Inner {
         self.root.join("nar").join(path.hash_part())
     }
 
+    /// Creates what the cache lacks of its layout (the directory, `nar/`,
+    /// `log/`, `realisations/`, `nix-cache-info`), as Nix's
+    /// `LocalBinaryCacheStore::init` does, before the first write.
+    fn lay_out(&self) -> Result<(), StoreError> {
+        let mut done = self.laid_out.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return Ok(());
+        }
+        for sub in ["nar", "log", "realisations"] {
+            let dir = self.root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        let info = self.root.join("nix-cache-info");
+        if !info.exists() {
+            atomic::write_atomic(&info, self.new_cache_info.render().as_bytes())?;
+        }
+        *done = true;
+        Ok(())
+    }
+
     /// Adds a path from its NAR, read from `src`. See the module docs.
     fn add_nar(&self, info: &PathInfo, src: impl Read) -> Result<(), StoreError> {
         if self.narinfo_path(&info.path).exists() {
             return Ok(());
         }
+        self.lay_out()?;
         let staged = self
             .writer
             .encode(info, src, &self.nar_tmp_base(&info.path))?;
@@ -354,6 +382,7 @@ impl Inner {
         if self.narinfo_path(&info.path).exists() {
             return Ok(());
         }
+        self.lay_out()?;
         let staged = self
             .writer
             .encode_file(info, nar, src, &self.nar_tmp_base(&info.path))?;

@@ -230,11 +230,10 @@ async fn reads_the_caches_nix_wrote() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(name);
         copy_dir(&vector(&format!("binary-cache/{name}")), &dir);
+        let before = files(&dir);
         let store = open(&url_of(&dir, ""));
-        // Opening creates what Nix creates, and leaves nix-cache-info alone.
-        for sub in ["nar", "log", "realisations"] {
-            assert!(dir.join(sub).is_dir(), "{name}: {sub}");
-        }
+        // Reading writes nothing, and leaves nix-cache-info alone.
+        assert_eq!(files(&dir), before, "{name}");
         assert_eq!(
             fs::read_to_string(dir.join("nix-cache-info")).unwrap(),
             "StoreDir: /nix/store\n"
@@ -358,17 +357,29 @@ async fn lenient_compression_and_safe_urls() {
 
 // ------------------------------------------------------------- opening
 
-#[test]
-fn open_creates_the_cache_and_checks_parameters() {
+#[tokio::test]
+async fn open_writes_nothing_and_the_first_write_lays_out_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("new/cache");
     let store = open(&url_of(&dir, ""));
     assert_eq!(store.compression(), &Compression::Xz);
-    assert_eq!(files(&dir), ["nix-cache-info"]);
+    // Reading an absent cache finds nothing, and writes nothing.
+    let absent = StorePath::from_base_name(&format!("{}-x", "a".repeat(32))).unwrap();
+    let asked = std::slice::from_ref(&absent);
+    assert!(store.query_path_infos(asked).await.unwrap().is_empty());
+    assert!(!dir.exists());
+    let tree = tmp.path().join("tree");
+    fs::write(&tree, "hello\n").unwrap();
+    let info = add_to_store(&store, &tree, "tree", &[]).await.unwrap();
+    for sub in ["nar", "log", "realisations"] {
+        assert!(dir.join(sub).is_dir(), "{sub}");
+    }
     assert_eq!(
         fs::read_to_string(dir.join("nix-cache-info")).unwrap(),
         "StoreDir: /nix/store\n"
     );
+    let asked = std::slice::from_ref(&info.path);
+    assert_eq!(store.query_path_infos(asked).await.unwrap().len(), 1);
     let caps = store.capabilities();
     assert!(!caps.needs_references_first && caps.keeps_signatures && !caps.signs);
     assert!(caps.verifies_nar);
@@ -387,6 +398,7 @@ fn open_creates_the_cache_and_checks_parameters() {
             sk.display()
         ),
     ));
+    add_to_store(&store, &tree, "tree", &[]).await.unwrap();
     assert_eq!(
         fs::read_to_string(dir2.join("nix-cache-info")).unwrap(),
         "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
