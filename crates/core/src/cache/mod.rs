@@ -88,6 +88,14 @@ pub trait CacheFiles: Send + Sync + fmt::Debug {
     /// Whether [`CacheFiles::list`] works.
     fn can_list(&self) -> bool;
 
+    /// The file of `key` on this machine's file system, for a cache in a
+    /// directory (read it there with blocking I/O, faster than
+    /// [`CacheFiles::open`]'s stream); `None` elsewhere.
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let _ = key;
+        None
+    }
+
     /// Every file whose key starts with `prefix` (a directory such as
     /// `nar/`, or empty for all), in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<FileEntry>, StoreError>;
@@ -327,6 +335,10 @@ impl CacheFiles for DirFiles {
 
     fn can_list(&self) -> bool {
         true
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<FileEntry>, StoreError> {

@@ -21,13 +21,14 @@
 //! ago are left out of those, since a writer at work has them. Given
 //! paths that the cache lacks are [`ProblemKind::MissingPath`].
 //!
-//! NAR files are streamed (a file's bytes are hashed on one thread while
-//! a second decompresses and decodes them), [`VerifyOptions::jobs`] at a
-//! time, so memory stays bounded whatever their sizes; what is kept for
+//! NAR files are streamed, each read once on one thread (hashed as
+//! stored, decompressed, decoded and hashed as a NAR; an uncompressed
+//! file is hashed once, as its NAR), [`VerifyOptions::jobs`] at a time,
+//! so memory stays bounded whatever their sizes; what is kept for
 //! the whole cache is the names of its files.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -36,12 +37,11 @@ use tokio_util::io::SyncIoBridge;
 
 use super::{Cache, CacheFiles, FileEntry, UploadEntry};
 use crate::compression::Compression;
-use crate::hash::{HashingWriter, NixHash};
+use crate::hash::{HashingReader, NixHash};
 use crate::nar::{Listing, NarError, NarSummary};
 use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
 use crate::signing::{TrustedKeys, VerifyError};
 use crate::store::chunks::CHUNK_SIZE;
-use crate::store::verify::NarFileCheck;
 use crate::store::{PathInfo, StoreError};
 use crate::store_path::{is_hash_part, StoreDir, StorePath};
 
@@ -519,50 +519,80 @@ struct Ctx<'a> {
 struct FileCheck {
     /// Reading the file failed (not the check).
     read_error: Option<io::Error>,
-    file_hash: NixHash,
+    /// The file's hash; `None` for an uncompressed file that does not hold
+    /// a valid NAR (its hash is the NAR's, computed once).
+    file_hash: Option<NixHash>,
     file_size: u64,
     /// The NAR inside, and its listing if asked for.
     nar: Result<(NarSummary, Option<Listing>), NarError>,
 }
 
-/// Copies into a [`NarFileCheck`] until it stops, then drops what
-/// follows, so that the whole file is still hashed.
-struct Tee<'c>(&'c mut NarFileCheck);
+/// A reader that keeps the first error its source gives, so that a file
+/// that cannot be read is told apart from one that does not decode.
+struct Recording<R> {
+    inner: R,
+    error: Option<io::Error>,
+    count: u64,
+}
 
-impl Write for Tee<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.0.stopped() {
-            let _ = self.0.write_all(buf);
+impl<R: Read> Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                Err(copy)
+            }
         }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
-/// Reads a NAR file to its end: its hash and size, and the NAR inside
-/// decompressed (as `compression` declares) and decoded strictly.
+/// Reads a NAR file to its end, on the calling thread: its hash and
+/// size, and the NAR inside (decompressed as declared, decoded strictly),
+/// each byte read once. An uncompressed file is hashed once, as the NAR
+/// (the file hash is the same bytes' hash); a compressed one is hashed as
+/// it is read and decompressed.
 fn check_file(src: impl Read, compression: &Compression, listing: bool) -> FileCheck {
-    let mut check = match NarFileCheck::start(compression, listing) {
-        Ok(c) => c,
-        Err(e) => {
-            return FileCheck {
-                read_error: Some(e),
-                file_hash: NixHash::sha256([0; 32]),
-                file_size: 0,
-                nar: Err(NarError::Io(io::Error::other("not checked"))),
-            }
-        }
+    let mut file = Recording {
+        inner: src,
+        error: None,
+        count: 0,
     };
-    let mut hashing = HashingWriter::new(Tee(&mut check));
-    let copied = io::copy(&mut BufReader::with_capacity(CHUNK_SIZE, src), &mut hashing);
-    let (_, file_hash, file_size) = hashing.finish();
-    let nar = check.finish_checked();
+    if *compression == Compression::None {
+        let nar = crate::store::verify::decode(&mut file, listing);
+        // What follows a valid NAR was refused by the decoder; read the
+        // rest so that the file's size is known.
+        let _ = io::copy(&mut file, &mut io::sink());
+        let file_hash = match &nar {
+            Ok((summary, _)) if summary.nar_size == file.count => Some(summary.nar_hash),
+            _ => None,
+        };
+        return FileCheck {
+            read_error: file.error,
+            file_hash,
+            file_size: file.count,
+            nar,
+        };
+    }
+    let mut hashing = HashingReader::new(file);
+    let nar = match crate::compression::decoder(
+        compression,
+        BufReader::with_capacity(CHUNK_SIZE, &mut hashing),
+    ) {
+        Ok(dec) => crate::store::verify::decode(dec, listing),
+        Err(e) => Err(NarError::Io(io::Error::from(e))),
+    };
+    // What follows the compressed data is part of the file.
+    let _ = io::copy(&mut hashing, &mut io::sink());
+    let (file, file_hash, file_size) = hashing.finish();
     FileCheck {
-        read_error: copied.err(),
-        file_hash,
+        read_error: file.error,
+        file_hash: Some(file_hash),
         file_size,
         nar,
     }
@@ -698,22 +728,42 @@ impl Ctx<'_> {
                 }
             },
         };
-        let stream = match self.files.open(url).await {
-            Ok(Some(s)) => s,
+        let compression = narinfo.compression().clone();
+        let want_listing = listing.is_some();
+        let checked = if let Some(file) = self.files.local_path(url) {
+            tokio::task::spawn_blocking(move || match std::fs::File::open(&file) {
+                Ok(f) => Some(check_file(f, &compression, want_listing)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => Some(FileCheck {
+                    read_error: Some(e),
+                    file_hash: None,
+                    file_size: 0,
+                    nar: Err(NarError::Io(io::Error::other("not read"))),
+                }),
+            })
+            .await
+        } else {
+            let stream = match self.files.open(url).await {
+                Ok(s) => s,
+                Err(e) => {
+                    problem(ProblemKind::Unreadable, p, e.to_string());
+                    return;
+                }
+            };
+            let src = stream.map(SyncIoBridge::new);
+            tokio::task::spawn_blocking(move || {
+                src.map(|src| check_file(src, &compression, want_listing))
+            })
+            .await
+        };
+        let checked = match checked {
             Ok(None) => {
                 problem(ProblemKind::NarMissing, p, format!("'{at}' does not exist"));
                 return;
             }
-            Err(e) => {
-                problem(ProblemKind::Unreadable, p, e.to_string());
-                return;
-            }
+            Ok(Some(got)) => Ok(got),
+            Err(e) => Err(e),
         };
-        let src = SyncIoBridge::new(stream);
-        let compression = narinfo.compression().clone();
-        let want_listing = listing.is_some();
-        let checked =
-            tokio::task::spawn_blocking(move || check_file(src, &compression, want_listing)).await;
         let got = match checked {
             Ok(got) => got,
             Err(e) => {
@@ -735,13 +785,15 @@ impl Ctx<'_> {
             );
             return;
         }
-        if let Some(hash) = narinfo.file_hash().filter(|h| **h != got.file_hash) {
-            problem(
-                ProblemKind::NarFileMismatch,
-                p,
-                format!("'{at}' has hash {}, FileHash says {hash}", got.file_hash),
-            );
-            return;
+        if let (Some(hash), Some(got_hash)) = (narinfo.file_hash(), got.file_hash) {
+            if *hash != got_hash {
+                problem(
+                    ProblemKind::NarFileMismatch,
+                    p,
+                    format!("'{at}' has hash {got_hash}, FileHash says {hash}"),
+                );
+                return;
+            }
         }
         let (nar, nar_listing) = match got.nar {
             Ok(n) => n,
@@ -799,6 +851,74 @@ mod tests {
         assert_eq!(age(3600 + 5 * 60 + 7), "1h 5m");
         assert_eq!(age(3 * 86_400 + 4 * 3600 + 59), "3d 4h");
         assert_eq!(age(86_400 + 30), "1d");
+    }
+
+    /// A NAR of one small file, and its hash.
+    fn small_nar() -> (Vec<u8>, NarSummary) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"hello\n").unwrap();
+        let mut nar = Vec::new();
+        let summary = crate::nar::dump(&file, &mut nar).unwrap();
+        (nar, summary)
+    }
+
+    #[test]
+    fn an_uncompressed_file_is_hashed_once_as_its_nar() {
+        let (nar, summary) = small_nar();
+        let got = check_file(&nar[..], &Compression::None, false);
+        assert!(got.read_error.is_none());
+        assert_eq!(got.file_hash, Some(summary.nar_hash));
+        assert_eq!(got.file_size, nar.len() as u64);
+        assert_eq!(got.nar.unwrap().0, summary);
+
+        // Trailing bytes: not a valid NAR, and not its hash; every byte
+        // counted.
+        let mut longer = nar.clone();
+        longer.extend_from_slice(b"junk");
+        let got = check_file(&longer[..], &Compression::None, false);
+        assert!(got.nar.is_err() && got.file_hash.is_none());
+        assert_eq!(got.file_size, longer.len() as u64);
+
+        let got = check_file(&nar[..nar.len() - 8], &Compression::None, true);
+        assert!(got.nar.is_err() && got.file_hash.is_none());
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn a_compressed_file_is_hashed_as_stored_and_as_its_nar() {
+        let (nar, summary) = small_nar();
+        let mut enc = crate::compression::encoder(&Compression::Zstd, None, 1, Vec::new()).unwrap();
+        std::io::Write::write_all(&mut enc, &nar).unwrap();
+        let mut file = enc.finish().unwrap();
+        let got = check_file(&file[..], &Compression::Zstd, true);
+        let (checked, listing) = got.nar.unwrap();
+        assert_eq!(checked, summary);
+        assert!(listing.is_some());
+        assert_eq!(got.file_hash, Some(NixHash::sha256(sha2_of(&file))));
+        assert_eq!(got.file_size, file.len() as u64);
+
+        // Bytes after the compressed data are part of the file.
+        file.extend_from_slice(b"junk");
+        let got = check_file(&file[..], &Compression::Zstd, false);
+        assert_eq!(got.file_size, file.len() as u64);
+        assert_eq!(got.file_hash, Some(NixHash::sha256(sha2_of(&file))));
+
+        // A file that cannot be read is a read error, not a bad NAR.
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let got = check_file(Failing, &Compression::Zstd, false);
+        assert_eq!(got.read_error.unwrap().to_string(), "disk on fire");
+    }
+
+    #[cfg(feature = "zstd")]
+    fn sha2_of(data: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(data).into()
     }
 
     #[test]
