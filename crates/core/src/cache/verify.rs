@@ -889,7 +889,7 @@ mod tests {
     fn a_compressed_file_is_hashed_as_stored_and_as_its_nar() {
         let (nar, summary) = small_nar();
         let mut enc = crate::compression::encoder(&Compression::Zstd, None, 1, Vec::new()).unwrap();
-        std::io::Write::write_all(&mut enc, &nar).unwrap();
+        io::Write::write_all(&mut enc, &nar).unwrap();
         let mut file = enc.finish().unwrap();
         let got = check_file(&file[..], &Compression::Zstd, true);
         let (checked, listing) = got.nar.unwrap();
