@@ -214,13 +214,20 @@ fn cache_gc(
         dry_run,
         jobs: jobs.max(1),
     };
-    run(py, &cache, |c| cache::gc(c, &opts))?
-        .map(|r| r.to_json())
-        .map_err(|e| match e {
-            GcError::Store(s) => errors::store(&s),
-            GcError::Pin(p) => pin_error(&p),
-            other => errors::new("CacheError", other, Vec::new()),
-        })
+    let deleted = std::sync::Mutex::new(Vec::new());
+    let on_deleted = |d: &cache::Deleted| {
+        deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(d.clone());
+    };
+    let report = run(py, &cache, |c| cache::gc(c, &opts, &on_deleted))?;
+    let deleted = deleted.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.map(|r| r.to_json(&deleted)).map_err(|e| match e {
+        GcError::Store(s) => errors::store(&s),
+        GcError::Pin(p) => pin_error(&p),
+        other => errors::new("CacheError", other, Vec::new()),
+    })
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -148,21 +148,44 @@ fn gc(args: CacheGcArgs) -> Result<(), Failure> {
         dry_run: args.dry_run,
         jobs: args.jobs.max(1),
     };
-    let report = with_cache(&cache, cache::gc(&cache, &opts))?
-        .with_context(|| format!("collecting garbage in '{}'", args.url))?;
-    let mut out = super::stdout();
-    let verb = if report.dry_run {
+    let verb = if args.dry_run {
         "would delete"
     } else {
         "deleted"
     };
-    if args.json {
-        writeln!(out, "{}", report.to_json())?;
-    } else {
-        for d in &report.deleted {
-            let what = d.path.as_deref().unwrap_or(&d.key);
-            writeln!(out, "{verb} {}: {what} ({} bytes)", d.kind.name(), d.size)?;
+    // Text lines are printed as files go (a gc of a big cache deletes
+    // many); JSON needs them all at the end.
+    let collected = Mutex::new(Vec::new());
+    let printed = Mutex::new((
+        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        None::<std::io::Error>,
+    ));
+    let on_deleted = |d: &cache::Deleted| {
+        if args.json {
+            collected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(d.clone());
+            return;
         }
+        let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+        let what = d.path.as_deref().unwrap_or(&d.key);
+        let line = format!("{verb} {}: {what} ({} bytes)\n", d.kind.name(), d.size);
+        if printed.1.is_none() {
+            if let Err(e) = printed.0.write_all(line.as_bytes()) {
+                printed.1 = Some(e);
+            }
+        }
+    };
+    let report = with_cache(&cache, cache::gc(&cache, &opts, &on_deleted))?
+        .with_context(|| format!("collecting garbage in '{}'", args.url))?;
+    let (mut out, failed) = printed.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = failed {
+        return Err(anyhow::Error::from(e).into());
+    }
+    if args.json {
+        let deleted = collected.into_inner().unwrap_or_else(|e| e.into_inner());
+        writeln!(out, "{}", report.to_json(&deleted))?;
     }
     out.flush()?;
     for p in &report.pinned_missing {
@@ -174,15 +197,11 @@ fn gc(args: CacheGcArgs) -> Result<(), Failure> {
     for (k, why) in &report.failed {
         eprintln!("nixferry: could not delete '{k}': {why}");
     }
-    let paths = report
-        .deleted
-        .iter()
-        .filter(|d| d.path.is_some() || d.key.ends_with(".narinfo"))
-        .count();
     eprintln!(
-        "{verb} {paths} of {} and {}, {} freed; kept {} ({} pinned by {}), {}",
+        "{verb} {} of {} and {}, {} freed; kept {} ({} pinned by {}), {}",
+        report.deleted_paths,
         super::count(report.narinfos, "path", "paths"),
-        super::count(report.deleted.len() - paths, "file", "files"),
+        super::count(report.deleted_files, "file", "files"),
         super::human_bytes(report.freed_bytes),
         super::count(report.kept, "path", "paths"),
         report.pinned,

@@ -132,9 +132,11 @@ pub struct GcReport {
     pub pinned_missing: Vec<String>,
     /// Narinfos that do not parse, left alone.
     pub unparsable: Vec<String>,
-    /// What was deleted (or would be, in a dry run), narinfos first.
-    pub deleted: Vec<Deleted>,
-    /// Bytes those files take.
+    /// Narinfos deleted (or, in a dry run, to delete): paths.
+    pub deleted_paths: usize,
+    /// Other files deleted (or to delete), and uploads aborted.
+    pub deleted_files: usize,
+    /// Bytes the files deleted took.
     pub freed_bytes: u64,
     /// Files that could not be deleted, with why (what depends on them
     /// was kept).
@@ -143,6 +145,19 @@ pub struct GcReport {
     pub kept_bytes: u64,
     /// Whether nothing was deleted.
     pub dry_run: bool,
+}
+
+impl GcReport {
+    /// Counts `d` and passes it on.
+    fn deleted(&mut self, on_deleted: &(dyn Fn(&Deleted) + Send + Sync), d: Deleted) {
+        if matches!(d.kind, Garbage::Path | Garbage::OverSize) {
+            self.deleted_paths += 1;
+        } else {
+            self.deleted_files += 1;
+        }
+        self.freed_bytes += d.size;
+        on_deleted(&d);
+    }
 }
 
 /// Why a gc could not run.
@@ -163,10 +178,25 @@ pub enum GcError {
     Store(#[from] StoreError),
 }
 
+/// A hash part, kept as its 32 bytes (it is ASCII).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct HashPart([u8; 32]);
+
+impl HashPart {
+    fn new(s: &str) -> Option<Self> {
+        s.as_bytes().try_into().ok().map(Self)
+    }
+
+    fn as_str(&self) -> &str {
+        // Made from a `str` of 32 ASCII bytes only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// One path of the cache.
 #[derive(Debug)]
 struct Node {
-    hash: Box<str>,
+    hash: HashPart,
     narinfo_size: u64,
     modified: Option<SystemTime>,
     /// Filled once the narinfo is read and parses.
@@ -177,19 +207,28 @@ struct Node {
 struct Parsed {
     url: Box<str>,
     file_size: u64,
-    path: Box<str>,
+    /// The path's name (the full path is the store directory, the hash
+    /// part and this).
+    name: Box<str>,
     refs: Box<[u32]>,
 }
 
 /// The cache's paths, by hash part.
 struct Graph {
     nodes: Vec<Node>,
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<HashPart, u32>,
 }
 
 impl Graph {
     fn id(&self, hash: &str) -> Option<u32> {
-        self.ids.get(hash).copied()
+        self.ids.get(&HashPart::new(hash)?).copied()
+    }
+
+    /// The full store path of node `id`, if its narinfo parsed.
+    fn path(&self, dir: &StoreDir, id: usize) -> Option<String> {
+        let node = &self.nodes[id];
+        let name = &node.info.as_ref()?.name;
+        Some(format!("{}/{}-{name}", dir.as_str(), node.hash.as_str()))
     }
 
     fn refs(&self, id: u32) -> &[u32] {
@@ -227,11 +266,11 @@ impl Graph {
         ))
     }
 
-    fn parsed(&self, info: &NarInfo, dir: &StoreDir, id: u32) -> Parsed {
+    fn parsed(&self, info: &NarInfo, id: u32) -> Parsed {
         Parsed {
             url: info.url().into(),
             file_size: info.file_size().unwrap_or(0),
-            path: dir.full(info.store_path()).into(),
+            name: info.store_path().name().into(),
             refs: info
                 .references()
                 .iter()
@@ -271,12 +310,18 @@ impl Inventory {
 }
 
 /// Collects a cache's garbage. See the [module docs](self).
+/// `on_deleted` is told of each file as it is deleted (or, in a dry run,
+/// found to delete): narinfos first, each after those that refer to it.
 ///
 /// # Errors
 /// [`GcError::NoRoots`]; a cache that cannot list its files, a pin that
 /// cannot be read, or a narinfo that cannot be read (before anything is
 /// deleted). Files that cannot be deleted are in the report.
-pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
+pub async fn gc(
+    cache: &Cache,
+    opts: &GcOptions,
+    on_deleted: &(dyn Fn(&Deleted) + Send + Sync),
+) -> Result<GcReport, GcError> {
     let files = &**cache.files();
     let dir = cache.store_dir();
     if !files.can_list() {
@@ -296,16 +341,19 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     if pins.is_empty() && opts.keep_newer_than.is_none() && opts.max_size.is_none() {
         return Err(GcError::NoRoots);
     }
-    let inv = Inventory::take(files).await?;
+    let mut inv = Inventory::take(files).await?;
+    let narinfo_entries = std::mem::take(&mut inv.narinfos);
 
     // Every narinfo, read once.
     let mut graph = Graph {
-        ids: HashMap::with_capacity(inv.narinfos.len()),
-        nodes: Vec::with_capacity(inv.narinfos.len()),
+        ids: HashMap::with_capacity(narinfo_entries.len()),
+        nodes: Vec::with_capacity(narinfo_entries.len()),
     };
-    for e in &inv.narinfos {
-        let hash: Box<str> = e.key.trim_end_matches(".narinfo").into();
-        graph.ids.insert(hash.clone(), graph.nodes.len() as u32);
+    for e in narinfo_entries {
+        let Some(hash) = HashPart::new(e.key.trim_end_matches(".narinfo")) else {
+            continue;
+        };
+        graph.ids.insert(hash, graph.nodes.len() as u32);
         graph.nodes.push(Node {
             hash,
             narinfo_size: e.size,
@@ -326,7 +374,7 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
             .map(|id| async move {
                 (
                     id,
-                    Graph::read(files, dir, &g.nodes[id as usize].hash).await,
+                    Graph::read(files, dir, g.nodes[id as usize].hash.as_str()).await,
                 )
             })
             .buffer_unordered(jobs);
@@ -334,10 +382,11 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
         while let Some((id, got)) = reads.next().await {
             match got? {
                 None => gone[id as usize] = true,
-                Some(Err(why)) => report
-                    .unparsable
-                    .push(format!("{}.narinfo: {why}", graph.nodes[id as usize].hash)),
-                Some(Ok(info)) => parsed.push((id, graph.parsed(&info, dir, id))),
+                Some(Err(why)) => report.unparsable.push(format!(
+                    "{}.narinfo: {why}",
+                    graph.nodes[id as usize].hash.as_str()
+                )),
+                Some(Ok(info)) => parsed.push((id, graph.parsed(&info, id))),
             }
         }
         drop(reads);
@@ -389,7 +438,7 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
         let node = &graph.nodes[id];
         node.narinfo_size
             + node.info.as_ref().map_or(0, |i| i.file_size)
-            + inv.listings.get(&*node.hash).map_or(0, |e| e.size)
+            + inv.listings.get(node.hash.as_str()).map_or(0, |e| e.size)
     };
     let mut over_size = vec![false; n];
     if let Some(max) = opts.max_size {
@@ -426,19 +475,25 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     }
 
     // Look again: paths written since the first listing are roots, and
-    // the NAR files they name are kept.
-    let second = Inventory::take(files).await?;
+    // the NAR files they name are kept. Only the narinfos of this listing
+    // are kept.
+    let mut listed_now = vec![false; n];
     let mut late_roots = Vec::new();
-    let mut late_urls: Vec<Box<str>> = Vec::new();
-    for e in &second.narinfos {
-        let hash = e.key.trim_end_matches(".narinfo");
-        let id = graph.id(hash);
-        if id.is_some_and(|id| graph.nodes[id as usize].modified == e.modified) {
+    let mut late_urls: HashSet<Box<str>> = HashSet::new();
+    for e in files.list("").await? {
+        let Some(hash) = e.key.strip_suffix(".narinfo").filter(|h| is_hash_part(h)) else {
             continue;
+        };
+        let id = graph.id(hash);
+        if let Some(id) = id {
+            listed_now[id as usize] = true;
+            if graph.nodes[id as usize].modified == e.modified {
+                continue;
+            }
         }
         late_roots.extend(id);
         if let Some(Ok(info)) = Graph::read(files, dir, hash).await? {
-            late_urls.push(info.url().into());
+            late_urls.insert(info.url().into());
             late_roots.extend(
                 info.references()
                     .iter()
@@ -447,15 +502,10 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
         }
     }
     graph.mark(late_roots, &mut live);
-    let listed_now: HashSet<&str> = second
-        .narinfos
-        .iter()
-        .map(|e| e.key.trim_end_matches(".narinfo"))
-        .collect();
 
     // The sweep of narinfos, referrers first.
     let doomed: Vec<usize> = (0..n)
-        .filter(|&i| !live[i] && !gone[i] && listed_now.contains(&*graph.nodes[i].hash))
+        .filter(|&i| !live[i] && !gone[i] && listed_now[i])
         .collect();
     let mut waiting = vec![0u32; n];
     let is_doomed = {
@@ -482,7 +532,7 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     loop {
         while running.len() < jobs {
             let Some(i) = ready.pop() else { break };
-            let key = format!("{}.narinfo", graph.nodes[i].hash);
+            let key = format!("{}.narinfo", graph.nodes[i].hash.as_str());
             let modified = graph.nodes[i].modified;
             running.push(async move {
                 let r = if opts.dry_run {
@@ -502,17 +552,19 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
             Ok(false) => {}
             Ok(true) => {
                 deleted[i] = true;
-                let node = &graph.nodes[i];
-                report.deleted.push(Deleted {
-                    kind: if over_size[i] {
-                        Garbage::OverSize
-                    } else {
-                        Garbage::Path
+                report.deleted(
+                    on_deleted,
+                    Deleted {
+                        kind: if over_size[i] {
+                            Garbage::OverSize
+                        } else {
+                            Garbage::Path
+                        },
+                        key,
+                        path: graph.path(dir, i),
+                        size: graph.nodes[i].narinfo_size,
                     },
-                    key,
-                    path: node.info.as_ref().map(|p| p.path.to_string()),
-                    size: node.narinfo_size,
-                });
+                );
                 for &r in graph.refs(i as u32) {
                     let r = r as usize;
                     if is_doomed[r] {
@@ -541,15 +593,15 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let mut sweep: Vec<(Garbage, &FileEntry)> = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         if deleted[i] {
-            if let Some(e) = inv.listings.get(&*node.hash) {
+            if let Some(e) = inv.listings.get(node.hash.as_str()) {
                 sweep.push((Garbage::Listing, e));
             }
         }
     }
     for (hash, e) in &inv.listings {
-        let owner = graph.id(hash);
-        let swept_with_path = owner.is_some_and(|id| deleted[id as usize]);
-        let owned = listed_now.contains(hash.as_str()) && !swept_with_path;
+        let owner = graph.id(hash).map(|id| id as usize);
+        let swept_with_path = owner.is_some_and(|id| deleted[id]);
+        let owned = owner.is_some_and(|id| listed_now[id] && !deleted[id]);
         if !owned && !swept_with_path && settled(e.modified) {
             sweep.push((Garbage::Listing, e));
         }
@@ -576,12 +628,15 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
         .buffer_unordered(jobs);
     while let Some((kind, e, r)) = files_done.next().await {
         match r {
-            Ok(()) => report.deleted.push(Deleted {
-                kind,
-                key: e.key.clone(),
-                path: None,
-                size: e.size,
-            }),
+            Ok(()) => report.deleted(
+                on_deleted,
+                Deleted {
+                    kind,
+                    key: e.key.clone(),
+                    path: None,
+                    size: e.size,
+                },
+            ),
             Err(err) => report.failed.push((e.key.clone(), err.to_string())),
         }
     }
@@ -600,12 +655,15 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
             files.abort_upload(&u).await
         };
         match r {
-            Ok(()) => report.deleted.push(Deleted {
-                kind: Garbage::Upload,
-                key: u.key,
-                path: None,
-                size: 0,
-            }),
+            Ok(()) => report.deleted(
+                on_deleted,
+                Deleted {
+                    kind: Garbage::Upload,
+                    key: u.key,
+                    path: None,
+                    size: 0,
+                },
+            ),
             Err(e) => report.failed.push((u.key, e.to_string())),
         }
     }
@@ -617,10 +675,6 @@ pub async fn gc(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
             report.kept_bytes += size_of(i);
         }
     }
-    report.freed_bytes = report.deleted.iter().map(|d| d.size).sum();
-    report
-        .deleted
-        .sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     report.failed.sort();
     Ok(report)
 }

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{CacheStats, ClosureSize, GcReport, Pin, RepairReport, SignReport, VerifyReport};
+use super::{
+    CacheStats, ClosureSize, Deleted, GcReport, Pin, RepairReport, SignReport, VerifyReport,
+};
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -99,11 +101,14 @@ impl CacheStats {
 
 impl GcReport {
     /// `{"dryRun", "narinfos", "pins", "pinned", "kept", "keptBytes",
-    /// "freedBytes", "deleted": [{"kind", "key", "path", "size"}],
-    /// "failed": [{"key", "reason"}], "pinnedMissing", "unparsable"}`.
-    pub fn to_json(&self) -> String {
-        let deleted: Vec<_> = self
-            .deleted
+    /// "deletedPaths", "deletedFiles", "freedBytes", "deleted": [{"kind",
+    /// "key", "path", "size"}], "failed": [{"key", "reason"}],
+    /// "pinnedMissing", "unparsable"}`, with `deleted` the files
+    /// [`super::gc()`] reported (sorted here by kind and key).
+    pub fn to_json(&self, deleted: &[Deleted]) -> String {
+        let mut sorted: Vec<&Deleted> = deleted.iter().collect();
+        sorted.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        let deleted: Vec<_> = sorted
             .iter()
             .map(|d| json!({"kind": d.kind.name(), "key": d.key, "path": d.path, "size": d.size}))
             .collect();
@@ -114,6 +119,8 @@ impl GcReport {
             "pinned": self.pinned,
             "kept": self.kept,
             "keptBytes": self.kept_bytes,
+            "deletedPaths": self.deleted_paths,
+            "deletedFiles": self.deleted_files,
             "freedBytes": self.freed_bytes,
             "deleted": deleted,
             "failed": reasons(&self.failed, "key"),
