@@ -27,6 +27,13 @@ pub(super) fn run(args: AddArgs) -> Result<(), Failure> {
         anyhow::Ok((store, info))
     })?;
     super::print(&format!("{}\n", store.store_dir().display(&info.path)))?;
+    let caps = store.capabilities();
+    if info.signatures.is_empty() && caps.keeps_signatures && !caps.signs {
+        eprintln!(
+            "nixferry: note: the narinfo is unsigned (Nix accepts the path by its content \
+             address; give --secret-key-file K to sign it)"
+        );
+    }
     Ok(())
 }
 

@@ -352,14 +352,20 @@ fn reading_a_directory_never_writes_into_it() {
     assert!(!tmp.path().join("missing").exists());
     assert!(!tmp.path().join("dest").exists());
 
-    // Writing a path makes the layout Nix gives a cache.
+    // Writing a path makes the layout Nix gives a cache; without a key,
+    // `add` says the narinfo is unsigned.
     let src = tmp.path().join("file");
     fs::write(&src, "hello\n").unwrap();
-    run(nixferry()
+    let out = run(nixferry()
         .arg("add")
         .arg(&src)
         .arg("--to")
         .arg(format!("file://{}", dir.display())));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("unsigned") && said.contains("--secret-key-file"),
+        "{said}"
+    );
     for made in ["nix-cache-info", "nar", "log", "realisations"] {
         assert!(dir.join(made).exists(), "{made}");
     }
