@@ -35,16 +35,45 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
         .into());
     }
     let src = paths::open(&args.from)?;
-    let dsts = args
-        .to
-        .iter()
-        .map(|url| paths::open(url))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // With several destinations, one that cannot be opened fails alone:
+    // the others are still copied to.
+    let mut dsts = Vec::new();
+    let mut unopened = Vec::new();
+    for url in &args.to {
+        match paths::open(url) {
+            Ok(d) => dsts.push(d),
+            Err(e) if args.to.len() > 1 => {
+                // The cause: the URL is said once, by the summary line.
+                let why: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+                unopened.push((url.clone(), why.join(": ")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if dsts.is_empty() {
+        let (url, e) = unopened.swap_remove(0);
+        return Err(anyhow::anyhow!("{e}")
+            .context(format!("no destination could be opened ({url} first)"))
+            .into());
+    }
     let roots = paths::resolve(src.store_dir(), &names)?;
     let mut opts = options(&args)?;
     tune(&mut opts, &args.tuning);
     opts.substitute_on_destination = args.substitute_on_destination;
-    copy_and_report(src, dsts, roots, &opts, args.json, false)
+    let copied = copy_and_report(src, dsts, roots, &opts, args.json, false);
+    for (url, e) in &unopened {
+        if args.json {
+            let v = json!({"event": "summary", "to": url, "copied": 0, "skipped": 0,
+                "failed": 0, "narBytes": 0, "seconds": 0.0, "cancelled": false, "error": e});
+            println!("{v}");
+        } else {
+            eprintln!("{url}: failed: {e}");
+        }
+    }
+    match copied {
+        Ok(()) if !unopened.is_empty() => Err(Failure::Negative),
+        other => other,
+    }
 }
 
 /// `nixferry copy-closure [--to|--from] HOST PATHS...`: what

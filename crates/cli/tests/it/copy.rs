@@ -333,3 +333,32 @@ fn killed_copies_resume_and_never_leave_dangling_narinfos() {
     assert_eq!(narinfos(&cache).len(), 4);
     assert_consistent(&cache);
 }
+
+/// With several destinations, one that cannot be opened or written fails
+/// alone: the others get every path, each failure has its summary line,
+/// and the exit code is 1.
+#[test]
+fn one_bad_destination_does_not_stop_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    let src = format!("file://{}", src_dir.display());
+    let file = tmp.path().join("f");
+    fs::write(&file, "hello\n").unwrap();
+    let path = run_text(nixferry().arg("add").arg(&file).args(["--to", &src]));
+    let good = tmp.path().join("good");
+    let unwritable = "file:///proc/nixferry-cannot-write-here";
+    let unopenable = format!("file://{}?no-such-parameter=1", tmp.path().join("x").display());
+    let out = nixferry()
+        .args(["copy", "--from", &src, "--to"])
+        .arg(format!("file://{}", good.display()))
+        .args(["--to", unwritable, "--to", &unopenable, &path])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(narinfos(&good).len(), 1, "{err}");
+    assert!(err.contains(&format!("{unwritable}: ")), "{err}");
+    assert!(err.contains(&format!("{unopenable}: failed: ")), "{err}");
+    assert!(err.contains("unknown parameter 'no-such-parameter'"), "{err}");
+    assert!(!err.contains("opening store"), "{err}");
+}
