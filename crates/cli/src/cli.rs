@@ -43,7 +43,8 @@ pub(crate) enum Command {
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
     /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to
-    /// read): verify and repair it.
+    /// read): verify and repair it, sign it again, pin what a fleet runs
+    /// and collect the rest.
     #[command(subcommand)]
     Cache(CacheCommand),
 }

@@ -370,3 +370,20 @@ fn reading_a_directory_never_writes_into_it() {
         assert!(dir.join(made).exists(), "{made}");
     }
 }
+
+/// Usage errors read as every other error, `nixferry: <what>: <why>`,
+/// followed by the usage, with exit code 2; help still prints as help.
+#[test]
+fn usage_errors_follow_the_error_form() {
+    let out = nixferry().args(["copy", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("nixferry: invalid arguments: unexpected argument '--bogus' found"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: nixferry copy"), "{err}");
+    let out = nixferry().args(["copy", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: nixferry copy"));
+}

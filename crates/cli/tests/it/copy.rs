@@ -347,7 +347,10 @@ fn one_bad_destination_does_not_stop_the_others() {
     let path = run_text(nixferry().arg("add").arg(&file).args(["--to", &src]));
     let good = tmp.path().join("good");
     let unwritable = "file:///proc/nixferry-cannot-write-here";
-    let unopenable = format!("file://{}?no-such-parameter=1", tmp.path().join("x").display());
+    let unopenable = format!(
+        "file://{}?no-such-parameter=1",
+        tmp.path().join("x").display()
+    );
     let out = nixferry()
         .args(["copy", "--from", &src, "--to"])
         .arg(format!("file://{}", good.display()))
@@ -359,6 +362,9 @@ fn one_bad_destination_does_not_stop_the_others() {
     assert_eq!(narinfos(&good).len(), 1, "{err}");
     assert!(err.contains(&format!("{unwritable}: ")), "{err}");
     assert!(err.contains(&format!("{unopenable}: failed: ")), "{err}");
-    assert!(err.contains("unknown parameter 'no-such-parameter'"), "{err}");
+    assert!(
+        err.contains("unknown parameter 'no-such-parameter'"),
+        "{err}"
+    );
     assert!(!err.contains("opening store"), "{err}");
 }
