@@ -351,11 +351,12 @@ pub enum StoreError {
     /// A remote store refused the connection for good: ssh could not
     /// verify the host key, the login was refused, the host is unknown.
     /// Trying again does not help.
-    #[error("{store}: cannot log in: {message}")]
+    #[error("{store}: {message}")]
     Login {
         /// The store URL.
         store: String,
-        /// What the transport said.
+        /// What went wrong (`cannot log in: …`, `unknown host: …`), with
+        /// what the transport said.
         message: String,
     },
     /// A remote store sent something that breaks its protocol.

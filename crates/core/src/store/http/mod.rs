@@ -341,7 +341,7 @@ impl Http {
         } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             StoreError::Login {
                 store: self.url.clone(),
-                message,
+                message: format!("cannot log in: {message}"),
             }
         } else {
             StoreError::Remote {

@@ -260,7 +260,7 @@ impl S3Store {
             return Err(StoreError::Login {
                 store: url.as_str().to_owned(),
                 message: format!(
-                    "AWS profile '{profile_name}' is in neither {} nor {}",
+                    "cannot log in: AWS profile '{profile_name}' is in neither {} nor {}",
                     files.credentials_path.display(),
                     files.config_path.display()
                 ),
@@ -549,7 +549,10 @@ impl S3 {
         }
         Some(match failure::status(&e) {
             Some(404) => return None,
-            Some(401 | 403) => StoreError::Login { store, message },
+            Some(401 | 403) => StoreError::Login {
+                store,
+                message: format!("cannot log in: {message}"),
+            },
             Some(status) if !failure::transient(status) => StoreError::Remote { store, message },
             _ => StoreError::Connection { store, message },
         })

@@ -374,10 +374,23 @@ pub(super) fn failure(store: &str, error: &ServeError, exit: Exit, stderr: &[u8]
         },
     };
     match (exit, message) {
-        (Exit::Code(255), _) if lasting_ssh_failure(&text) => StoreError::Login {
-            store: store.to_owned(),
-            message: last_lines(&text).unwrap_or_else(|| "ssh exited with status 255".to_owned()),
-        },
+        (Exit::Code(255), _) if lasting_ssh_failure(&text) => {
+            let said = last_lines(&text).unwrap_or_else(|| "ssh exited with status 255".to_owned());
+            let what = if text.contains("Could not resolve hostname") {
+                "unknown host"
+            } else if text.contains("Host key verification failed")
+                || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+                || text.contains("no matching host key type")
+            {
+                "host key not verified"
+            } else {
+                "cannot log in"
+            };
+            StoreError::Login {
+                store: store.to_owned(),
+                message: format!("{what}: {said}"),
+            }
+        }
         (Exit::Code(255), _) => connection("ssh exited with status 255".to_owned()),
         (Exit::Signal(signal), _) => {
             connection(format!("the server was killed by signal {signal}"))
@@ -640,13 +653,21 @@ mod tests {
             b"ssh: connect to host h port 22: Connection refused\r\n",
         );
         assert!(f.is_retryable(), "{f}");
-        for refusal in [
-            "Host key verification failed.\r\n",
-            "user@127.0.0.1: Permission denied (publickey).\r\n",
+        for (refusal, what) in [
+            ("Host key verification failed.\r\n", "host key not verified"),
+            (
+                "user@127.0.0.1: Permission denied (publickey).\r\n",
+                "cannot log in",
+            ),
+            (
+                "ssh: Could not resolve hostname nowhere.invalid: Name or service not known\r\n",
+                "unknown host",
+            ),
         ] {
             let f = failure(store, &e, Exit::Code(255), refusal.as_bytes());
             assert!(!f.is_retryable(), "{f}");
             assert!(f.to_string().contains(refusal.trim()), "{f}");
+            assert!(f.to_string().contains(&format!(": {what}: ")), "{f}");
         }
         assert!(f.to_string().contains("Connection refused"), "{f}");
         let f = failure(
