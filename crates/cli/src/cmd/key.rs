@@ -36,6 +36,12 @@ pub(super) fn run(cmd: KeyCommand) -> Result<(), Failure> {
 /// whole or not at all (a temporary file, put in place only if `path` is
 /// still free).
 fn write_new(path: &Path, mode: u32, text: &str) -> anyhow::Result<()> {
+    if path.symlink_metadata().is_ok() {
+        anyhow::bail!(
+            "'{}' exists already: key files are never overwritten (remove it, or name another file)",
+            path.display()
+        );
+    }
     let mut tmp = AtomicFile::create_with_mode(path, mode)?;
     tmp.as_file_mut()
         .write_all(text.as_bytes())

@@ -48,8 +48,14 @@ pub(super) fn run(cmd: NarCommand) -> Result<(), Failure> {
                 overwrite: force,
                 ..RestoreOptions::default()
             };
-            nar::restore(input, dest, &opts)
-                .with_context(|| format!("restoring into '{}'", dest.display()))?;
+            nar::restore(input, dest, &opts).map_err(|e| {
+                let e = if matches!(e, nar::NarError::TargetExists { .. }) {
+                    anyhow::anyhow!("{e}; give --force to replace it")
+                } else {
+                    anyhow::Error::from(e)
+                };
+                e.context(format!("restoring into '{}'", dest.display()))
+            })?;
         }
         NarCommand::Ls { file, json } => {
             let listing = nar::list(super::open_input(&file)?)

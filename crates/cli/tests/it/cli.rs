@@ -387,3 +387,43 @@ fn usage_errors_follow_the_error_form() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: nixferry copy"));
 }
+
+/// Refusing to overwrite says what to do: `--force` for a restore; a key
+/// file is never overwritten.
+#[test]
+fn refusals_to_overwrite_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::write(&src, "hi\n").unwrap();
+    let nar = tmp.path().join("x.nar");
+    run(nixferry()
+        .args(["nar", "dump"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&nar));
+    let out = nixferry()
+        .args(["nar", "restore"])
+        .arg(&nar)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists; give --force"), "{err}");
+    run(nixferry()
+        .args(["nar", "restore", "--force"])
+        .arg(&nar)
+        .arg(&src));
+
+    let out = nixferry()
+        .args(["key", "generate", "k-1", "--secret-file"])
+        .arg(&nar)
+        .arg("--public-file")
+        .arg(tmp.path().join("pub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never overwritten"), "{err}");
+    assert!(!tmp.path().join("pub").exists());
+}
