@@ -490,21 +490,37 @@ pub(crate) struct ClosureArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub(crate) struct PathInfoArgs {
-    /// The store URL.
-    pub(crate) store: String,
+    /// The store to ask (as `nix path-info --store`); default: `local`.
+    /// Without it, a first argument that is a store URL (`local`,
+    /// `daemon`, `scheme://…`) names the store.
+    #[arg(long)]
+    pub(crate) store: Option<String>,
     /// Store paths (or symlinks to them).
-    #[arg(required = true)]
-    pub(crate) paths: Vec<String>,
+    #[arg(required = true, value_name = "PATHS")]
+    pub(crate) args: Vec<String>,
     /// Print JSON like `nix path-info --json`.
     #[arg(long)]
     pub(crate) json: bool,
     /// Include the closures of the paths.
     #[arg(long, short = 'r')]
     pub(crate) recursive: bool,
-    /// Print closure sizes.
+    /// Print each path's NAR size.
+    #[arg(long, short = 's')]
+    pub(crate) size: bool,
+    /// Print each path's closure size.
     #[arg(long = "closure-size", short = 'S')]
     pub(crate) closure_size: bool,
+    /// Print sizes as 1.5K, 12.3M… (as Nix does).
+    #[arg(long = "human-readable", short = 'h')]
+    pub(crate) human_readable: bool,
+    /// Print each path's signatures (and `ultimate`, `ca:…`).
+    #[arg(long)]
+    pub(crate) sigs: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub(crate) help: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::common::{
-    assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos, nixferry, run,
-    run_text,
+    assert_success, build_closure, build_input_addressed, generate_key, have_nix, nix,
+    nix_closure_infos, nixferry, run, run_text,
 };
 
 /// The narinfos of the cache in `cache` (none if nothing was ever
@@ -282,6 +282,25 @@ fn closure_and_path_info_match_nix() {
         for (k, v) in t.as_object().unwrap() {
             assert_eq!(o.get(k), Some(v), "field {k} of {}", t["path"]);
         }
+    }
+
+    // The text Nix prints, flag for flag and byte for byte (the order of
+    // paths, the padding, the sizes), with the store given as Nix takes
+    // it or not at all.
+    let other = build_input_addressed("info-other");
+    for flags in [
+        &[][..],
+        &["-s"],
+        &["-S"],
+        &["-sSh"],
+        &["--sigs"],
+        &["-r"],
+        &["-r", "-s", "-h"],
+        &["--store", "local", "-rsS", "--sigs"],
+    ] {
+        let ours = run_text(nixferry().arg("path-info").args(flags).args([&other, &top]));
+        let theirs = run_text(nix("nix").arg("path-info").args(flags).args([&other, &top]));
+        assert_eq!(ours, theirs, "{flags:?}");
     }
 }
 
