@@ -161,7 +161,7 @@ pub(super) fn path_info(args: PathInfoArgs) -> Result<(), Failure> {
 /// before their referrers, from a depth-first walk over the paths in
 /// sorted order, each path's references in sorted order (Nix's
 /// `topoSortPaths`, reversed).
-fn nix_order(entries: &mut Vec<PathInfoEntry>) {
+fn nix_order(entries: &mut [PathInfoEntry]) {
     use std::collections::{BTreeMap, BTreeSet};
     let refs: BTreeMap<StorePath, BTreeSet<StorePath>> = entries
         .iter()
