@@ -324,13 +324,7 @@ pub async fn gc(
 ) -> Result<GcReport, GcError> {
     let files = &**cache.files();
     let dir = cache.store_dir();
-    if !files.can_list() {
-        return Err(StoreError::Unsupported {
-            store: files.url().to_owned(),
-            what: "listing its files",
-        }
-        .into());
-    }
+    super::require_listing(files)?;
     let jobs = opts.jobs.max(1);
     let start = SystemTime::now();
     let younger = |m: Option<SystemTime>, d: Duration| {

@@ -146,6 +146,19 @@ pub trait CacheFiles: Send + Sync + fmt::Debug {
     }
 }
 
+/// Refuses a cache that cannot list its files (an HTTP cache), for the
+/// operations that go over the whole of one.
+pub(crate) fn require_listing(files: &dyn CacheFiles) -> Result<(), StoreError> {
+    if files.can_list() {
+        Ok(())
+    } else {
+        Err(StoreError::Unsupported {
+            store: files.url().to_owned(),
+            what: "listing its files",
+        })
+    }
+}
+
 /// A binary cache, as a store and as files.
 #[derive(Debug, Clone)]
 pub struct Cache {

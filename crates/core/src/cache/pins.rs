@@ -223,13 +223,7 @@ pub async fn read_pin(cache: &Cache, name: &str) -> Result<Option<Pin>, PinError
 /// (a gc must not run without knowing all its roots).
 pub async fn pins(cache: &Cache) -> Result<Vec<Pin>, PinError> {
     let files = &**cache.files();
-    if !files.can_list() {
-        return Err(StoreError::Unsupported {
-            store: files.url().to_owned(),
-            what: "listing its files",
-        }
-        .into());
-    }
+    super::require_listing(files)?;
     let mut names: Vec<String> = files
         .list(PINS_PREFIX)
         .await?

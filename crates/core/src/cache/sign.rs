@@ -44,12 +44,7 @@ pub struct SignReport {
 
 /// The keys of every narinfo of a cache that can list its files.
 async fn narinfo_keys(files: &dyn CacheFiles) -> Result<Vec<String>, StoreError> {
-    if !files.can_list() {
-        return Err(StoreError::Unsupported {
-            store: files.url().to_owned(),
-            what: "listing its files",
-        });
-    }
+    super::require_listing(files)?;
     let mut keys: Vec<String> = files
         .list("")
         .await?
@@ -183,12 +178,7 @@ impl CacheStats {
 pub async fn stats(cache: &Cache) -> Result<CacheStats, StoreError> {
     let files = &**cache.files();
     let dir = cache.store_dir();
-    if !files.can_list() {
-        return Err(StoreError::Unsupported {
-            store: files.url().to_owned(),
-            what: "listing its files",
-        });
-    }
+    super::require_listing(files)?;
     let listing = files.list("").await?;
     let sizes: std::collections::HashMap<&str, u64> = listing
         .iter()
