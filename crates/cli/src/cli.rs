@@ -40,6 +40,15 @@ pub(crate) enum Command {
     /// Add a file or directory to a binary cache as the content-addressed
     /// store path `nix-store --add` would make, with a signed narinfo.
     Add(AddArgs),
+    /// Print Nix's effective configuration for the settings nixferry uses
+    /// (trusted-public-keys, secret-key-files, substituters,
+    /// trusted-substituters, netrc-file, connect-timeout), read as Nix
+    /// reads it, and where each came from.
+    Config {
+        /// Print a JSON object: each setting's `value` and `origins`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
     /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to

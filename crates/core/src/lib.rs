@@ -12,6 +12,7 @@
 //! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
 //! | binary cache upkeep: [`cache`] (verify, repair, sign, stats, pins, gc) | here | the `file://`, `s3://` and `http(s)://` stores built |
 //! | the HTTP binary cache server: [`server`] | here, feature `server` | hyper |
+//! | Nix's configuration (`nix.conf`, `NIX_CONFIG`): [`nixconf`] | here | `std` only |
 //!
 //! Every feature is on by default. An embedder who only reads and writes
 //! formats depends on `nixferry-formats`; one who copies between binary
@@ -131,6 +132,7 @@ pub mod cache;
 pub mod closure;
 pub mod compression;
 pub mod copy;
+pub mod nixconf;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;

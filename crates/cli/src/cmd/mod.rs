@@ -2,6 +2,7 @@
 
 mod add;
 mod cache;
+mod config;
 mod copy;
 mod key;
 mod nar;
@@ -31,6 +32,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Closure(a) => paths::closure(a),
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),
+        Command::Config { json } => config::run(json),
         Command::Serve(a) => serve::run(a),
         Command::Cache(c) => cache::run(c),
     }

@@ -235,3 +235,95 @@ fn keys_interoperate_with_nix() {
     let public = run_text(nixferry().args(["key", "public"]).arg(&nsk));
     assert_eq!(public, fs::read_to_string(&npk).unwrap());
 }
+
+/// `nixferry config --json` gives the values `nix show-config --json`
+/// gives for the same files and variables: the system file with includes
+/// and old names, the user's files (from `NIX_USER_CONF_FILES`, then from
+/// the XDG directories), `NIX_CONFIG` with `extra-` settings.
+#[test]
+fn config_reads_what_nix_reads() {
+    if !have_nix() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let conf = d.join("etc");
+    fs::create_dir_all(&conf).unwrap();
+    fs::write(
+        conf.join("nix.conf"),
+        "# the system's\nbinary-caches = https://a.example/   https://b.example/ # old name\n\
+         include more.conf\n!include missing.conf\nconnect-timeout = 7\n\
+         netrc-file = /srv//x/../netrc\ntrusted-substituters = https://t.example/\n",
+    )
+    .unwrap();
+    fs::write(
+        conf.join("more.conf"),
+        "trusted-public-keys = a.example-1:AAAA\nsecret-key-files = /keys/system\n",
+    )
+    .unwrap();
+    fs::write(d.join("user1"), "extra-secret-key-files = /keys/one\n").unwrap();
+    fs::write(
+        d.join("user2"),
+        "secret-key-files = /keys/two\nconnect-timeout = 3\n",
+    )
+    .unwrap();
+    for dir in ["home/nix", "xdg1/nix", "xdg2/nix"] {
+        fs::create_dir_all(d.join(dir)).unwrap();
+    }
+    fs::write(
+        d.join("home/nix/nix.conf"),
+        "extra-trusted-public-keys = home-1:HHHH\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("xdg1/nix/nix.conf"),
+        "trusted-public-keys = xdg1-1:XXXX\n",
+    )
+    .unwrap();
+    fs::write(d.join("xdg2/nix/nix.conf"), "connect-timeout = 11\n").unwrap();
+    let nix_config = "experimental-features = nix-command\n\
+                      extra-substituters = https://c.example/\n\
+                      extra-trusted-public-keys = env-1:EEEE";
+    let names = [
+        "connect-timeout",
+        "netrc-file",
+        "secret-key-files",
+        "substituters",
+        "trusted-public-keys",
+        "trusted-substituters",
+    ];
+    let user_files = format!(
+        "{}:{}",
+        d.join("user1").display(),
+        d.join("user2").display()
+    );
+    for user in [Some(user_files.as_str()), None] {
+        let env = |c: &mut std::process::Command| {
+            c.env("NIX_CONF_DIR", &conf)
+                .env("NIX_CONFIG", nix_config)
+                .env("XDG_CONFIG_HOME", d.join("home"))
+                .env(
+                    "XDG_CONFIG_DIRS",
+                    format!("{}:{}", d.join("xdg1").display(), d.join("xdg2").display()),
+                );
+            match user {
+                Some(files) => c.env("NIX_USER_CONF_FILES", files),
+                None => c.env_remove("NIX_USER_CONF_FILES"),
+            };
+        };
+        let mut theirs = nix("nix");
+        theirs.args(["show-config", "--json"]);
+        env(&mut theirs);
+        let theirs: serde_json::Value = serde_json::from_slice(&run(&mut theirs).stdout).unwrap();
+        let mut ours = nixferry();
+        ours.args(["config", "--json"]);
+        env(&mut ours);
+        let ours: serde_json::Value = serde_json::from_slice(&run(&mut ours).stdout).unwrap();
+        for name in names {
+            assert_eq!(
+                ours[name]["value"], theirs[name]["value"],
+                "{name}, user files {user:?}"
+            );
+        }
+    }
+}
