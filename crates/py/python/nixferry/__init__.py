@@ -63,14 +63,15 @@ Traceback (most recent call last):
     ...
 nixferry.errors.VerificationError: not signed by a trusted key (signed by cache.example.org-1)
 
-Compute a closure. Opening a ``file://`` cache creates it. Without Nix
-at hand, ``publish`` fills it in the layout Nix writes (a NAR file named
-by its hash, and a signed narinfo), with ``hello`` and a text file that
-refers to it:
+Compute a closure. Opening a ``file://`` cache writes nothing (the first
+path a store writes lays the cache out). Without Nix at hand, ``publish``
+fills one in the layout Nix writes (a NAR file named by its hash, and a
+signed narinfo), with ``hello`` and a text file that refers to it:
 
 >>> cache_dir = tmp / "cache"
 >>> cache = nixferry.open_store(f"file://{cache_dir}")
 >>> def publish(src, path, references):
+...     (cache_dir / "nar").mkdir(parents=True, exist_ok=True)
 ...     s = nar.hash_path(src)
 ...     url = f"nar/{s.nar_hash.to_nix32()}.nar"
 ...     _ = nar.dump(src, cache_dir / url)
