@@ -37,11 +37,10 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 
 use super::pins::{self, PinError};
-use super::verify::is_temporary;
-use super::{Cache, CacheFiles, FileEntry, UploadEntry};
-use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
+use super::{read_narinfo, Cache, CacheFiles, FileEntry, FileKind, UploadEntry};
+use crate::narinfo::NarInfo;
 use crate::store::StoreError;
-use crate::store_path::{is_hash_part, StoreDir};
+use crate::store_path::StoreDir;
 
 /// What to keep, and how.
 #[derive(Debug, Clone)]
@@ -249,23 +248,6 @@ impl Graph {
         }
     }
 
-    /// Reads and parses node `id`'s narinfo.
-    async fn read(
-        files: &dyn CacheFiles,
-        dir: &StoreDir,
-        hash: &str,
-    ) -> Result<Option<Result<NarInfo, String>>, StoreError> {
-        let key = format!("{hash}.narinfo");
-        let Some(bytes) = files.read_small(&key, MAX_NARINFO_LEN).await? else {
-            return Ok(None);
-        };
-        Ok(Some(
-            String::from_utf8(bytes)
-                .map_err(|_| "not UTF-8".to_owned())
-                .and_then(|t| NarInfo::parse_in(&t, dir).map_err(|e| e.to_string())),
-        ))
-    }
-
     fn parsed(&self, info: &NarInfo, id: u32) -> Parsed {
         Parsed {
             url: info.url().into(),
@@ -294,14 +276,14 @@ impl Inventory {
     async fn take(files: &dyn CacheFiles) -> Result<Self, StoreError> {
         let mut inv = Self::default();
         for e in files.list("").await? {
-            if is_temporary(&e.key) {
-                inv.temporary.push(e);
-            } else if e.key.starts_with("nar/") {
-                inv.nars.push(e);
-            } else if e.key.strip_suffix(".narinfo").is_some_and(is_hash_part) {
-                inv.narinfos.push(e);
-            } else if let Some(h) = e.key.strip_suffix(".ls").filter(|h| is_hash_part(h)) {
-                inv.listings.insert(h.to_owned(), e);
+            match FileKind::of(&e.key) {
+                FileKind::Temporary => inv.temporary.push(e),
+                FileKind::Nar => inv.nars.push(e),
+                FileKind::Narinfo(_) => inv.narinfos.push(e),
+                FileKind::Listing(h) => {
+                    inv.listings.insert(h.to_owned(), e);
+                }
+                FileKind::Other => {}
             }
         }
         inv.narinfos.sort_by(|a, b| a.key.cmp(&b.key));
@@ -368,7 +350,12 @@ pub async fn gc(
             .map(|id| async move {
                 (
                     id,
-                    Graph::read(files, dir, g.nodes[id as usize].hash.as_str()).await,
+                    read_narinfo(
+                        files,
+                        dir,
+                        &format!("{}.narinfo", g.nodes[id as usize].hash.as_str()),
+                    )
+                    .await,
                 )
             })
             .buffer_unordered(jobs);
@@ -475,7 +462,7 @@ pub async fn gc(
     let mut late_roots = Vec::new();
     let mut late_urls: HashSet<Box<str>> = HashSet::new();
     for e in files.list("").await? {
-        let Some(hash) = e.key.strip_suffix(".narinfo").filter(|h| is_hash_part(h)) else {
+        let FileKind::Narinfo(hash) = FileKind::of(&e.key) else {
             continue;
         };
         let id = graph.id(hash);
@@ -486,7 +473,7 @@ pub async fn gc(
             }
         }
         late_roots.extend(id);
-        if let Some(Ok(info)) = Graph::read(files, dir, hash).await? {
+        if let Some(Ok(info)) = read_narinfo(files, dir, &e.key).await? {
             late_urls.insert(info.url().into());
             late_roots.extend(
                 info.references()

@@ -29,8 +29,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::atomic;
+use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
 use crate::store::{self, NarStream, Store, StoreError, StoreUrl};
-use crate::store_path::StoreDir;
+use crate::store_path::{is_hash_part, StoreDir};
 
 pub mod gc;
 mod json;
@@ -144,6 +145,59 @@ pub trait CacheFiles: Send + Sync + fmt::Debug {
             what: "aborting multipart uploads",
         })
     }
+}
+
+/// What a file of a cache is, by its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind<'k> {
+    /// A temporary file a writer makes and renames.
+    Temporary,
+    /// A NAR file, under `nar/`.
+    Nar,
+    /// `<hashPart>.narinfo`, with its hash part.
+    Narinfo(&'k str),
+    /// `<hashPart>.ls`, with its hash part.
+    Listing(&'k str),
+    /// Anything else (`nix-cache-info`, `log/`, pins…).
+    Other,
+}
+
+impl FileKind<'_> {
+    /// The kind of the file `key`.
+    pub(crate) fn of(key: &str) -> FileKind<'_> {
+        let top = |suffix| key.strip_suffix(suffix).filter(|h| is_hash_part(h));
+        if verify::is_temporary(key) {
+            FileKind::Temporary
+        } else if key.starts_with("nar/") {
+            FileKind::Nar
+        } else if let Some(hash) = top(".narinfo") {
+            FileKind::Narinfo(hash)
+        } else if let Some(hash) = top(".ls") {
+            FileKind::Listing(hash)
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
+/// Parses the bytes of a narinfo read from a cache; the error says why
+/// not, for a report.
+pub(crate) fn parse_narinfo(bytes: &[u8], dir: &StoreDir) -> Result<NarInfo, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+    NarInfo::parse_in(text, dir).map_err(|e| e.to_string())
+}
+
+/// Reads the narinfo `key` and parses it: `None` if the cache lacks it;
+/// the outer error is the cache's, the inner one why it does not parse.
+pub(crate) async fn read_narinfo(
+    files: &dyn CacheFiles,
+    dir: &StoreDir,
+    key: &str,
+) -> Result<Option<Result<NarInfo, String>>, StoreError> {
+    Ok(files
+        .read_small(key, MAX_NARINFO_LEN)
+        .await?
+        .map(|bytes| parse_narinfo(&bytes, dir)))
 }
 
 /// Refuses a cache that cannot list its files (an HTTP cache), for the

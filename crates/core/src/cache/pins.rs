@@ -27,7 +27,7 @@ use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 use super::{Cache, CacheFiles};
-use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
+use crate::narinfo::MAX_NARINFO_LEN;
 use crate::store::StoreError;
 use crate::store_path::{StoreDir, StorePath};
 
@@ -392,10 +392,7 @@ pub async fn closure_size(cache: &Cache, roots: &[StorePath]) -> Result<ClosureS
                 size.missing += 1;
                 continue;
             };
-            let Some(info) = std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|t| NarInfo::parse_in(t, dir).ok())
-            else {
+            let Ok(info) = super::parse_narinfo(&bytes, dir) else {
                 size.missing += 1;
                 continue;
             };

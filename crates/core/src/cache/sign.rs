@@ -3,11 +3,11 @@
 
 use futures_util::StreamExt as _;
 
-use super::{Cache, CacheFiles};
-use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
+use super::{Cache, CacheFiles, FileKind};
+use crate::narinfo::NarInfo;
 use crate::signing::{SecretKey, TrustedKeys};
 use crate::store::StoreError;
-use crate::store_path::{is_hash_part, StoreDir};
+use crate::store_path::StoreDir;
 
 /// Narinfos read (and written) at once.
 const PARALLEL: usize = 16;
@@ -50,27 +50,23 @@ async fn narinfo_keys(files: &dyn CacheFiles) -> Result<Vec<String>, StoreError>
         .await?
         .into_iter()
         .map(|e| e.key)
-        .filter(|k| k.strip_suffix(".narinfo").is_some_and(is_hash_part))
+        .filter(|k| matches!(FileKind::of(k), FileKind::Narinfo(_)))
         .collect();
     keys.sort();
     Ok(keys)
 }
 
-/// Reads and parses the narinfo `key`: `None` if it is gone.
+/// Reads and parses the narinfo `key`: `None` if it is gone; why it
+/// cannot be read or parsed, as text.
 async fn read(
     files: &dyn CacheFiles,
     dir: &StoreDir,
     key: &str,
 ) -> Result<Option<NarInfo>, String> {
-    let bytes = match files.read_small(key, MAX_NARINFO_LEN).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
-    NarInfo::parse_in(&text, dir)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    super::read_narinfo(files, dir, key)
+        .await
+        .map_err(|e| e.to_string())?
+        .transpose()
 }
 
 /// Adds signatures by `opts.keys` to every narinfo of the cache and
@@ -200,7 +196,7 @@ pub async fn stats(cache: &Cache) -> Result<CacheStats, StoreError> {
     let keys = listing
         .iter()
         .map(|e| e.key.as_str())
-        .filter(|k| k.strip_suffix(".narinfo").is_some_and(is_hash_part));
+        .filter(|k| matches!(FileKind::of(k), FileKind::Narinfo(_)));
     let mut infos = futures_util::stream::iter(keys)
         .map(|key| read(files, dir, key))
         .buffer_unordered(PARALLEL);

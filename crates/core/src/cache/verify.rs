@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt as _;
 use tokio_util::io::SyncIoBridge;
 
-use super::{Cache, CacheFiles, FileEntry, UploadEntry};
+use super::{Cache, CacheFiles, FileEntry, FileKind, UploadEntry};
 use crate::compression::Compression;
 use crate::hash::{HashingReader, NixHash};
 use crate::nar::{Listing, NarError, NarSummary};
@@ -43,7 +43,7 @@ use crate::narinfo::{NarInfo, MAX_NARINFO_LEN};
 use crate::signing::{TrustedKeys, VerifyError};
 use crate::store::chunks::CHUNK_SIZE;
 use crate::store::{PathInfo, StoreError};
-use crate::store_path::{is_hash_part, StoreDir, StorePath};
+use crate::store_path::{StoreDir, StorePath};
 
 /// Limit of a `.ls` listing read for comparison.
 const MAX_LISTING_LEN: usize = 64 << 20;
@@ -252,11 +252,6 @@ fn human_age(d: Duration) -> String {
     out
 }
 
-/// The hash part of a top-level `<hashPart><suffix>` key.
-fn top_level<'k>(key: &'k str, suffix: &str) -> Option<&'k str> {
-    key.strip_suffix(suffix).filter(|h| is_hash_part(h))
-}
-
 /// Checks a binary cache. See the [module docs](self). `progress` is
 /// called after each narinfo.
 ///
@@ -284,15 +279,19 @@ pub async fn verify(
         let mut present = HashSet::new();
         let mut inventory = Inventory::default();
         for entry in files.list("").await? {
-            if is_temporary(&entry.key) {
-                inventory.temporary.push(entry);
-            } else if entry.key.starts_with("nar/") {
-                inventory.nars.insert(entry.key.clone(), entry);
-            } else if let Some(hash) = top_level(&entry.key, ".narinfo") {
-                present.insert(hash.to_owned());
-                keys.push(entry.key);
-            } else if let Some(hash) = top_level(&entry.key, ".ls") {
-                inventory.listings.insert(hash.to_owned());
+            match FileKind::of(&entry.key) {
+                FileKind::Temporary => inventory.temporary.push(entry),
+                FileKind::Nar => {
+                    inventory.nars.insert(entry.key.clone(), entry);
+                }
+                FileKind::Narinfo(hash) => {
+                    present.insert(hash.to_owned());
+                    keys.push(entry.key);
+                }
+                FileKind::Listing(hash) => {
+                    inventory.listings.insert(hash.to_owned());
+                }
+                FileKind::Other => {}
             }
         }
         inventory.uploads = files.list_uploads().await?;
@@ -484,9 +483,7 @@ async fn walk_closure(
                 Ok(Some(bytes)) => {
                     present.insert(path.hash_part().to_owned());
                     keys.push(key);
-                    let parsed = std::str::from_utf8(&bytes)
-                        .ok()
-                        .and_then(|text| NarInfo::parse_in(text, store_dir).ok());
+                    let parsed = super::parse_narinfo(&bytes, store_dir).ok();
                     for r in parsed.iter().flat_map(|n| n.references()) {
                         if seen.insert(r.hash_part().to_owned()) {
                             queue.push_back((r.clone(), false));
@@ -634,10 +631,7 @@ impl Ctx<'_> {
                 return None;
             }
         };
-        let parsed = std::str::from_utf8(&bytes)
-            .map_err(|_| "not UTF-8".to_owned())
-            .and_then(|text| NarInfo::parse_in(text, self.store_dir).map_err(|e| e.to_string()));
-        let narinfo = match parsed {
+        let narinfo = match super::parse_narinfo(&bytes, self.store_dir) {
             Ok(n) => n,
             Err(e) => {
                 problem(ProblemKind::Unparsable, None, e);
@@ -646,7 +640,7 @@ impl Ctx<'_> {
         };
         let path = narinfo.store_path().clone();
         let p = Some(&path);
-        if top_level(key, ".narinfo") != Some(path.hash_part()) {
+        if FileKind::of(key) != FileKind::Narinfo(path.hash_part()) {
             problem(
                 ProblemKind::WrongName,
                 p,
