@@ -41,12 +41,8 @@ fn sign(args: CacheSignArgs) -> Result<(), Failure> {
         remove_signatures_by: args.remove_signatures_by,
         require_trusted: super::copy::trusted_keys(&args.trusted_keys, &[])?,
     };
-    let report = super::paths::runtime()?.block_on(async {
-        let report = cache::sign(&cache, &opts).await;
-        cache.store().close().await;
-        report
-    });
-    let report = report.with_context(|| format!("signing '{}'", args.url))?;
+    let report = with_cache(&cache, cache::sign(&cache, &opts))?
+        .with_context(|| format!("signing '{}'", args.url))?;
     for key in &report.untrusted {
         eprintln!("not signed: {key}: no valid signature by a trusted key");
     }
@@ -217,12 +213,8 @@ fn gc(args: CacheGcArgs) -> Result<(), Failure> {
 
 fn stats(url: &str, json: bool) -> Result<(), Failure> {
     let cache = open(url)?;
-    let stats = super::paths::runtime()?.block_on(async {
-        let stats = cache::stats(&cache).await;
-        cache.store().close().await;
-        stats
-    });
-    let s = stats.with_context(|| format!("reading '{url}'"))?;
+    let s =
+        with_cache(&cache, cache::stats(&cache))?.with_context(|| format!("reading '{url}'"))?;
     let mut out = super::stdout();
     if json {
         writeln!(out, "{}", s.to_json())?;
