@@ -10,6 +10,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Set a Nix setting for this command, as `nix --option NAME VALUE`
+    /// does (`extra-NAME` adds to a list); it wins over Nix's
+    /// configuration files and `NIX_CONFIG`. Repeatable.
+    #[arg(
+        long = "option",
+        global = true,
+        num_args = 2,
+        value_names = ["NAME", "VALUE"],
+        action = clap::ArgAction::Append
+    )]
+    pub(crate) options: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,15 +12,10 @@ pub(super) fn run(args: AddArgs) -> Result<(), Failure> {
         Some(n) => n,
         None => default_name(&args.path)?,
     };
-    let keys = args
-        .secret_key_files
-        .iter()
-        .map(|k| super::key::load_secret_key(k))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = super::settings::secret_keys(&args.secret_key_files)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let (store, info) = runtime.block_on(async {
-        let store =
-            nixferry::store::open(&args.to).with_context(|| format!("opening '{}'", args.to))?;
+        let store = super::settings::open_store(&args.to)?;
         let info = nixferry::store::add_to_store(&*store, &args.path, &name, &keys)
             .await
             .with_context(|| format!("adding '{}'", args.path.display()))?;

@@ -39,7 +39,7 @@ fn sign(args: CacheSignArgs) -> Result<(), Failure> {
     let opts = SignOptions {
         keys,
         remove_signatures_by: args.remove_signatures_by,
-        require_trusted: super::copy::trusted_keys(&args.trusted_keys, &[])?,
+        require_trusted: super::settings::flag_trusted_keys(&args.trusted_keys, &[])?,
     };
     let report = with_cache(&cache, cache::sign(&cache, &opts))?
         .with_context(|| format!("signing '{}'", args.url))?;
@@ -238,9 +238,9 @@ fn open(url: &str) -> anyhow::Result<Cache> {
 }
 
 /// The keys `--trusted-key` and `--trusted-key-file` name, else Nix's
-/// default key.
+/// `trusted-public-keys`.
 fn trusted_keys(keys: &[String], files: &[std::path::PathBuf]) -> anyhow::Result<TrustedKeys> {
-    Ok(super::copy::trusted_keys(keys, files)?.unwrap_or_else(TrustedKeys::nix_default))
+    super::settings::trusted_keys(keys, files)
 }
 
 /// A progress line on stderr, redrawn at most a few times a second, when

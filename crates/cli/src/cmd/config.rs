@@ -2,14 +2,10 @@
 
 use std::io::Write as _;
 
-use anyhow::Context as _;
-use nixferry::nixconf::{ConfigSources, NixConfig};
-
 use crate::exit::Failure;
 
 pub(super) fn run(json: bool) -> Result<(), Failure> {
-    let sources = ConfigSources::from_env();
-    let config = NixConfig::load(&sources).context("reading Nix's configuration")?;
+    let config = super::settings::nix_config()?;
     let mut out = super::stdout();
     if json {
         let mut v = serde_json::Map::new();

@@ -7,12 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use nixferry::copy::{self, CancellationToken, CopyOptions, Event};
-use nixferry::signing::{PublicKey, TrustedKeys};
 use nixferry::store::Store;
 use nixferry::store_path::StorePath;
 use serde_json::json;
 
-use super::paths;
+use super::{paths, settings};
 use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning};
 use crate::exit::Failure;
 
@@ -206,47 +205,17 @@ fn copy_and_report(
 }
 
 /// The options of `nixferry copy`: Nix's signature policy
-/// ([`CopyOptions`]'s default and builders), with the trusted keys given
-/// on the command line replacing Nix's default ones.
+/// ([`CopyOptions`]'s default and builders), with the trusted keys and
+/// signing keys of the command line, else of Nix's configuration
+/// (`trusted-public-keys`, `secret-key-files`).
 fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
-    let mut opts = CopyOptions::default();
-    if let Some(keys) = trusted_keys(&args.trusted_keys, &args.trusted_key_files)? {
-        opts = opts.with_trusted_keys(keys);
-    }
-    let secret_keys = args
-        .secret_key_files
-        .iter()
-        .map(|f| super::key::load_secret_key(f))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    opts = opts.with_secret_keys(secret_keys);
+    let keys = settings::trusted_keys(&args.trusted_keys, &args.trusted_key_files)?;
+    let secret_keys = settings::secret_keys(&args.secret_key_files)?;
+    let mut opts = CopyOptions::default()
+        .with_trusted_keys(keys)
+        .with_secret_keys(secret_keys);
     opts.check_sigs = !args.no_check_sigs;
     Ok(opts)
-}
-
-/// The keys `--trusted-key` (`name:base64`) and `--trusted-key-file`
-/// give, or `None` without either. A bad one is named by its position and
-/// name, never its data: it may be a secret key given by mistake.
-pub(super) fn trusted_keys(
-    keys: &[String],
-    files: &[std::path::PathBuf],
-) -> anyhow::Result<Option<TrustedKeys>> {
-    if keys.is_empty() && files.is_empty() {
-        return Ok(None);
-    }
-    let mut trusted = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            PublicKey::parse(k).with_context(|| {
-                let name = k.trim().split(':').next().unwrap_or_default();
-                format!("--trusted-key number {} ('{name}:…')", i + 1)
-            })
-        })
-        .collect::<anyhow::Result<TrustedKeys>>()?;
-    for f in files {
-        trusted.add(PublicKey::from_file(f)?);
-    }
-    Ok(Some(trusted))
 }
 
 /// Shows events: JSON Lines on stdout, or a progress bar on a terminal.

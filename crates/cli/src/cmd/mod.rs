@@ -9,6 +9,7 @@ mod nar;
 mod narinfo;
 mod paths;
 mod serve;
+mod settings;
 mod store_path;
 
 use std::fs::File;
@@ -22,6 +23,12 @@ use crate::exit::Failure;
 
 /// Runs the parsed command.
 pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
+    settings::set_options(
+        cli.options
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect(),
+    );
     match cli.command {
         Command::Nar(c) => nar::run(c),
         Command::StorePath(c) => store_path::run(c),

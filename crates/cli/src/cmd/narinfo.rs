@@ -108,7 +108,7 @@ fn show_json(info: &NarInfo) -> serde_json::Value {
 /// `narinfo verify` has no default keys: it checks against exactly the
 /// keys it is given.
 fn trusted_keys(args: &VerifyArgs) -> anyhow::Result<TrustedKeys> {
-    super::copy::trusted_keys(&args.trusted_keys, &args.trusted_key_files)?
+    super::settings::flag_trusted_keys(&args.trusted_keys, &args.trusted_key_files)?
         .ok_or_else(|| anyhow::anyhow!("no trusted keys: give --trusted-key or --trusted-key-file"))
 }
 

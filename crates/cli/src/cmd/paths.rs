@@ -40,9 +40,10 @@ pub(super) fn resolve(dir: &StoreDir, args: &[String]) -> anyhow::Result<Vec<Sto
         .collect()
 }
 
-/// Opens a store by URL.
+/// Opens a store by URL, with the defaults Nix's configuration gives
+/// ([`super::settings::open_store`]).
 pub(super) fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    nixferry::store::open(url).with_context(|| format!("opening store '{url}'"))
+    super::settings::open_store(url)
 }
 
 pub(super) fn closure(args: ClosureArgs) -> Result<(), Failure> {

@@ -9,9 +9,17 @@ use std::os::unix::fs::{symlink, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The binary under test.
+/// The binary under test, reading no Nix configuration but what a test
+/// gives it (`NIX_CONFIG`, `--option`): none of this machine's.
 pub(crate) fn nixferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nixferry"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixferry"));
+    c.env(
+        "NIX_CONF_DIR",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/no-nix-conf"),
+    )
+    .env("NIX_USER_CONF_FILES", "")
+    .env_remove("NIX_CONFIG");
+    c
 }
 
 /// Runs a command and returns its output, showing it on failure.

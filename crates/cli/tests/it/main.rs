@@ -8,6 +8,7 @@ mod common;
 mod copy;
 mod differential;
 mod http;
+mod nix_config;
 mod s3;
 mod security;
 mod serve;

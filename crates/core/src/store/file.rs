@@ -17,7 +17,7 @@
 //!
 //! | parameter | default | meaning |
 //! |---|---|---|
-//! | `compression` | `xz` | `none`, `xz`, `zstd`, `bzip2` or `br` ([`crate::compression`]) |
+//! | `compression` | `zstd` (Nix: `xz`; `xz` in builds without zstd) | `none`, `xz`, `zstd`, `bzip2` or `br` ([`crate::compression`]) |
 //! | `compression-level` | the method's Nix default | see [`crate::compression`] |
 //! | `parallel-compression` | `false` | compress xz and zstd on several threads: a NAR of 8 MiB or more gets the CPUs, shared with the other NARs being written at the time |
 //! | `write-nar-listing` | `false` | write `<hashPart>.ls` beside each narinfo (docs/formats.md §3.6) |

@@ -77,8 +77,7 @@ mod url;
 pub mod verify;
 
 pub use add::add_to_store;
-pub(crate) use url::Scheme;
-pub use url::{StoreUrl, UrlError};
+pub use url::{Scheme, StoreUrl, UrlError};
 
 /// A stream of NAR bytes (or compressed NAR bytes, see [`CompressedNar`]).
 pub type NarStream = Pin<Box<dyn AsyncRead + Send>>;
@@ -595,17 +594,26 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// [`StoreError::Url`] for a malformed URL, an unknown scheme or parameter;
 /// otherwise what opening the backend gives.
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let parsed = StoreUrl::parse(url)?;
+    open_url(&StoreUrl::parse(url)?)
+}
+
+/// Opens a store by its parsed URL, as [`open`] does; see
+/// [`StoreUrl::set_default`] to give parameters defaults.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_url(parsed: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    let url = parsed.as_str();
     match parsed.scheme() {
-        Scheme::File => Ok(Arc::new(file::FileStore::open(&parsed)?)),
+        Scheme::File => Ok(Arc::new(file::FileStore::open(parsed)?)),
         #[cfg(feature = "http")]
-        Scheme::Http | Scheme::Https => Ok(Arc::new(http::HttpStore::open(&parsed)?)),
+        Scheme::Http | Scheme::Https => Ok(Arc::new(http::HttpStore::open(parsed)?)),
         #[cfg(feature = "local")]
-        Scheme::Local => Ok(Arc::new(local::LocalStore::open(&parsed)?)),
+        Scheme::Local => Ok(Arc::new(local::LocalStore::open(parsed)?)),
         #[cfg(feature = "ssh")]
-        Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(&parsed)?)),
+        Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(parsed)?)),
         #[cfg(feature = "s3")]
-        Scheme::S3 => Ok(Arc::new(s3::S3Store::open(&parsed)?)),
+        Scheme::S3 => Ok(Arc::new(s3::S3Store::open(parsed)?)),
         #[allow(unreachable_patterns)]
         scheme => Err(UrlError::NotBuilt {
             url: url.to_owned(),

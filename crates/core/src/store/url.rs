@@ -250,6 +250,27 @@ impl StoreUrl {
         })
     }
 
+    /// Sets a parameter the URL does not set itself, as a default from
+    /// elsewhere (Nix's configuration, say); the URL shown stays as given.
+    ///
+    /// # Errors
+    /// [`UrlError::UnknownParam`] if this kind of store has no such
+    /// parameter.
+    pub fn set_default(&mut self, name: &str, value: &str) -> Result<(), UrlError> {
+        if !self.scheme.params().contains(&name) {
+            return Err(UrlError::UnknownParam {
+                url: self.url.clone(),
+                param: name.to_owned(),
+                scheme: self.scheme.name(),
+                known: self.scheme.params().join(", "),
+            });
+        }
+        self.params
+            .entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
+        Ok(())
+    }
+
     /// The URL as given.
     pub fn as_str(&self) -> &str {
         &self.url

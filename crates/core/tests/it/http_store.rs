@@ -493,7 +493,7 @@ async fn copies_file_to_http() {
     file.add_path(&top, stream(top_nar.clone())).await.unwrap();
     let dir = tmp.path().join("cache");
     let server = Server::serve_writable(&dir, &[]);
-    let dst: Arc<dyn Store> = nixferry::store::open(&server.url("")).unwrap();
+    let dst: Arc<dyn Store> = nixferry::store::open(&server.url("compression=xz")).unwrap();
     let summary = copy_all(
         Arc::new(file.clone()),
         dst.clone(),

@@ -46,11 +46,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
 
 /// Serves until a shutdown signal, then stops gracefully.
 async fn serve(args: ServeArgs, sockets: Vec<std::net::TcpListener>) -> anyhow::Result<()> {
-    let keys = args
-        .secret_key_files
-        .iter()
-        .map(|k| super::key::load_secret_key(k))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = super::settings::secret_keys(&args.secret_key_files)?;
     let token = match &args.token_file {
         Some(f) => {
             let t = std::fs::read_to_string(f)
@@ -147,8 +143,11 @@ fn upstreams(mut builder: ServerBuilder, args: &ServeArgs) -> anyhow::Result<Ser
     for u in &args.upstreams {
         builder = builder.upstream(u.as_str());
     }
-    if let Some(keys) = super::copy::trusted_keys(&args.trusted_keys, &args.trusted_key_files)? {
-        builder = builder.trusted_keys(keys);
+    if !args.upstreams.is_empty() {
+        builder = builder.trusted_keys(super::settings::trusted_keys(
+            &args.trusted_keys,
+            &args.trusted_key_files,
+        )?);
     }
     if let Some(c) = &args.cache_upstream {
         builder = builder.cache_upstream(c.as_str());
