@@ -442,7 +442,11 @@ fn repair_copies_broken_and_missing_paths_again() {
     let b = broken_cache("cache-repair");
     let c = b.cache.path().join("c");
     let sk = b.cache.path().join("cache-repair-1.secret");
-    let url = format!("file://{}?secret-key={}", c.display(), sk.display());
+    let url = format!(
+        "file://{}?compression=xz&secret-key={}",
+        c.display(),
+        sk.display()
+    );
     let (code, problems, out) = verify(
         &mut nixferry(),
         &[

@@ -265,7 +265,7 @@ fn cases() -> Vec<Case> {
 fn copy(cache: &Cache, from: &str, dir: &Path) -> (Output, bool) {
     let out = nixferry()
         .args(["copy", "--retries", "0", "--from", from, "--to"])
-        .arg(format!("file://{}", dir.display()))
+        .arg(format!("file://{}?compression=xz", dir.display()))
         .args(["--trusted-key", &cache.public_key, &cache.path])
         .output()
         .unwrap();

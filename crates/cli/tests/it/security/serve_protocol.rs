@@ -96,7 +96,8 @@ fn cases() -> Vec<(&'static str, Vec<u8>, i32, &'static str)> {
     let bad_closure = "the closure from the server is invalid";
     vec![
         // Handshakes.
-        ("no reply", Vec::new(), 2, "connection failed: reading the handshake"),
+        // The server may be gone before the client's greeting is written.
+        ("no reply", Vec::new(), 2, " the handshake"),
         (
             "a greeting shell",
             b"Welcome to my shell!\n\0\0\0".to_vec(),
