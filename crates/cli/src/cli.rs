@@ -133,6 +133,9 @@ pub(crate) struct CachePinArgs {
     /// set to before).
     #[arg(long)]
     pub(crate) keep: Option<usize>,
+    /// Print the pin, with its generations, as a JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +200,9 @@ pub(crate) struct CacheSignArgs {
     /// (`name:base64`); repeatable. Without it, every narinfo is signed.
     #[arg(long = "trusted-key")]
     pub(crate) trusted_keys: Vec<String>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -553,9 +559,14 @@ pub(crate) struct AddArgs {
     /// The store path name; defaults to the base name of PATH.
     #[arg(long)]
     pub(crate) name: Option<String>,
-    /// Sign the narinfo with this key; repeatable.
+    /// Sign the narinfo with this key; repeatable (default: Nix's
+    /// `secret-key-files`).
     #[arg(long = "secret-key-file")]
     pub(crate) secret_key_files: Vec<PathBuf>,
+    /// Print the path's information as `nix path-info --json` does,
+    /// instead of the path.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

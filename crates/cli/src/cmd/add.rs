@@ -21,7 +21,16 @@ pub(super) fn run(args: AddArgs) -> Result<(), Failure> {
             .with_context(|| format!("adding '{}'", args.path.display()))?;
         anyhow::Ok((store, info))
     })?;
-    super::print(&format!("{}\n", store.store_dir().display(&info.path)))?;
+    if args.json {
+        let dir = store.store_dir();
+        let entry = nixferry::store::json::PathInfoEntry::from(info.clone());
+        super::print(&format!(
+            "{}\n",
+            nixferry::store::json::path_info_json(dir, &[entry])
+        ))?;
+    } else {
+        super::print(&format!("{}\n", store.store_dir().display(&info.path)))?;
+    }
     let caps = store.capabilities();
     if info.signatures.is_empty() && caps.keeps_signatures && !caps.signs {
         eprintln!(

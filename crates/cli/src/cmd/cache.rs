@@ -43,20 +43,24 @@ fn sign(args: CacheSignArgs) -> Result<(), Failure> {
     };
     let report = with_cache(&cache, cache::sign(&cache, &opts))?
         .with_context(|| format!("signing '{}'", args.url))?;
-    for key in &report.untrusted {
-        eprintln!("not signed: {key}: no valid signature by a trusted key");
+    if args.json {
+        super::print(&format!("{}\n", report.to_json()))?;
+    } else {
+        for key in &report.untrusted {
+            eprintln!("not signed: {key}: no valid signature by a trusted key");
+        }
+        for (key, why) in &report.failed {
+            eprintln!("failed: {key}: {why}");
+        }
+        eprintln!(
+            "{} narinfos: {} rewritten, {} unchanged, {} left alone, {} failed",
+            report.narinfos,
+            report.rewritten,
+            report.unchanged,
+            report.untrusted.len(),
+            report.failed.len()
+        );
     }
-    for (key, why) in &report.failed {
-        eprintln!("failed: {key}: {why}");
-    }
-    eprintln!(
-        "{} narinfos: {} rewritten, {} unchanged, {} left alone, {} failed",
-        report.narinfos,
-        report.rewritten,
-        report.unchanged,
-        report.untrusted.len(),
-        report.failed.len()
-    );
     if report.untrusted.is_empty() && report.failed.is_empty() {
         Ok(())
     } else {
@@ -78,7 +82,9 @@ fn pin(args: CachePinArgs) -> Result<(), Failure> {
     let paths = super::paths::resolve(cache.store_dir(), &args.paths)?;
     let pin = with_cache(&cache, cache::pin(&cache, &args.name, &paths, args.keep))?
         .with_context(|| format!("pinning in '{}'", args.url))?;
-    if let Some(g) = pin.generations.last() {
+    if args.json {
+        super::print(&format!("{}\n", pin.to_json(None)))?;
+    } else if let Some(g) = pin.generations.last() {
         eprintln!(
             "pinned {} as generation {} of '{}' (keeping the last {})",
             super::count(g.paths.len(), "path", "paths"),

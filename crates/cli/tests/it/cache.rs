@@ -590,6 +590,10 @@ fn sign_rotates_the_key_and_stats_count() {
         "{}",
         stderr(&out)
     );
+    let out = sign(&["--json"]);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["narinfos"], &v["unchanged"]), (&3.into(), &3.into()));
     // The old key no longer signs anything: a sign that requires it
     // leaves every narinfo alone.
     let out = sign(&["--trusted-key", old_pk.trim()]);

@@ -134,7 +134,10 @@ fn gc_keeps_what_pins_keep_and_nix_copies_it_out() {
     );
 
     run(nixferry().args(["cache", "pin", &url, "web", &web]));
-    run(nixferry().args(["cache", "pin", &url, "db", &db, "--keep", "1"]));
+    let out = run(nixferry().args(["cache", "pin", &url, "db", &db, "--keep", "1", "--json"]));
+    let pin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&pin["name"], &pin["keep"]), (&"db".into(), &1.into()));
+    assert_eq!(pin["generations"][0]["paths"][0], db.as_str());
     let out = run(nixferry().args(["cache", "pins", "--json", &url]));
     let pins: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pins[0]["name"], "db");

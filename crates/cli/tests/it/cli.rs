@@ -369,6 +369,17 @@ fn reading_a_directory_never_writes_into_it() {
     for made in ["nix-cache-info", "nar", "log", "realisations"] {
         assert!(dir.join(made).exists(), "{made}");
     }
+    // --json prints what `nix path-info --json` would.
+    let out = run(nixferry()
+        .arg("add")
+        .arg(&src)
+        .arg("--json")
+        .arg("--to")
+        .arg(format!("file://{}", dir.display())));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["narSize"], 120, "{v}");
+    assert!(v[0]["path"].as_str().unwrap().ends_with("-file"), "{v}");
+    assert!(v[0]["ca"].as_str().unwrap().starts_with("fixed:"), "{v}");
 }
 
 /// Usage errors read as every other error, `nixferry: <what>: <why>`,
