@@ -273,6 +273,25 @@ impl NixConfig {
         PathBuf::from(self.words("netrc-file").join(" "))
     }
 
+    /// The settings nixferry uses as a JSON object: for each, its
+    /// `value` (a list of words; a string for `netrc-file`, a number for
+    /// `connect-timeout`) and its `origins`.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::Map::new();
+        for (name, setting) in self.settings() {
+            let value = match name {
+                "connect-timeout" => serde_json::json!(self.connect_timeout()),
+                "netrc-file" => serde_json::json!(setting.to_string()),
+                _ => serde_json::json!(setting.value),
+            };
+            v.insert(
+                name.to_owned(),
+                serde_json::json!({"value": value, "origins": setting.origins}),
+            );
+        }
+        serde_json::Value::Object(v).to_string()
+    }
+
     /// `connect-timeout`, in seconds; 0 for none.
     pub fn connect_timeout(&self) -> u64 {
         self.words("connect-timeout")

@@ -34,6 +34,7 @@ use pyo3::prelude::*;
 
 mod blocking;
 mod cache;
+mod config;
 mod copy;
 mod errors;
 mod hash;
@@ -75,5 +76,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     copy::register(m)?;
     server::register(m)?;
     cache::register(m)?;
+    config::register(m)?;
     Ok(())
 }

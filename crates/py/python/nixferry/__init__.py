@@ -114,7 +114,11 @@ StoreDir: /nix/store
 
 from __future__ import annotations
 
-from . import errors, hash, nar, store_path
+import json as _json
+from collections.abc import Iterable as _Iterable
+from typing import Any as _Any
+
+from . import _native, errors, hash, nar, store_path
 from ._native import (
     BytesCopied,
     CopyPlanned,
@@ -169,6 +173,29 @@ CopyEvent = (
 )
 """Any event a :func:`copy` passes to its ``progress`` callback."""
 
+
+
+def nix_config(options: _Iterable[tuple[str, str]] = ()) -> dict[str, dict[str, _Any]]:
+    """Nix's effective configuration for the settings nixferry uses.
+
+    Read as Nix reads it (``$NIX_CONF_DIR/nix.conf``, the user's files,
+    ``NIX_CONFIG``, includes, ``extra-`` settings), with ``options``,
+    ``(name, value)`` pairs, applied last as ``nix --option`` does. Each
+    of ``trusted-public-keys``, ``secret-key-files``, ``substituters``,
+    ``trusted-substituters``, ``netrc-file`` and ``connect-timeout`` maps
+    to ``{"value": ..., "origins": [...]}``: a list of words (a string for
+    ``netrc-file``, an int for ``connect-timeout``), and where each part
+    was set (``path:line``, ``NIX_CONFIG:line``, ``--option`` or
+    ``default``), as ``nixferry config --json`` prints them.
+
+    Raises :class:`NixferryError` for a file that does not parse or a bad
+    option.
+    """
+    pairs = [(str(name), str(value)) for name, value in options]
+    result: dict[str, dict[str, _Any]] = _json.loads(_native.nix_config_json(pairs))
+    return result
+
+
 __all__ = [
     "BytesCopied",
     "CacheError",
@@ -209,6 +236,7 @@ __all__ = [
     "errors",
     "hash",
     "nar",
+    "nix_config",
     "open_store",
     "serve",
     "store_path",

@@ -6,12 +6,12 @@ this one.
 
 import builtins
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, final
 
 __version__: Final[str]
-__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
+__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'nix_config_json', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
 
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes | bytearray | None: ...
@@ -681,3 +681,4 @@ def cache_gc(
     dry_run: bool = False,
     jobs: int = 16,
 ) -> str: ...
+def nix_config_json(options: Sequence[tuple[str, str]] = ...) -> str: ...
