@@ -41,8 +41,17 @@ fn sign(args: CacheSignArgs) -> Result<(), Failure> {
         remove_signatures_by: args.remove_signatures_by,
         require_trusted: super::settings::flag_trusted_keys(&args.trusted_keys, &[])?,
     };
-    let report = with_cache(&cache, cache::sign(&cache, &opts))?
-        .with_context(|| format!("signing '{}'", args.url))?;
+    let line = ProgressLine::new(args.json);
+    let progress = |done, total| {
+        if let Some(line) = &line {
+            line.count("signed", done, total);
+        }
+    };
+    let report = with_cache(&cache, cache::sign_with_progress(&cache, &opts, &progress));
+    if let Some(line) = &line {
+        line.finish();
+    }
+    let report = report?.with_context(|| format!("signing '{}'", args.url))?;
     if args.json {
         super::print(&format!("{}\n", report.to_json()))?;
     } else {
@@ -219,8 +228,17 @@ fn gc(args: CacheGcArgs) -> Result<(), Failure> {
 
 fn stats(url: &str, json: bool) -> Result<(), Failure> {
     let cache = open(url)?;
-    let s =
-        with_cache(&cache, cache::stats(&cache))?.with_context(|| format!("reading '{url}'"))?;
+    let line = ProgressLine::new(json);
+    let progress = |done, total| {
+        if let Some(line) = &line {
+            line.count("read", done, total);
+        }
+    };
+    let s = with_cache(&cache, cache::stats_with_progress(&cache, &progress));
+    if let Some(line) = &line {
+        line.finish();
+    }
+    let s = s?.with_context(|| format!("reading '{url}'"))?;
     let mut out = super::stdout();
     if json {
         writeln!(out, "{}", s.to_json())?;
@@ -249,30 +267,48 @@ fn trusted_keys(keys: &[String], files: &[std::path::PathBuf]) -> anyhow::Result
     super::settings::trusted_keys(keys, files)
 }
 
-/// A progress line on stderr, redrawn at most a few times a second, when
-/// stderr is a terminal.
+/// A progress line on stderr, redrawn at most a few times a second;
+/// drawn only when stderr is a terminal and no JSON is asked for.
 struct ProgressLine {
     last: Mutex<Option<Instant>>,
 }
 
 impl ProgressLine {
-    fn show(&self, p: &VerifyProgress) {
+    /// A line, if one should be drawn: not for `json`, nor off a terminal.
+    fn new(json: bool) -> Option<Self> {
+        (!json && std::io::stderr().is_terminal()).then(|| Self {
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Draws `text()` unless the line was drawn very recently and this is
+    /// not the last update (`done`).
+    fn show(&self, done: bool, text: impl FnOnce() -> String) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let done = p.checked == p.total;
         if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) && !done {
             return;
         }
         *last = Some(Instant::now());
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[Kchecked {}/{} narinfos, {:.1} MiB of NAR files read, {} problems",
-            p.checked,
-            p.total,
-            p.bytes_read as f64 / (1 << 20) as f64,
-            p.problems
-        );
+        let _ = write!(err, "\r\x1b[K{}", text());
         let _ = err.flush();
+    }
+
+    /// Shows `what done/total narinfos`.
+    fn count(&self, what: &str, done: usize, total: usize) {
+        self.show(done == total, || format!("{what} {done}/{total} narinfos"));
+    }
+
+    fn verify(&self, p: &VerifyProgress) {
+        self.show(p.checked == p.total, || {
+            format!(
+                "checked {}/{} narinfos, {:.1} MiB of NAR files read, {} problems",
+                p.checked,
+                p.total,
+                p.bytes_read as f64 / (1 << 20) as f64,
+                p.problems
+            )
+        });
     }
 
     /// Ends the line, if one was drawn.
@@ -302,15 +338,13 @@ fn verify(args: CacheVerifyArgs) -> Result<(), Failure> {
     if let Some(j) = args.jobs {
         opts.jobs = j.max(1);
     }
-    let line = (!args.json && std::io::stderr().is_terminal()).then(|| ProgressLine {
-        last: Mutex::new(None),
-    });
+    let line = ProgressLine::new(args.json);
     let from = args.from.as_deref().map(super::paths::open).transpose()?;
     let fix = args.repair || args.delete_broken;
     let result = super::paths::runtime()?.block_on(async {
         let progress = |p: &VerifyProgress| {
             if let Some(line) = &line {
-                line.show(p);
+                line.verify(p);
             }
         };
         let result = async {

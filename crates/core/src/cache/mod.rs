@@ -47,7 +47,9 @@ pub use pins::{
     PinError,
 };
 pub use repair::{repair, RepairOptions, RepairReport};
-pub use sign::{sign, stats, CacheStats, SignOptions, SignReport};
+pub use sign::{
+    sign, sign_with_progress, stats, stats_with_progress, CacheStats, SignOptions, SignReport,
+};
 pub use verify::{verify, Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
 
 /// One file of a cache, as a listing gives it.

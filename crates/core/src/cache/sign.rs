@@ -77,6 +77,18 @@ async fn read(
 /// [`StoreError`] if the cache cannot be listed (`http(s)://`) or
 /// listing it fails; single narinfos that fail are in the report.
 pub async fn sign(cache: &Cache, opts: &SignOptions) -> Result<SignReport, StoreError> {
+    sign_with_progress(cache, opts, &|_, _| {}).await
+}
+
+/// [`sign`], calling `progress(done, total)` after each narinfo.
+///
+/// # Errors
+/// As [`sign`].
+pub async fn sign_with_progress(
+    cache: &Cache,
+    opts: &SignOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<SignReport, StoreError> {
     let files = &**cache.files();
     let dir = cache.store_dir();
     let keys = narinfo_keys(files).await?;
@@ -90,7 +102,10 @@ pub async fn sign(cache: &Cache, opts: &SignOptions) -> Result<SignReport, Store
             (key, result)
         })
         .buffer_unordered(PARALLEL);
+    let mut done = 0;
     while let Some((key, result)) = results.next().await {
+        done += 1;
+        progress(done, report.narinfos);
         match result {
             Ok(Some(true)) => report.rewritten += 1,
             Ok(Some(false)) => report.unchanged += 1,
@@ -172,6 +187,17 @@ impl CacheStats {
 /// # Errors
 /// [`StoreError`] if the cache cannot be listed or listing it fails.
 pub async fn stats(cache: &Cache) -> Result<CacheStats, StoreError> {
+    stats_with_progress(cache, &|_, _| {}).await
+}
+
+/// [`stats`], calling `progress(read, total)` after each narinfo.
+///
+/// # Errors
+/// As [`stats`].
+pub async fn stats_with_progress(
+    cache: &Cache,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<CacheStats, StoreError> {
     let files = &**cache.files();
     let dir = cache.store_dir();
     super::require_listing(files)?;
@@ -193,15 +219,20 @@ pub async fn stats(cache: &Cache) -> Result<CacheStats, StoreError> {
             .count(),
         ..CacheStats::default()
     };
-    let keys = listing
+    let keys: Vec<&str> = listing
         .iter()
         .map(|e| e.key.as_str())
-        .filter(|k| matches!(FileKind::of(k), FileKind::Narinfo(_)));
+        .filter(|k| matches!(FileKind::of(k), FileKind::Narinfo(_)))
+        .collect();
+    let total = keys.len();
     let mut infos = futures_util::stream::iter(keys)
         .map(|key| read(files, dir, key))
         .buffer_unordered(PARALLEL);
     let mut counted = std::collections::HashSet::new();
+    let mut done = 0;
     while let Some(info) = infos.next().await {
+        done += 1;
+        progress(done, total);
         let info = match info {
             Ok(Some(i)) => i,
             Ok(None) => continue,
