@@ -125,6 +125,7 @@ from ._native import (
     NixHash,
     PathCopied,
     PathFailed,
+    PathFoundUpstream,
     PathInfo,
     PathSkipped,
     PathStarted,
@@ -132,6 +133,7 @@ from ._native import (
     SigningKey,
     Store,
     StorePath,
+    UpstreamFailed,
     VerifyingKey,
     __version__,
     copy,
@@ -163,6 +165,8 @@ CopyEvent = (
     | BytesCopied
     | PathCopied
     | PathSkipped
+    | PathFoundUpstream
+    | UpstreamFailed
     | CopyRetrying
     | PathFailed
     | DestinationFailed
@@ -189,6 +193,7 @@ __all__ = [
     "NixferryError",
     "PathCopied",
     "PathFailed",
+    "PathFoundUpstream",
     "PathInfo",
     "PathNotFoundError",
     "PathSkipped",
@@ -202,6 +207,7 @@ __all__ = [
     "StorePath",
     "StorePathError",
     "StoreUrlError",
+    "UpstreamFailed",
     "VerificationError",
     "VerifyingKey",
     "__version__",
