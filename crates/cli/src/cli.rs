@@ -452,6 +452,25 @@ pub(crate) struct CopyArgs {
     /// Do not require signatures on paths from untrusted stores.
     #[arg(long)]
     pub(crate) no_check_sigs: bool,
+    /// Do not push to binary caches the paths an upstream cache (Nix's
+    /// substituters, or --upstream) already serves with a signature by a
+    /// trusted key. Default: on when Nix's `substituters` is set (in
+    /// nix.conf, NIX_CONFIG or --option), not when it is Nix's built-in
+    /// default; a Nix store destination (ssh://, local) always gets
+    /// everything.
+    #[arg(long, overrides_with = "no_skip_upstream")]
+    pub(crate) skip_upstream: bool,
+    /// Push every path a destination lacks, whatever upstreams serve.
+    #[arg(long, overrides_with = "skip_upstream")]
+    pub(crate) no_skip_upstream: bool,
+    /// An upstream cache to ask instead of Nix's substituters; repeatable.
+    /// Implies --skip-upstream.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub(crate) upstreams: Vec<String>,
+    /// Seconds an upstream may take to answer a batch of 256 paths; one
+    /// that does not is left out (its paths are pushed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub(crate) upstream_timeout: f64,
     /// Print events as JSON Lines on stdout instead of progress bars.
     #[arg(long)]
     pub(crate) json: bool,

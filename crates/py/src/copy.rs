@@ -33,6 +33,26 @@ pub(crate) struct PathSkipped {
     path: String,
 }
 
+/// A path the destination lacks, not copied because an upstream serves it
+/// with a trusted signature.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct PathFoundUpstream {
+    /// The full path.
+    path: String,
+    /// The URL of the upstream that serves it.
+    upstream: String,
+}
+
+/// An upstream could not be asked; it is left out, and the paths it was
+/// asked about are copied unless another upstream serves them.
+#[pyclass(module = "nixferry._native", frozen, get_all)]
+pub(crate) struct UpstreamFailed {
+    /// The upstream's URL.
+    upstream: String,
+    /// Why.
+    error: String,
+}
+
 /// A path started copying.
 #[pyclass(module = "nixferry._native", frozen, get_all)]
 pub(crate) struct PathStarted {
@@ -111,6 +131,8 @@ macro_rules! event_repr {
 event_repr!(
     CopyPlanned,
     PathSkipped,
+    PathFoundUpstream,
+    UpstreamFailed,
     PathStarted,
     BytesCopied,
     PathCopied,
@@ -123,6 +145,8 @@ event_repr!(
 const MATCH_ARGS: &[(&str, &[&str])] = &[
     ("CopyPlanned", &["closure", "missing", "nar_bytes"]),
     ("PathSkipped", &["path"]),
+    ("PathFoundUpstream", &["path", "upstream"]),
+    ("UpstreamFailed", &["upstream", "error"]),
     ("PathStarted", &["path", "nar_size"]),
     ("BytesCopied", &["bytes"]),
     ("PathCopied", &["path", "nar_size", "passthrough"]),
@@ -146,6 +170,12 @@ fn event(py: Python<'_>, e: Event) -> PyResult<Option<PyObject>> {
         }
         .into_py_any(py)?,
         Event::Skipped { path, .. } => PathSkipped { path }.into_py_any(py)?,
+        Event::FoundUpstream { path, upstream, .. } => {
+            PathFoundUpstream { path, upstream }.into_py_any(py)?
+        }
+        Event::UpstreamFailed { upstream, error } => {
+            UpstreamFailed { upstream, error }.into_py_any(py)?
+        }
         Event::Started { path, nar_size } => PathStarted { path, nar_size }.into_py_any(py)?,
         Event::Bytes { bytes } => BytesCopied { bytes }.into_py_any(py)?,
         Event::Copied {
@@ -187,6 +217,9 @@ pub(crate) struct CopySummary {
     copied: usize,
     /// Paths the destination already had.
     skipped: usize,
+    /// Paths the destination lacked and that were not copied because an
+    /// upstream serves them.
+    upstream: usize,
     /// NAR bytes copied.
     nar_bytes: u64,
     /// Paths that failed, as `(full path, reason)`.
@@ -205,10 +238,11 @@ impl CopySummary {
 
     fn __repr__(&self) -> String {
         format!(
-            "CopySummary(url='{}', copied={}, skipped={}, failed={}, nar_bytes={})",
+            "CopySummary(url='{}', copied={}, skipped={}, upstream={}, failed={}, nar_bytes={})",
             self.url,
             self.copied,
             self.skipped,
+            self.upstream,
             self.failed.len(),
             self.nar_bytes
         )
@@ -232,10 +266,20 @@ enum Msg {
 /// `secret_keys`. Copied paths are signed with `secret_keys`. `jobs` paths
 /// are copied at once.
 ///
+/// `upstreams` (each a `Store` or a URL, such as
+/// ``"https://cache.nixos.org"``) makes the copy upstream-aware: when
+/// `dst` is a binary cache, the paths it lacks that one of them serves
+/// with a valid signature by a trusted key (or a content address that
+/// verifies) are not copied, and counted in the summary's ``upstream``;
+/// paths that refer to them are copied as usual. An upstream that fails,
+/// or does not answer a batch of paths in `upstream_timeout` seconds, is
+/// left out (an `UpstreamFailed` event) and the copy goes on. A Nix store
+/// destination gets every path it lacks.
+///
 /// `progress`, if given, is called in the calling thread with one event
 /// object per step (`CopyPlanned`, `PathStarted`, `BytesCopied`,
-/// `PathCopied`, `PathSkipped`, `CopyRetrying`, `PathFailed`,
-/// `DestinationFailed`). If it raises, the copy is cancelled and the
+/// `PathCopied`, `PathSkipped`, `PathFoundUpstream`, `UpstreamFailed`,
+/// `CopyRetrying`, `PathFailed`, `DestinationFailed`). If it raises, the copy is cancelled and the
 /// exception propagates. Ctrl-C cancels the copy, leaving the destination
 /// consistent, and raises `KeyboardInterrupt`.
 ///
@@ -250,7 +294,8 @@ enum Msg {
 #[pyfunction]
 #[pyo3(signature = (
     src, dst, paths, *, jobs = None, progress = None, check_sigs = true,
-    trusted_keys = None, secret_keys = None, retries = 5, raise_on_failure = true
+    trusted_keys = None, secret_keys = None, retries = 5, raise_on_failure = true,
+    upstreams = None, upstream_timeout = 30.0
 ))]
 #[allow(clippy::too_many_arguments)]
 fn copy(
@@ -265,10 +310,29 @@ fn copy(
     secret_keys: Option<Vec<PySigningKey>>,
     retries: u32,
     raise_on_failure: bool,
+    upstreams: Option<Bound<'_, PyAny>>,
+    upstream_timeout: f64,
 ) -> PyResult<CopySummary> {
     let secret_keys = secret_keys.unwrap_or_default();
     let src = store_arg(py, src)?;
     let dst = store_arg(py, dst)?;
+    if !(upstream_timeout.is_finite() && upstream_timeout > 0.0 && upstream_timeout <= 3600.0) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "upstream_timeout must be above 0 and at most 3600 seconds, not {upstream_timeout}"
+        )));
+    }
+    let upstreams = match &upstreams {
+        None => Vec::new(),
+        Some(u) if u.is_instance_of::<pyo3::types::PyString>() => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "upstreams must be a list of stores or URLs, not a string",
+            ))
+        }
+        Some(u) => u
+            .try_iter()?
+            .map(|u| store_arg(py, &u?))
+            .collect::<PyResult<Vec<_>>>()?,
+    };
     let dir = src.store_dir().clone();
     let roots = if paths.is_instance_of::<pyo3::types::PyString>()
         || paths.downcast::<sp::PyStorePath>().is_ok()
@@ -293,6 +357,8 @@ fn copy(
     if let Some(j) = jobs {
         opts.jobs = j.max(1);
     }
+    opts = opts.with_upstreams(upstreams);
+    opts.upstream_timeout = std::time::Duration::from_secs_f64(upstream_timeout);
 
     let (tx, mut rx) = mpsc::channel::<Msg>();
     let cancel = CancellationToken::new();
@@ -363,6 +429,7 @@ fn copy(
         url: summary.url,
         copied: summary.copied,
         skipped: summary.skipped,
+        upstream: summary.upstream,
         nar_bytes: summary.nar_bytes,
         failed: failed.clone(),
         elapsed: summary.elapsed.as_secs_f64(),
@@ -387,6 +454,8 @@ fn copy(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CopyPlanned>()?;
     m.add_class::<PathSkipped>()?;
+    m.add_class::<PathFoundUpstream>()?;
+    m.add_class::<UpstreamFailed>()?;
     m.add_class::<PathStarted>()?;
     m.add_class::<BytesCopied>()?;
     m.add_class::<PathCopied>()?;

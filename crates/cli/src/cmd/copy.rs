@@ -1,4 +1,8 @@
 //! `nixferry copy --from URL --to URL... PATHS...` and `nixferry copy-closure`.
+//!
+//! `copy` leaves out of pushes to binary caches what an upstream cache
+//! (Nix's substituters, or `--upstream`) already serves with a trusted
+//! signature: see [`upstreams`] for when.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::sync::{Arc, Mutex};
@@ -59,11 +63,15 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     let mut opts = options(&args)?;
     tune(&mut opts, &args.tuning);
     opts.substitute_on_destination = args.substitute_on_destination;
+    for (url, e) in upstreams(&args, &mut opts)? {
+        warn_upstream(args.json, None, &url, &e);
+    }
     let copied = copy_and_report(src, dsts, roots, &opts, args.json, false);
     for (url, e) in &unopened {
         if args.json {
             let v = json!({"event": "summary", "to": url, "copied": 0, "skipped": 0,
-                "failed": 0, "narBytes": 0, "seconds": 0.0, "cancelled": false, "error": e});
+                "upstream": 0, "failed": 0, "narBytes": 0, "seconds": 0.0, "cancelled": false,
+                "error": e});
             println!("{v}");
         } else {
             eprintln!("{url}: failed: {e}");
@@ -112,6 +120,66 @@ pub(super) fn copy_closure(args: CopyClosureArgs) -> Result<(), Failure> {
     copy_and_report(src, vec![dst], roots, &opts, args.json, args.verbose > 0)
 }
 
+/// The upstreams of `nixferry copy`, into `opts`: the `--upstream` URLs,
+/// else Nix's `substituters` (with `extra-substituters`) when skipping
+/// what upstreams serve is on: with `--skip-upstream`, or when
+/// `substituters` is configured (set in a file, `NIX_CONFIG` or
+/// `--option`: Nix's built-in default, cache.nixos.org, does not switch
+/// it on). `--no-skip-upstream` switches it off. Each is opened as any
+/// store (netrc file, connect timeout), but tries a failed request once
+/// more only (`retries=1`, unless its URL says otherwise): an upstream
+/// that is down should cost little, and its paths are pushed all the
+/// same. One that cannot be opened is left out, and returned with why,
+/// for a warning.
+fn upstreams(args: &CopyArgs, opts: &mut CopyOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let secs = args.upstream_timeout;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        anyhow::bail!("--upstream-timeout must be above 0 and at most 3600 seconds, not {secs}");
+    }
+    opts.upstream_timeout = Duration::from_secs_f64(secs);
+    if args.no_skip_upstream {
+        return Ok(Vec::new());
+    }
+    let urls = if args.upstreams.is_empty() {
+        let (substituters, configured) = settings::substituters()?;
+        if !(args.skip_upstream || configured) {
+            return Ok(Vec::new());
+        }
+        substituters
+    } else {
+        args.upstreams.clone()
+    };
+    let mut unopened = Vec::new();
+    for url in urls {
+        match settings::open_store_with(&url, &[("retries", "1")]) {
+            Ok(store) => opts.upstreams.push(store),
+            Err(e) => {
+                // The cause: the URL is said by the warning.
+                let why: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+                unopened.push((url, why.join(": ")));
+            }
+        }
+    }
+    Ok(unopened)
+}
+
+/// Says that an upstream is left out: a JSON event, or a warning line
+/// (above the progress bar, if there is one).
+fn warn_upstream(json: bool, bar: Option<&ProgressBar>, url: &str, error: &str) {
+    if json {
+        let v = json!({"event": "upstreamFailed", "upstream": url, "error": error});
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+        return;
+    }
+    let line =
+        format!("nixferry: warning: upstream '{url}' left out ({error}); its paths are pushed");
+    match bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
 fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
     if let Some(j) = tuning.jobs {
         opts.jobs = j.max(1);
@@ -153,18 +221,27 @@ fn copy_and_report(
         let secs = s.elapsed.as_secs_f64();
         let whole = match &s.error {
             Some(e) => format!("failed: {e}"),
-            None => format!(
-                "copied {} ({}), skipped {}, failed {} in {secs:.2} s",
-                super::count(s.copied, "path", "paths"),
-                super::human_bytes(s.nar_bytes),
-                s.skipped,
-                s.failed.len(),
-            ),
+            None => {
+                let mut line = format!(
+                    "copied {} ({}), skipped {}, failed {} in {secs:.2} s",
+                    super::count(s.copied, "path", "paths"),
+                    super::human_bytes(s.nar_bytes),
+                    s.skipped,
+                    s.failed.len(),
+                );
+                if s.upstream > 0 {
+                    line.push_str(&format!(
+                        ", skipped {} found upstream",
+                        super::count(s.upstream, "path", "paths")
+                    ));
+                }
+                line
+            }
         };
         if json {
             let v = json!({
                 "event": "summary", "to": s.url, "copied": s.copied, "skipped": s.skipped,
-                "failed": s.failed.len(), "narBytes": s.nar_bytes,
+                "upstream": s.upstream, "failed": s.failed.len(), "narBytes": s.nar_bytes,
                 "seconds": secs, "cancelled": s.cancelled,
                 "error": s.error.as_ref().map(ToString::to_string),
             });
@@ -253,6 +330,12 @@ impl Reporter {
     }
 
     fn event(&self, e: Event) {
+        if let Event::UpstreamFailed { upstream, error } = &e {
+            // A warning, said the same way as for an upstream that could
+            // not be opened.
+            warn_upstream(self.json, self.bar.as_ref(), upstream, error);
+            return;
+        }
         if self.json {
             self.print_json(&e);
         }
@@ -329,6 +412,13 @@ impl Reporter {
             }
             Event::Skipped { dest, path } => {
                 json!({"event": "skipped", "to": to(dest), "path": path})
+            }
+            Event::FoundUpstream {
+                dest,
+                path,
+                upstream,
+            } => {
+                json!({"event": "foundUpstream", "to": to(dest), "path": path, "upstream": upstream})
             }
             Event::Started { path, nar_size } => {
                 json!({"event": "started", "path": path, "narSize": nar_size})

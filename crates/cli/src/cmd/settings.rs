@@ -121,6 +121,20 @@ pub(super) fn secret_keys(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Se
         .collect()
 }
 
+/// Nix's `substituters` (with `extra-substituters`), and whether they are
+/// configured: set in a file, `NIX_CONFIG` or `--option`, not only Nix's
+/// built-in default (cache.nixos.org).
+///
+/// # Errors
+/// The configuration is bad.
+pub(super) fn substituters() -> anyhow::Result<(Vec<String>, bool)> {
+    let config = nix_config()?;
+    let configured = config
+        .get("substituters")
+        .is_some_and(|s| s.origins.iter().any(|o| o != "default"));
+    Ok((config.substituters().to_vec(), configured))
+}
+
 /// Opens a store by URL, with what Nix's configuration says about
 /// reaching it: for `http(s)://`, its `netrc-file` (when that file
 /// exists) and its `connect-timeout` (when set), unless the URL sets them
@@ -129,8 +143,24 @@ pub(super) fn secret_keys(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Se
 /// # Errors
 /// The URL or the configuration is bad, or the store cannot be opened.
 pub(super) fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_with(url, &[])
+}
+
+/// Opens a store as [`open_store`] does, with `defaults` for the URL
+/// parameters it does not set itself (and that its kind of store has).
+///
+/// # Errors
+/// As [`open_store`].
+pub(super) fn open_store_with(
+    url: &str,
+    defaults: &[(&str, &str)],
+) -> anyhow::Result<Arc<dyn Store>> {
     let open = || -> anyhow::Result<Arc<dyn Store>> {
         let mut parsed = StoreUrl::parse(url)?;
+        for (name, value) in defaults {
+            // Only for stores that have the parameter: the others refuse it.
+            let _unknown = parsed.set_default(name, value);
+        }
         if matches!(parsed.scheme(), Scheme::Http | Scheme::Https) {
             let config = nix_config()?;
             let netrc = config.netrc_file();

@@ -16,3 +16,4 @@ mod serve_fleet;
 mod ssh;
 mod sshd;
 mod upstream;
+mod upstream_push;

@@ -2,7 +2,10 @@
 //!
 //! 1. The closure of the roots is computed on the source with batched
 //!    queries ([`crate::closure`]).
-//! 2. The destination is asked, in one batch, which of those it has.
+//! 2. The destination is asked, in one batch, which of those it has;
+//!    with [`CopyOptions::upstreams`], binary-cache destinations leave out
+//!    what an upstream cache already serves with a trusted signature
+//!    ([upstream-aware pushes](upstream)).
 //! 3. Each missing path is checked (signatures, when the source is not
 //!    trusted), signed with the given keys, and streamed from the source to
 //!    the destination through a check of its `narHash` and `narSize`, so a
@@ -45,6 +48,9 @@ mod schedule;
 mod tasks;
 mod transfer;
 mod trust;
+pub mod upstream;
+
+pub use upstream::{DEFAULT_UPSTREAM_TIMEOUT, UPSTREAM_BATCH};
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -77,6 +83,15 @@ pub struct CopyOptions {
     /// The wait before the first retry, doubled for each further one (up
     /// to [`MAX_RETRY_DELAY`]), plus up to half of it again at random.
     pub retry_delay: Duration,
+    /// Upstream binary caches (`https://cache.nixos.org`, say): a path one
+    /// of them serves with a valid signature by one of
+    /// [`CopyOptions::trusted_keys`] is not copied to destinations that
+    /// are binary caches ([upstream-aware pushes](upstream)). Default:
+    /// none; set with [`CopyOptions::with_upstreams`].
+    pub upstreams: Vec<Arc<dyn Store>>,
+    /// How long an upstream may take to answer a batch of
+    /// [`UPSTREAM_BATCH`] paths before it is left out.
+    pub upstream_timeout: Duration,
 }
 
 /// The longest wait between two tries.
@@ -93,6 +108,8 @@ impl Default for CopyOptions {
             substitute_on_destination: false,
             retries: 5,
             retry_delay: Duration::from_millis(500),
+            upstreams: Vec::new(),
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
         }
     }
 }
@@ -103,9 +120,10 @@ impl Default for CopyOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The plan: how many paths the closure has, how many of them some
-    /// destination lacks (each is read from the source once), and their
-    /// total NAR size.
+    /// The plan: how many paths the closure has, how many of them are to
+    /// be copied to some destination (each is read from the source once;
+    /// paths found upstream are not among them), and their total NAR
+    /// size.
     Planned {
         /// Paths in the closure.
         closure: usize,
@@ -120,6 +138,26 @@ pub enum Event {
         dest: usize,
         /// The path.
         path: String,
+    },
+    /// A path a binary-cache destination lacks, left out because an
+    /// upstream serves it with a trusted signature
+    /// ([`CopyOptions::upstreams`]).
+    FoundUpstream {
+        /// The destination.
+        dest: usize,
+        /// The path.
+        path: String,
+        /// The URL of the upstream that serves it.
+        upstream: String,
+    },
+    /// An upstream could not be asked (it failed, or did not answer in
+    /// [`CopyOptions::upstream_timeout`]); it is left out, and the paths
+    /// it was asked about are copied unless another upstream serves them.
+    UpstreamFailed {
+        /// The upstream's URL.
+        upstream: String,
+        /// Why.
+        error: String,
     },
     /// A path started copying.
     Started {
@@ -186,6 +224,9 @@ pub struct Summary {
     pub copied: usize,
     /// Paths the destination already had.
     pub skipped: usize,
+    /// Paths the destination lacked and that were not copied because an
+    /// upstream serves them ([`CopyOptions::upstreams`]).
+    pub upstream: usize,
     /// NAR bytes copied.
     pub nar_bytes: u64,
     /// Paths that failed, with the reason; paths whose references failed

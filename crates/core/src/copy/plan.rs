@@ -2,7 +2,7 @@
 //! the checks a path passes (and the signatures it gets) before any of
 //! its bytes move.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::tasks::{self, Keyed};
@@ -40,10 +40,13 @@ pub(super) async fn closure_with_retries(
 
 impl Engine {
     /// Asks every destination at once, each in one batch, which of the
-    /// closure's paths (`infos`, references first) it has, and returns
-    /// what is left to copy. A path a destination has counts as skipped
-    /// in its summary; a destination that cannot be asked gets the error
-    /// in its summary and nothing to copy. Ends with [`Event::Planned`].
+    /// closure's paths (`infos`, references first) it has, then the
+    /// upstreams about what binary-cache destinations lack
+    /// ([`super::upstream`]), and returns what is left to copy. A path a
+    /// destination has counts as skipped in its summary, one an upstream
+    /// serves as found upstream; a destination that cannot be asked gets
+    /// the error in its summary and nothing to copy. Ends with
+    /// [`Event::Planned`].
     pub(super) async fn plan(
         self: &Arc<Self>,
         infos: Vec<PathInfo>,
@@ -78,6 +81,32 @@ impl Engine {
             }
         }
 
+        // A Nix store needs the whole closure in it: only binary caches
+        // may leave out what an upstream serves.
+        let caches: Vec<bool> = self
+            .dsts
+            .iter()
+            .map(|d| !d.capabilities().needs_references_first)
+            .collect();
+        let upstream = if self.opts.upstreams.is_empty() {
+            BTreeMap::new()
+        } else {
+            let wanted: Vec<StorePath> = all
+                .iter()
+                .filter(|p| {
+                    present.iter().zip(&caches).any(|(set, &cache)| {
+                        cache && set.as_ref().is_some_and(|set| !set.contains(p))
+                    })
+                })
+                .cloned()
+                .collect();
+            if wanted.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.query_upstreams(wanted).await
+            }
+        };
+
         let dir = self.src.store_dir().clone();
         let mut work = Vec::new();
         for info in infos {
@@ -89,6 +118,13 @@ impl Engine {
                     (self.on_event)(Event::Skipped {
                         dest,
                         path: dir.full(&info.path),
+                    });
+                } else if let (true, Some(url)) = (caches[dest], upstream.get(&info.path)) {
+                    summaries[dest].upstream += 1;
+                    (self.on_event)(Event::FoundUpstream {
+                        dest,
+                        path: dir.full(&info.path),
+                        upstream: url.clone(),
                     });
                 } else {
                     lacking.push(dest);

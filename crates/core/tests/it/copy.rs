@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nixferry::copy::{self, CancellationToken, CopyError, CopyOptions, Event, Summary};
 use nixferry::hash::{sha256, NixHash};
+use nixferry::signing::{SecretKey, TrustedKeys};
 use nixferry::store::{Capabilities, NarStream, PathInfo, Store, StoreError};
 use nixferry::store_path::{StoreDir, StorePath};
 use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
@@ -65,6 +66,10 @@ struct Mem {
     down: bool,
     /// Questions fail, retryably: a host that cannot be reached.
     unreachable: bool,
+    /// Questions are never answered: a host that hangs.
+    hangs: bool,
+    /// Questions asked.
+    queries: AtomicUsize,
     /// This many questions fail, retryably.
     flaky_queries: AtomicUsize,
     /// Serve this NAR instead of the real one: a tampered source.
@@ -162,6 +167,10 @@ impl Store for Mem {
         &self,
         paths: &[StorePath],
     ) -> Result<BTreeMap<StorePath, PathInfo>, StoreError> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        if self.hangs {
+            std::future::pending::<()>().await;
+        }
         if self.unreachable || take_one(&self.flaky_queries) {
             return Err(connection_error(&self.url));
         }
@@ -527,4 +536,304 @@ async fn destinations_can_limit_paths_at_once() {
         let peak = dst.peak.load(Ordering::SeqCst);
         assert!(peak <= want && peak >= 2, "{limit:?}: {peak} at once");
     }
+}
+
+/// The key upstreams sign with in these tests.
+fn upstream_key() -> SecretKey {
+    SecretKey::from_seed("upstream-1", &[7; 32]).unwrap()
+}
+
+/// An upstream cache holding the paths `names` of [`GRAPH`], each signed
+/// with `key` (unsigned for `None`).
+fn upstream(url: &str, names: &[&str], key: Option<&SecretKey>) -> Mem {
+    let store = Mem::new(url);
+    for (name, refs) in GRAPH.iter().filter(|(n, _)| names.contains(n)) {
+        let mut i = info(name, refs);
+        if let Some(key) = key {
+            let sig = key.sign(i.fingerprint(dir()).as_bytes()).to_string();
+            i.signatures.push(sig);
+        }
+        store
+            .paths
+            .lock()
+            .unwrap()
+            .insert(p(name), (i, nar_of(name)));
+    }
+    store
+}
+
+/// Copy options trusting [`upstream_key`] only, with `upstreams`.
+fn with_upstreams(upstreams: &[&Arc<Mem>]) -> CopyOptions {
+    fast_retries()
+        .with_trusted_keys(TrustedKeys::from_keys([upstream_key().public()]))
+        .with_upstreams(upstreams.iter().map(|u| Arc::clone(u) as Arc<dyn Store>))
+}
+
+fn names_of(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+fn found_upstream(events: &[Event]) -> BTreeSet<(usize, String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FoundUpstream {
+                dest,
+                path,
+                upstream,
+            } => Some((
+                *dest,
+                path.rsplit('-').next().unwrap().to_owned(),
+                upstream.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn planned(events: &[Event]) -> (usize, usize, u64) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Planned {
+                closure,
+                missing,
+                nar_bytes,
+            } => Some((*closure, *missing, *nar_bytes)),
+            _ => None,
+        })
+        .expect("a Planned event")
+}
+
+fn nar_bytes(names: &[&str]) -> u64 {
+    names.iter().map(|n| nar_of(n).len() as u64).sum()
+}
+
+#[tokio::test]
+async fn a_cache_leaves_out_what_an_upstream_serves_signed() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let key = upstream_key();
+    let up = Arc::new(upstream("mem://up", &["base", "right"], Some(&key)));
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &with_upstreams(&[&up])).await;
+    let s = &summaries[0];
+    assert!(s.is_complete(), "{s:?}");
+    assert_eq!((s.copied, s.skipped, s.upstream), (2, 0, 2), "{s:?}");
+    // `left` and `top` refer to paths found upstream, and are pushed.
+    assert_eq!(cache.names(), names_of(&["left", "top"]));
+    assert_eq!(
+        found_upstream(&events),
+        [(0, "base", "mem://up"), (0, "right", "mem://up")]
+            .map(|(d, p, u)| (d, p.to_owned(), u.to_owned()))
+            .into()
+    );
+    // The plan counts what is copied.
+    assert_eq!(planned(&events), (4, 2, nar_bytes(&["left", "top"])));
+    assert_eq!(src.nar_reads.load(Ordering::SeqCst), 2);
+
+    // A Nix store beside the cache needs the whole closure: it gets every
+    // path, the cache still only those no upstream serves.
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let mut nix = Mem::new("mem://nix");
+    nix.ordered = true;
+    let nix = Arc::new(nix);
+    let dsts = [Arc::clone(&cache), Arc::clone(&nix)];
+    let (summaries, events) = run(&src, &dsts, &with_upstreams(&[&up])).await;
+    let counts: Vec<_> = summaries
+        .iter()
+        .map(|s| (s.copied, s.skipped, s.upstream))
+        .collect();
+    assert_eq!(counts, [(2, 0, 2), (4, 0, 0)]);
+    assert_eq!(cache.names(), names_of(&["left", "top"]));
+    assert_eq!(nix.names(), all_names());
+    nix.check_contents();
+    assert!(found_upstream(&events).iter().all(|(d, _, _)| *d == 0));
+    assert_eq!(
+        planned(&events),
+        (4, 4, nar_bytes(&["base", "left", "right", "top"]))
+    );
+
+    // A Nix store alone: upstreams are not even asked.
+    let queries = up.queries.load(Ordering::SeqCst);
+    let mut nix = Mem::new("mem://nix");
+    nix.ordered = true;
+    let (summaries, events) = run(&src, &[Arc::new(nix)], &with_upstreams(&[&up])).await;
+    assert_eq!(summaries[0].copied, 4);
+    assert!(found_upstream(&events).is_empty());
+    assert_eq!(up.queries.load(Ordering::SeqCst), queries);
+
+    // What the destination has is skipped, not found upstream, and a
+    // destination that has everything asks no upstream.
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &with_upstreams(&[&up])).await;
+    let s = &summaries[0];
+    assert_eq!((s.copied, s.skipped, s.upstream), (0, 2, 2), "{s:?}");
+    assert_eq!(found_upstream(&events).len(), 2);
+    let full = Arc::new(Mem::with("mem://full", GRAPH));
+    let queries = up.queries.load(Ordering::SeqCst);
+    let (summaries, _) = run(&src, &[full], &with_upstreams(&[&up])).await;
+    assert_eq!((summaries[0].skipped, summaries[0].upstream), (4, 0));
+    assert_eq!(up.queries.load(Ordering::SeqCst), queries);
+}
+
+#[tokio::test]
+async fn only_a_trusted_signature_upstream_counts() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let other = SecretKey::from_seed("other-1", &[9; 32]).unwrap();
+    let untrusted = Arc::new(upstream(
+        "mem://untrusted",
+        &["base", "right"],
+        Some(&other),
+    ));
+    let unsigned = Arc::new(upstream("mem://unsigned", &["left", "top"], None));
+    // Even a copy that does not check signatures only trusts an upstream's
+    // path with a trusted signature: a client does.
+    let opts = CopyOptions {
+        check_sigs: false,
+        ..with_upstreams(&[&untrusted, &unsigned])
+    };
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &opts).await;
+    let s = &summaries[0];
+    assert!(s.is_complete(), "{s:?}");
+    assert_eq!((s.copied, s.upstream), (4, 0));
+    assert_eq!(cache.names(), all_names());
+    assert!(found_upstream(&events).is_empty());
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::UpstreamFailed { .. })));
+
+    // With a second upstream that signs with the trusted key, the first
+    // in the order given that does is named.
+    let key = upstream_key();
+    let good = Arc::new(upstream("mem://good", &["base"], Some(&key)));
+    let also = Arc::new(upstream("mem://also", &["base", "top"], Some(&key)));
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let opts = with_upstreams(&[&untrusted, &good, &also]);
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &opts).await;
+    assert_eq!(summaries[0].upstream, 2);
+    assert_eq!(cache.names(), names_of(&["left", "right"]));
+    assert_eq!(
+        found_upstream(&events),
+        [(0, "base", "mem://good"), (0, "top", "mem://also")]
+            .map(|(d, p, u)| (d, p.to_owned(), u.to_owned()))
+            .into()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_upstream_is_left_out_and_paths_pushed() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let key = upstream_key();
+    let mut down = upstream("mem://down", &["base", "left", "right", "top"], Some(&key));
+    down.unreachable = true;
+    let down = Arc::new(down);
+    let good = Arc::new(upstream("mem://good", &["base"], Some(&key)));
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let (summaries, events) = run(
+        &src,
+        &[Arc::clone(&cache)],
+        &with_upstreams(&[&down, &good]),
+    )
+    .await;
+    let s = &summaries[0];
+    assert!(s.is_complete(), "{s:?}");
+    assert_eq!((s.copied, s.upstream), (3, 1), "{s:?}");
+    assert_eq!(cache.names(), names_of(&["left", "right", "top"]));
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::UpstreamFailed { upstream, error } => Some((upstream.as_str(), error.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(failed[..], [("mem://down", e)] if e.contains("connection reset")),
+        "{failed:?}"
+    );
+    // Asked once: an upstream is not retried.
+    assert_eq!(down.queries.load(Ordering::SeqCst), 1);
+}
+
+/// An upstream that never answers costs one timeout. The clock is
+/// paused, so the wait takes no time.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_does_not_answer_is_left_out() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let key = upstream_key();
+    let mut hung = upstream("mem://hung", &["base"], Some(&key));
+    hung.hangs = true;
+    let hung = Arc::new(hung);
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let opts = CopyOptions {
+        upstream_timeout: Duration::from_secs(5),
+        ..with_upstreams(&[&hung])
+    };
+    let start = tokio::time::Instant::now();
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &opts).await;
+    assert!(summaries[0].is_complete());
+    assert_eq!(cache.names(), all_names());
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::UpstreamFailed { upstream, error } if upstream == "mem://hung" && error.contains("no answer in 5 s")
+    )));
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_destination_is_not_its_own_upstream() {
+    let src = Arc::new(Mem::with("mem://src", GRAPH));
+    let key = upstream_key();
+    // The destination's own URL, as when it is among Nix's substituters.
+    let itself = Arc::new(upstream("mem://cache", &["base"], Some(&key)));
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let (summaries, events) = run(&src, &[Arc::clone(&cache)], &with_upstreams(&[&itself])).await;
+    assert_eq!((summaries[0].copied, summaries[0].upstream), (4, 0));
+    assert!(found_upstream(&events).is_empty());
+    assert_eq!(itself.queries.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn many_paths_are_asked_in_batches() {
+    // Small NARs: the test is about questions.
+    let small = |name: &str, refs: &[StorePath]| {
+        let nar = name.as_bytes().to_vec();
+        let mut i = PathInfo::new(p(name), NixHash::sha256(sha256(&nar)), nar.len() as u64);
+        i.references = refs.to_vec();
+        i.references.sort();
+        (i, nar)
+    };
+    let leaves: Vec<String> = (0..600).map(|i| format!("p{i}")).collect();
+    let src = Mem::new("mem://src");
+    let up = Mem::new("mem://up");
+    let key = upstream_key();
+    for (n, name) in leaves.iter().enumerate() {
+        let (mut i, nar) = small(name, &[]);
+        src.paths
+            .lock()
+            .unwrap()
+            .insert(p(name), (i.clone(), nar.clone()));
+        if n % 2 == 0 {
+            i.signatures
+                .push(key.sign(i.fingerprint(dir()).as_bytes()).to_string());
+            up.paths.lock().unwrap().insert(p(name), (i, nar));
+        }
+    }
+    let refs: Vec<StorePath> = leaves.iter().map(|n| p(n)).collect();
+    src.paths
+        .lock()
+        .unwrap()
+        .insert(p("top"), small("top", &refs));
+    let (src, up) = (Arc::new(src), Arc::new(up));
+    let cache = Arc::new(Mem::new("mem://cache"));
+    let (summaries, _) = run(&src, &[Arc::clone(&cache)], &with_upstreams(&[&up])).await;
+    let s = &summaries[0];
+    assert!(s.is_complete(), "{s:?}");
+    assert_eq!((s.copied, s.upstream), (301, 300));
+    // 601 paths in batches of 256.
+    assert_eq!(up.queries.load(Ordering::SeqCst), 3);
+    assert_eq!(copy::UPSTREAM_BATCH, 256);
 }

@@ -129,6 +129,7 @@ from ._native import (
     NixHash,
     PathCopied,
     PathFailed,
+    PathFoundUpstream,
     PathInfo,
     PathSkipped,
     PathStarted,
@@ -136,6 +137,7 @@ from ._native import (
     SigningKey,
     Store,
     StorePath,
+    UpstreamFailed,
     VerifyingKey,
     __version__,
     copy,
@@ -167,6 +169,8 @@ CopyEvent = (
     | BytesCopied
     | PathCopied
     | PathSkipped
+    | PathFoundUpstream
+    | UpstreamFailed
     | CopyRetrying
     | PathFailed
     | DestinationFailed
@@ -216,6 +220,7 @@ __all__ = [
     "NixferryError",
     "PathCopied",
     "PathFailed",
+    "PathFoundUpstream",
     "PathInfo",
     "PathNotFoundError",
     "PathSkipped",
@@ -229,6 +234,7 @@ __all__ = [
     "StorePath",
     "StorePathError",
     "StoreUrlError",
+    "UpstreamFailed",
     "VerificationError",
     "VerifyingKey",
     "__version__",

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self, final
 
 __version__: Final[str]
-__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'nix_config_json', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
+__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathFoundUpstream', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'UpstreamFailed', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'nix_config_json', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
 
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes | bytearray | None: ...
@@ -502,6 +502,26 @@ class PathSkipped:
     def path(self) -> str: ...
 
 @final
+class PathFoundUpstream:
+    """A path the destination lacks, not copied because an upstream serves it."""
+
+    __match_args__ = ("path", "upstream")
+    @property
+    def path(self) -> str: ...
+    @property
+    def upstream(self) -> str: ...
+
+@final
+class UpstreamFailed:
+    """An upstream could not be asked; it is left out."""
+
+    __match_args__ = ("upstream", "error")
+    @property
+    def upstream(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+
+@final
 class PathStarted:
     """A path started copying."""
 
@@ -574,6 +594,8 @@ class CopySummary:
     @property
     def skipped(self) -> int: ...
     @property
+    def upstream(self) -> int: ...
+    @property
     def nar_bytes(self) -> int: ...
     @property
     def failed(self) -> builtins.list[tuple[str, str]]: ...
@@ -594,6 +616,8 @@ def copy(
     secret_keys: builtins.list[SigningKey] | None = None,
     retries: int = 5,
     raise_on_failure: bool = True,
+    upstreams: Iterable[Store | str] | None = None,
+    upstream_timeout: float = 30.0,
 ) -> CopySummary:
     """Copies the closure of ``paths`` from ``src`` to ``dst``."""
 
