@@ -3,7 +3,11 @@
 # same closure from the local store into fresh file:// caches, for each
 # compression, and reports ratios, compressed sizes and peak RSS of both.
 #
-#   benches/copy-vs-nix.sh [compressions...]     (default: none zstd xz)
+#   benches/copy-vs-nix.sh [compressions...]     (default: default none zstd xz)
+#
+# `default` gives neither tool a compression: each writes what a user gets
+# without asking (nixferry: zstd; Nix: xz). The others set `compression=`
+# on both (and nixferry's `parallel-compression=true`).
 #
 # The closure (built once with Nix, about 1.1 GiB in 112 paths): 12 paths
 # holding 85 MiB of real machine code each (slices of the system's shared
@@ -12,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='
-compressions=${*:-none zstd xz}
+compressions=${*:-default none zstd xz}
 
 # NIXFERRY_BIN times another build of nixferry (an older one, say) on the
 # same data instead of this tree's.
@@ -44,19 +48,24 @@ rss() { echo $(( $(cat "$work/rss") / 1024 )); }
 printf '%-6s | %9s %9s %9s %9s | %9s %9s %9s | %8s %8s | %6s %6s %6s\n' \
     compr nf nf-nosync nix nix+sync \
     'vs-nix' 'vs-nix+s' 'nosync' nf-MiB nix-MiB RSS-nf RSS-ns RSS-nx
+# The query of a cache URL for compression $1: none for `default`.
+query() { if [ "$1" = default ]; then echo "$2"; else echo "?compression=$1$3${2:+&${2#\?}}"; fi; }
 for c in $compressions; do
+    nf_q=$(query "$c" "" "&parallel-compression=true")
+    ns_q=$(query "$c" "?fsync=false" "&parallel-compression=true")
+    nix_q=$(query "$c" "" "")
     rm -rf "$work/nf-$c" "$work/nfns-$c" "$work/nix-$c"
     sync
     t0=$(now)
-    /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nf-$c?compression=$c&parallel-compression=true" "$top" >/dev/null 2>&1
+    /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nf-$c$nf_q" "$top" >/dev/null 2>&1
     t1=$(now); rss_nf=$(rss)
     sync
     t2=$(now)
-    /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nfns-$c?compression=$c&parallel-compression=true&fsync=false" "$top" >/dev/null 2>&1
+    /usr/bin/time -f '%M' -o "$work/rss" "$nf" copy --to "file://$work/nfns-$c$ns_q" "$top" >/dev/null 2>&1
     t3=$(now); rss_ns=$(rss)
     sync
     t4=$(now)
-    /usr/bin/time -f '%M' -o "$work/rss" nix copy --to "file://$work/nix-$c?compression=$c" "$top" 2>/dev/null
+    /usr/bin/time -f '%M' -o "$work/rss" nix copy --to "file://$work/nix-$c$nix_q" "$top" 2>/dev/null
     t5=$(now); rss_nix=$(rss)
     sync
     t6=$(now)
