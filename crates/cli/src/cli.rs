@@ -43,6 +43,14 @@ pub(crate) enum Command {
     /// `nix-copy-closure`.
     #[command(name = "copy-closure")]
     CopyClosure(CopyClosureArgs),
+    /// Check, before copying, that a copy to each destination would go
+    /// through: reachable and logged in, which paths it has, room for the
+    /// rest, for SSH hosts the Nix version and (with -s) what they would
+    /// substitute, for caches read and write access and the signing keys.
+    /// Every destination is checked at once. Exit code 0: every copy
+    /// would go through; 1: some would fail (or, with -s, a destination
+    /// would not substitute what its substituters have); 2: could not run.
+    Check(CheckArgs),
     /// Print the closure of store paths, references first.
     Closure(ClosureArgs),
     /// Print what a store knows about paths (like `nix path-info`).
@@ -471,7 +479,39 @@ pub(crate) struct CopyArgs {
     /// that does not is left out (its paths are pushed).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub(crate) upstream_timeout: f64,
+    /// Run `nixferry check` on every destination first, and copy nothing
+    /// unless every check passes (exit code 1 otherwise).
+    #[arg(long)]
+    pub(crate) preflight: bool,
     /// Print events as JSON Lines on stdout instead of progress bars.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The source store URL.
+    #[arg(long, default_value = "local")]
+    pub(crate) from: String,
+    /// A destination store URL; repeatable.
+    #[arg(long, required = true)]
+    pub(crate) to: Vec<String>,
+    /// Store paths (or symlinks to them, such as `./result`).
+    #[arg(required = true)]
+    pub(crate) paths: Vec<String>,
+    /// Check what the destinations would substitute from their own
+    /// substituters (as `copy -s` lets them), and whether they trust the
+    /// signatures of what they would substitute and receive.
+    #[arg(long = "substitute-on-destination", short = 's')]
+    pub(crate) substitute_on_destination: bool,
+    /// A key the copy will sign with; repeatable (default: Nix's
+    /// secret-key-files).
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// Seconds one destination may take.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) timeout: u64,
+    /// Print a JSON object per destination (JSON Lines).
     #[arg(long)]
     pub(crate) json: bool,
 }

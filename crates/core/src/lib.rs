@@ -133,6 +133,7 @@ pub mod closure;
 pub mod compression;
 pub mod copy;
 pub mod nixconf;
+pub mod preflight;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;

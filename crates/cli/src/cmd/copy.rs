@@ -37,6 +37,9 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
         })
         .into());
     }
+    if args.preflight && !preflight(&args, &names)? {
+        return Err(Failure::Negative);
+    }
     let src = paths::open(&args.from)?;
     // With several destinations, one that cannot be opened fails alone:
     // the others are still copied to.
@@ -81,6 +84,32 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
         Ok(()) if !unopened.is_empty() => Err(Failure::Negative),
         other => other,
     }
+}
+
+/// `copy --preflight`: checks every destination as `nixferry check`
+/// does and shows the reports (on stderr, or as `preflight` events with
+/// `--json`); whether the copy may go ahead.
+fn preflight(args: &CopyArgs, names: &[String]) -> anyhow::Result<bool> {
+    let opts = nixferry::preflight::Options {
+        substitute: args.substitute_on_destination,
+        secret_keys: settings::secret_keys(&args.secret_key_files)?,
+        ..nixferry::preflight::Options::default()
+    };
+    let reports = super::check::check(&args.from, &args.to, names, &opts)?;
+    for r in &reports {
+        if args.json {
+            let mut v = r.to_json();
+            v["event"] = json!("preflight");
+            println!("{v}");
+        } else {
+            eprint!("{}", super::check::table(r));
+        }
+    }
+    let ok = reports.iter().all(nixferry::preflight::Report::ok);
+    if !ok && !args.json {
+        eprintln!("nixferry: not copying: a destination failed its checks");
+    }
+    Ok(ok)
 }
 
 /// `nixferry copy-closure [--to|--from] HOST PATHS...`: what

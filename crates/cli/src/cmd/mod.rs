@@ -2,6 +2,7 @@
 
 mod add;
 mod cache;
+mod check;
 mod config;
 mod copy;
 mod key;
@@ -36,6 +37,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Narinfo(c) => narinfo::run(c),
         Command::Copy(a) => copy::run(a),
         Command::CopyClosure(a) => copy::copy_closure(a),
+        Command::Check(a) => check::run(a),
         Command::Closure(a) => paths::closure(a),
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),

@@ -135,10 +135,40 @@ pub(super) fn substituters() -> anyhow::Result<(Vec<String>, bool)> {
     Ok((config.substituters().to_vec(), configured))
 }
 
+/// Parses a store URL, with what Nix's configuration says about reaching
+/// it: for `http(s)://`, its `netrc-file` (when that file exists) and its
+/// `connect-timeout` (when set), unless the URL sets them itself.
+///
+/// # Errors
+/// The URL or the configuration is bad.
+pub(super) fn store_url(url: &str) -> anyhow::Result<StoreUrl> {
+    store_url_with(url, &[])
+}
+
+/// [`store_url`], with `defaults` for the URL parameters it does not set
+/// itself (and that its kind of store has).
+fn store_url_with(url: &str, defaults: &[(&str, &str)]) -> anyhow::Result<StoreUrl> {
+    let mut parsed = StoreUrl::parse(url)?;
+    for (name, value) in defaults {
+        // Only for stores that have the parameter: the others refuse it.
+        let _unknown = parsed.set_default(name, value);
+    }
+    if matches!(parsed.scheme(), Scheme::Http | Scheme::Https) {
+        let config = nix_config()?;
+        let netrc = config.netrc_file();
+        if netrc.is_file() {
+            parsed.set_default("netrc-file", &netrc.to_string_lossy())?;
+        }
+        let timeout = config.connect_timeout();
+        if timeout > 0 {
+            parsed.set_default("connect-timeout", &timeout.to_string())?;
+        }
+    }
+    Ok(parsed)
+}
+
 /// Opens a store by URL, with what Nix's configuration says about
-/// reaching it: for `http(s)://`, its `netrc-file` (when that file
-/// exists) and its `connect-timeout` (when set), unless the URL sets them
-/// itself.
+/// reaching it ([`store_url`]).
 ///
 /// # Errors
 /// The URL or the configuration is bad, or the store cannot be opened.
@@ -156,23 +186,7 @@ pub(super) fn open_store_with(
     defaults: &[(&str, &str)],
 ) -> anyhow::Result<Arc<dyn Store>> {
     let open = || -> anyhow::Result<Arc<dyn Store>> {
-        let mut parsed = StoreUrl::parse(url)?;
-        for (name, value) in defaults {
-            // Only for stores that have the parameter: the others refuse it.
-            let _unknown = parsed.set_default(name, value);
-        }
-        if matches!(parsed.scheme(), Scheme::Http | Scheme::Https) {
-            let config = nix_config()?;
-            let netrc = config.netrc_file();
-            if netrc.is_file() {
-                parsed.set_default("netrc-file", &netrc.to_string_lossy())?;
-            }
-            let timeout = config.connect_timeout();
-            if timeout > 0 {
-                parsed.set_default("connect-timeout", &timeout.to_string())?;
-            }
-        }
-        Ok(nixferry::store::open_url(&parsed)?)
+        Ok(nixferry::store::open_url(&store_url_with(url, defaults)?)?)
     };
     open().with_context(|| format!("opening store '{url}'"))
 }

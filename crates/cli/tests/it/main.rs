@@ -9,6 +9,7 @@ mod copy;
 mod differential;
 mod http;
 mod nix_config;
+mod preflight;
 mod s3;
 mod security;
 mod serve;

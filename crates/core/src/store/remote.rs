@@ -313,6 +313,35 @@ impl<B: Blobs> RemoteCache<B> {
         Ok(())
     }
 
+    /// Whether the cache can be read and written with the credentials at
+    /// hand, without changing what it holds: `nix-cache-info` is read
+    /// (and must parse), then written back byte for byte; a cache without
+    /// one gets the one its first upload would write, as Nix does.
+    pub(crate) async fn check_access(&self) -> Result<crate::preflight::CacheAccess, StoreError> {
+        self.cache_info().await?;
+        let current = self
+            .blobs
+            .get_small("nix-cache-info", MAX_NARINFO_LEN)
+            .await?;
+        let has_cache_info = current.is_some();
+        let write = match current {
+            Some(bytes) => {
+                self.blobs
+                    .put(
+                        "nix-cache-info",
+                        content_type::CACHE_INFO,
+                        Body::Bytes(bytes),
+                    )
+                    .await
+            }
+            None => self.ensure_cache_info().await,
+        };
+        Ok(crate::preflight::CacheAccess {
+            has_cache_info,
+            write,
+        })
+    }
+
     /// The narinfo of `path`, if the cache has it under that full name.
     pub(crate) async fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, StoreError> {
         self.cache_info().await?;
@@ -671,6 +700,23 @@ macro_rules! remote_store {
 
             async fn close(&self) {
                 self.inner.blobs.close().await;
+            }
+        }
+
+        impl $ty {
+            /// Whether the cache can be read and written with the
+            /// credentials at hand, found without changing what it holds:
+            /// `nix-cache-info` is read (and must parse), then written
+            /// back byte for byte (a cache without one gets the one its
+            /// first upload would write, as Nix does).
+            ///
+            /// # Errors
+            /// Reading `nix-cache-info` failed (the outcome of the write
+            /// is in the answer).
+            pub async fn check_access(
+                &self,
+            ) -> Result<$crate::preflight::CacheAccess, $crate::store::StoreError> {
+                self.inner.check_access().await
             }
         }
     };

@@ -235,6 +235,17 @@ impl Launcher {
         self.env.push((key, value));
     }
 
+    /// The same launcher with its last argument replaced by `command`:
+    /// for `ssh … host COMMAND` and `sh -c COMMAND`, another remote
+    /// command over the same settings.
+    pub(super) fn with_command(&self, command: &str) -> Self {
+        let mut other = self.clone();
+        if let Some(last) = other.args.last_mut() {
+            *last = command.into();
+        }
+        other
+    }
+
     /// The program, for messages.
     pub(super) fn program(&self) -> String {
         self.program.to_string_lossy().into_owned()

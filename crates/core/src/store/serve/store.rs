@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{NarReader, ServeConnection};
 use super::process::{
-    known_hosts_file, remote_command, ssh_args, wait_exit, Launcher, Process, SshOptions,
-    SshTarget, EXIT_WAIT,
+    failure, known_hosts_file, remote_command, shell_quote, ssh_args, wait_exit, Exit, Launcher,
+    Process, SshOptions, SshTarget, EXIT_WAIT,
 };
 use super::ServeError;
 use crate::store::url::Scheme;
@@ -27,6 +27,9 @@ use crate::store_path::{StoreDir, StorePath};
 
 /// Most connections a store may keep open (`max-connections`).
 const MAX_CONNECTIONS: usize = 1024;
+
+/// The most output [`ServeStore::run_script`] keeps.
+const MAX_SCRIPT_OUTPUT: u64 = 1 << 20;
 
 /// A Nix store on another machine (`ssh://[user@]host[:port]`), or one
 /// reached by a local `nix-store --serve --write` process, spoken to with
@@ -54,8 +57,20 @@ pub struct ServeStore {
     url: String,
     store_dir: StoreDir,
     launcher: Launcher,
+    /// How the server is reached, for [`ServeStore::run_script`]; `None`
+    /// for a store run by a given local command.
+    shell: Option<Shell>,
     substitute: bool,
     pool: Arc<Pool>,
+}
+
+/// What an `ssh://` URL says about the remote side.
+#[derive(Debug, Clone)]
+struct Shell {
+    /// `remote-program`, or `nix-store`.
+    program: String,
+    /// `remote-store`, if given.
+    store: Option<String>,
 }
 
 impl fmt::Debug for ServeStore {
@@ -254,6 +269,10 @@ impl ServeStore {
             url: url.as_str().to_owned(),
             store_dir: StoreDir::default(),
             launcher,
+            shell: Some(Shell {
+                program: program.to_owned(),
+                store: remote_store.map(str::to_owned),
+            }),
             substitute: false,
             pool: Pool::new(max),
         })
@@ -281,6 +300,7 @@ impl ServeStore {
                 args.into_iter().map(Into::into).collect(),
                 None,
             ),
+            shell: None,
             substitute: false,
             pool: Pool::new(1),
         }
@@ -307,6 +327,66 @@ impl ServeStore {
     /// The command a connection runs: the program and its arguments.
     pub fn command(&self) -> Vec<OsString> {
         self.launcher.argv()
+    }
+
+    /// The program the remote side runs in place of `nix-store`
+    /// (`remote-program`), for an `ssh://` store.
+    pub fn remote_program(&self) -> Option<&str> {
+        self.shell.as_ref().map(|s| s.program.as_str())
+    }
+
+    /// The store the remote command opens (`remote-store`), if the URL
+    /// names one.
+    pub fn remote_store(&self) -> Option<&str> {
+        self.shell.as_ref().and_then(|s| s.store.as_deref())
+    }
+
+    /// Runs `script` with `sh` where the store is, over the same settings
+    /// as the store's connections (ssh, its options and host key; `sh`
+    /// here for `localhost`), with no input, and returns what it printed
+    /// on stdout (at most 1 MiB). The script should end with `exit 0`:
+    /// any other status is a failure.
+    ///
+    /// # Errors
+    /// [`StoreError::Login`] when ssh cannot log in (unknown host, host
+    /// key not verified, key refused), [`StoreError::Connection`] when the
+    /// connection fails otherwise, [`StoreError::Remote`] when the script
+    /// fails, with what it said on stderr; [`StoreError::Unsupported`] for
+    /// a store run by a given local command.
+    pub async fn run_script(&self, script: &str) -> Result<String, StoreError> {
+        use tokio::io::AsyncReadExt as _;
+        if self.shell.is_none() {
+            return Err(StoreError::Unsupported {
+                store: self.url.clone(),
+                what: "running commands",
+            });
+        }
+        let launcher = self
+            .launcher
+            .with_command(&format!("sh -c {}", shell_quote(script)));
+        let (mut process, stdout, stdin) = launcher.spawn().map_err(|source| StoreError::Io {
+            what: "running",
+            path: launcher.program(),
+            source,
+        })?;
+        drop(stdin);
+        let mut out = Vec::new();
+        let read = stdout.take(MAX_SCRIPT_OUTPUT).read_to_end(&mut out).await;
+        let stderr = process.stderr.finish(EXIT_WAIT).await;
+        let exit = wait_exit(&mut process.child, EXIT_WAIT).await;
+        match (exit, read) {
+            (Exit::Code(0), Ok(_)) => Ok(String::from_utf8_lossy(&out).into_owned()),
+            (exit, read) => {
+                let source = read
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into());
+                let error = ServeError::Read {
+                    what: "the output of a remote command",
+                    source,
+                };
+                Err(failure(&self.url, &error, exit, &stderr))
+            }
+        }
     }
 
     /// The protocol version the server announces, connecting if needed.
