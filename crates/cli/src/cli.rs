@@ -44,12 +44,15 @@ pub(crate) enum Command {
     #[command(name = "copy-closure")]
     CopyClosure(CopyClosureArgs),
     /// Check, before copying, that a copy to each destination would go
-    /// through: reachable and logged in, which paths it has, room for the
-    /// rest, for SSH hosts the Nix version and (with -s) what they would
-    /// substitute, for caches read and write access and the signing keys.
-    /// Every destination is checked at once. Exit code 0: every copy
-    /// would go through; 1: some would fail (or, with -s, a destination
-    /// would not substitute what its substituters have); 2: could not run.
+    /// through.
+    ///
+    /// Every destination at once: reachable and logged in, which paths it
+    /// has, room for the rest; for SSH hosts the Nix version and (with -s)
+    /// what they would substitute and whether they trust the signatures;
+    /// for caches read and write access and the signing keys. Exit code
+    /// 0: every copy would go through; 1: some would fail (or, with -s, a
+    /// destination would not substitute what its substituters have for
+    /// want of a trusted signature); 2: could not run.
     Check(CheckArgs),
     /// Print the closure of store paths, references first.
     Closure(ClosureArgs),

@@ -382,3 +382,37 @@ fn a_cache_with_a_bad_token_is_refused() {
     assert_success(&out);
     assert!(stderr(&out).contains("copied 3 paths"), "{}", said(&out));
 }
+
+/// An `s3://` cache: read and write access with the right credentials,
+/// a refusal that names the AWS credentials with a wrong secret.
+#[test]
+fn an_s3_cache_with_wrong_credentials_is_refused() {
+    if !crate::s3::ready() {
+        return;
+    }
+    let s3 = crate::s3::S3::start();
+    let top = build_closure("preflight-s3");
+    let url = s3.url("cache", "");
+
+    let out = s3
+        .nixferry()
+        .args(["check", "--to", &url, &top])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = stdout(&out);
+    assert!(text.contains("  write        ok "), "{}", said(&out));
+    assert!(text.contains("has 0 of 3 paths"), "{}", said(&out));
+
+    let out = s3
+        .nixferry()
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["check", "--to", &url, &top])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("{url}: FAIL")), "{}", said(&out));
+    assert!(text.contains("refused"), "{}", said(&out));
+    assert!(text.contains("AWS credentials"), "{}", said(&out));
+}
