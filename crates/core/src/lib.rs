@@ -143,6 +143,27 @@ pub use nixferry_formats::{hash, nar, narinfo, refscan, signing, store_path};
 #[doc(hidden)]
 pub mod fuzzing;
 
+/// A byte count for people, in binary units: `280 B`, `1.5 KiB`,
+/// `12.30 MiB`, `1.60 GiB`.
+///
+/// ```
+/// assert_eq!(nixferry::human_bytes(1536), "1.5 KiB");
+/// ```
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let digits = if value >= 100.0 || unit == 0 { 1 } else { 2 };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
 /// Any error from this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

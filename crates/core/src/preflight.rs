@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::closure::ClosureError;
+use crate::human_bytes;
 use crate::signing::SecretKey;
 use crate::store::{self, PathInfo, Scheme, Store, StoreError, StoreUrl};
 use crate::store_path::StorePath;
@@ -344,7 +345,7 @@ async fn missing<'i>(
                     "has {has} of {} paths; {} missing ({} of NAR)",
                     infos.len(),
                     lacking.len(),
-                    bytes(amount.nar_bytes)
+                    human_bytes(amount.nar_bytes)
                 )
             };
             report.push("paths", Status::Ok, message);
@@ -384,8 +385,8 @@ fn space(report: &mut Report, dir: &Path, free: u64, needed: u64, what: &str) {
             Status::Fail,
             format!(
                 "not enough space: needs {} ({what}), only {} free on {dir_text}",
-                bytes(needed),
-                bytes(free)
+                human_bytes(needed),
+                human_bytes(free)
             ),
         );
     } else {
@@ -394,8 +395,8 @@ fn space(report: &mut Report, dir: &Path, free: u64, needed: u64, what: &str) {
             Status::Ok,
             format!(
                 "needs {} ({what}), {} free on {dir_text}",
-                bytes(needed),
-                bytes(free)
+                human_bytes(needed),
+                human_bytes(free)
             ),
         );
     }
@@ -635,22 +636,6 @@ async fn local(url: &StoreUrl, infos: &[PathInfo], report: &mut Report) {
             format!("cannot tell the free space of {}: {e}", dir.display()),
         ),
     }
-}
-
-/// Bytes for people: `280 B`, `1.5 KiB`, `12.30 MiB`.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let digits = if value >= 100.0 || unit == 0 { 1 } else { 2 };
-    format!("{value:.digits$} {}", UNITS[unit])
 }
 
 #[cfg(feature = "ssh")]
@@ -933,9 +918,9 @@ mod ssh {
         let summary = format!(
             "substituters: {list}; would substitute {} ({}), receive {} ({}) from us",
             subst_amount.paths,
-            bytes(subst_amount.nar_bytes),
+            human_bytes(subst_amount.nar_bytes),
             receive_amount.paths,
-            bytes(receive_amount.nar_bytes)
+            human_bytes(receive_amount.nar_bytes)
         );
         if refused > 0 {
             report.push(

@@ -18,6 +18,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
+use nixferry::human_bytes;
 
 use crate::cli::{Cli, Command};
 use crate::exit::Failure;
@@ -77,22 +78,6 @@ fn print(s: &str) -> anyhow::Result<()> {
     out.write_all(s.as_bytes())?;
     out.flush()?;
     Ok(())
-}
-
-/// A byte count for people: `280 B`, `1.5 KiB`, `12.3 MiB`, `1.60 GiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let digits = if value >= 100.0 || unit == 0 { 1 } else { 2 };
-    format!("{value:.digits$} {}", UNITS[unit])
 }
 
 /// A moment in UTC for people: `2026-12-02 10:09:00 UTC`.
