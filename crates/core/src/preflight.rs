@@ -422,7 +422,12 @@ fn keys(report: &mut Report, cache_signs: bool, opts: &Options, lacking: &[&Path
         );
         return;
     }
-    let unsigned = lacking.iter().filter(|i| i.signatures.is_empty()).count();
+    // A content-addressed path needs no signature: its address vouches
+    // for it.
+    let unsigned = lacking
+        .iter()
+        .filter(|i| i.signatures.is_empty() && i.ca.is_none())
+        .count();
     if unsigned == 0 {
         report.push(
             "keys",
@@ -435,8 +440,8 @@ fn keys(report: &mut Report, cache_signs: bool, opts: &Options, lacking: &[&Path
             Status::Warn,
             format!(
                 "no key signs (no --secret-key-file or secret-key-files, and the cache has no \
-                 secret-key), and {unsigned} of the paths it lacks carry no signature: \
-                 substituters that check signatures will not take them"
+                 secret-key), and {unsigned} of the paths it lacks carry no signature nor \
+                 content address: substituters that check signatures will not take them"
             ),
         );
     }
