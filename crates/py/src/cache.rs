@@ -44,11 +44,7 @@ fn paths(obj: Option<&Bound<'_, PyAny>>, cache: &Cache) -> PyResult<Vec<StorePat
     let Some(obj) = obj else {
         return Ok(Vec::new());
     };
-    let dir = cache.store_dir();
-    if obj.is_instance_of::<pyo3::types::PyString>() || obj.downcast::<sp::PyStorePath>().is_ok() {
-        return Ok(vec![sp::extract(obj, dir)?]);
-    }
-    obj.try_iter()?.map(|p| sp::extract(&p?, dir)).collect()
+    sp::extract_many(obj, cache.store_dir())
 }
 
 fn seconds(what: &str, s: f64) -> PyResult<Duration> {

@@ -334,16 +334,7 @@ fn copy(
             .collect::<PyResult<Vec<_>>>()?,
     };
     let dir = src.store_dir().clone();
-    let roots = if paths.is_instance_of::<pyo3::types::PyString>()
-        || paths.downcast::<sp::PyStorePath>().is_ok()
-    {
-        vec![sp::extract(paths, &dir)?]
-    } else {
-        paths
-            .try_iter()?
-            .map(|p| sp::extract(&p?, &dir))
-            .collect::<PyResult<Vec<_>>>()?
-    };
+    let roots = sp::extract_many(paths, &dir)?;
     // Nix's signature policy, as the command-line tool sets it up.
     let mut opts = CopyOptions {
         check_sigs,

@@ -34,6 +34,7 @@ use pyo3::prelude::*;
 
 mod blocking;
 mod cache;
+mod check;
 mod config;
 mod copy;
 mod errors;
@@ -76,6 +77,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     copy::register(m)?;
     server::register(m)?;
     cache::register(m)?;
+    check::register(m)?;
     config::register(m)?;
     Ok(())
 }

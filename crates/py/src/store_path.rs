@@ -180,6 +180,14 @@ fn is_valid_path(path: &str, store_dir: &str) -> PyResult<bool> {
     Ok(parse_str(path, &dir).is_ok())
 }
 
+/// One store path (a `str` or `StorePath`), or an iterable of them.
+pub(crate) fn extract_many(obj: &Bound<'_, PyAny>, dir: &StoreDir) -> PyResult<Vec<StorePath>> {
+    if obj.is_instance_of::<PyString>() || obj.downcast::<PyStorePath>().is_ok() {
+        return Ok(vec![extract(obj, dir)?]);
+    }
+    obj.try_iter()?.map(|p| extract(&p?, dir)).collect()
+}
+
 /// The name `nix-store --add` gives `path`: its last component as given.
 pub(crate) fn default_name(path: &Path) -> PyResult<String> {
     store_path::added_name(path)

@@ -179,6 +179,40 @@ CopyEvent = (
 
 
 
+def check(
+    src: Store | str,
+    dsts: _Iterable[str],
+    paths: str | StorePath | _Iterable[str | StorePath],
+    *,
+    substitute: bool = False,
+    secret_keys: list[SigningKey] | None = None,
+    timeout: float = 60.0,
+) -> list[dict[str, _Any]]:
+    """Checks each destination of a copy before any byte moves, as
+    ``nixferry check`` does: which of the closure of ``paths`` (in
+    ``src``) it has, and, by kind of store, the login and remote Nix
+    version (``ssh://``), free space against the NAR bytes it lacks,
+    ``nix-cache-info`` and write access (binary caches), the keys that
+    will sign (``secret_keys``), and with ``substitute`` what the host's
+    own substituters would give it with a signature it trusts.
+
+    All destinations (URLs) are checked at once, each within ``timeout``
+    seconds. Returns one report per destination, in order, as
+    ``nixferry check --json`` prints them: ``"ok"`` says whether the copy
+    would go through, ``"checks"`` lists each check with its ``"status"``
+    (``ok``, ``warn`` or ``fail``) and ``"message"``. A destination that
+    fails is a report, never an exception; :class:`ClosureError` or
+    :class:`PathNotFoundError` is raised when the closure cannot be
+    computed on the source.
+    """
+    reports: list[dict[str, _Any]] = _json.loads(
+        _native.check_json(
+            src, list(dsts), paths, substitute=substitute, secret_keys=secret_keys, timeout=timeout
+        )
+    )
+    return reports
+
+
 def nix_config(options: _Iterable[tuple[str, str]] = ()) -> dict[str, dict[str, _Any]]:
     """Nix's effective configuration for the settings nixferry uses.
 
@@ -238,6 +272,7 @@ __all__ = [
     "VerificationError",
     "VerifyingKey",
     "__version__",
+    "check",
     "copy",
     "errors",
     "hash",

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self, final
 
 __version__: Final[str]
-__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathFoundUpstream', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'UpstreamFailed', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'nix_config_json', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
+__all__ = ['BytesCopied', 'CopyPlanned', 'CopyRetrying', 'CopySummary', 'DestinationFailed', 'DumpChunks', 'NarContents', 'NarEntry', 'NarInfo', 'NarReader', 'NarSummary', 'NixHash', 'PathCopied', 'PathFailed', 'PathFoundUpstream', 'PathInfo', 'PathSkipped', 'PathStarted', 'Server', 'SigningKey', 'Store', 'StorePath', 'UpstreamFailed', 'VerifyingKey', '__version__', 'add_path', 'cache_gc', 'cache_pin', 'cache_pins', 'cache_sign', 'cache_stats', 'cache_unpin', 'cache_verify', 'check_json', 'cat', 'copy', 'dump', 'dump_bytes', 'dump_chunks', 'fixed_output_path', 'hash_path', 'is_valid_path', 'list', 'listing_json', 'nix32_decode', 'nix32_encode', 'nix_config_json', 'open_store', 'restore', 'serve', 'text_path', 'validate', 'validate_name']
 
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes | bytearray | None: ...
@@ -706,3 +706,12 @@ def cache_gc(
     jobs: int = 16,
 ) -> str: ...
 def nix_config_json(options: Sequence[tuple[str, str]] = ...) -> str: ...
+def check_json(
+    src: Store | str,
+    dsts: Sequence[str],
+    paths: _Paths,
+    *,
+    substitute: bool = False,
+    secret_keys: builtins.list[SigningKey] | None = None,
+    timeout: float = 60.0,
+) -> str: ...
