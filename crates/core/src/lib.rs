@@ -136,6 +136,8 @@ pub mod nixconf;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(feature = "local", feature = "s3"))]
+mod state;
 pub mod store;
 
 pub use nixferry_formats::{hash, nar, narinfo, refscan, signing, store_path};

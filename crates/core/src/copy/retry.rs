@@ -78,12 +78,11 @@ impl Engine {
     }
 }
 
-/// The wait before retry number `attempt` (from 1): `base` doubled for
-/// each retry before it, at most [`MAX_RETRY_DELAY`], plus up to half of
-/// it again, at random, so that many clients do not retry in step.
+/// The wait before retry number `attempt` (from 1):
+/// [`crate::backoff::jittered`], at most [`MAX_RETRY_DELAY`] before the
+/// jitter.
 pub(super) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let delay = crate::backoff::doubled(base, attempt.saturating_sub(1), MAX_RETRY_DELAY);
-    delay + delay.mul_f64(crate::backoff::random_fraction() / 2.0)
+    crate::backoff::jittered(base, attempt, MAX_RETRY_DELAY)
 }
 
 #[cfg(test)]

@@ -95,6 +95,17 @@ const OUTPUTS_SQL: &str = concat!(
     "WHERE d.path = ?1 AND EXISTS (SELECT 1 FROM ValidPaths v WHERE v.path = o.path)"
 );
 
+/// The paths registered after row `?1`, oldest first, at most `?2`:
+/// `id` is an autoincrement key (docs/formats.md §6.2), so a path
+/// registered later has a larger id, and Nix registers in transactions
+/// that SQLite runs one after another, so a reader never sees a row
+/// before those with smaller ids.
+const REGISTERED_AFTER_SQL: &str =
+    "SELECT id, path FROM ValidPaths WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+/// The id of the path registered last: 0 for an empty store.
+const LAST_REGISTERED_SQL: &str = "SELECT coalesce(max(id), 0) FROM ValidPaths";
+
 /// The closure of a JSON array of full paths, walked over `Refs` inside
 /// SQLite (`UNION` drops ids already seen, so cycles end). `CROSS JOIN`
 /// makes SQLite start from the closure instead of scanning `ValidPaths`.
@@ -308,6 +319,55 @@ impl LocalStore {
                 return Err(inner.not_found(missing));
             }
             Ok(infos)
+        })
+        .await
+    }
+
+    /// The id of the path registered last (0 for an empty store): where
+    /// [`registered_after`](Self::registered_after) starts to see only
+    /// what comes next.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when reading fails.
+    pub async fn last_registered(&self) -> Result<i64, StoreError> {
+        self.with_db(|inner, conn| {
+            conn.query_row(LAST_REGISTERED_SQL, [], |row| row.get(0))
+                .map_err(|e| inner.db_error(e))
+        })
+        .await
+    }
+
+    /// Up to `limit` paths registered after the path with id `after`,
+    /// oldest first, with their ids: the paths that became valid since
+    /// then and still are (a path registered and deleted in between is
+    /// not seen). Following the store is asking this again with the last
+    /// id seen.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when reading fails; [`StoreError::Corrupt`]
+    /// for a row that does not hold a store path.
+    pub async fn registered_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, StorePath)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_db(move |inner, conn| {
+            let mut stmt = conn
+                .prepare_cached(REGISTERED_AFTER_SQL)
+                .map_err(|e| inner.db_error(e))?;
+            let rows = stmt
+                .query_map([after, limit], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(|e| inner.db_error(e))?;
+            rows.map(|row| {
+                let (id, full): (i64, String) = row.map_err(|e| inner.db_error(e))?;
+                let path = inner
+                    .store_dir
+                    .parse(&full)
+                    .map_err(|e| inner.corrupt(&full, "path", &full, e))?;
+                Ok((id, path))
+            })
+            .collect()
         })
         .await
     }

@@ -184,6 +184,20 @@ async fn paths_are_found_by_hash_part() {
     }
 }
 
+/// Following the store: the rows after an id, oldest first, as many as
+/// asked; the last id (row ids are those of `vectors/db/example-rows.txt`).
+#[tokio::test]
+async fn paths_registered_after_a_row() {
+    let root = vector_chroot();
+    let store = open(&root_url(root.path()));
+    assert_eq!(store.last_registered().await.unwrap(), 3);
+    let all = [(1, path(HI)), (2, path(DRV_OUT)), (3, path(TREE))];
+    assert_eq!(store.registered_after(0, 10).await.unwrap(), all);
+    assert_eq!(store.registered_after(1, 1).await.unwrap(), all[1..2]);
+    assert_eq!(store.registered_after(2, 10).await.unwrap(), all[2..]);
+    assert!(store.registered_after(3, 10).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn vector_closure_and_validity() {
     let root = vector_chroot();

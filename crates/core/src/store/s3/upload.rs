@@ -40,12 +40,8 @@ const STALE_AGE: Duration = Duration::from_secs(24 * 3600);
 impl Journal {
     /// The journal of this user, if it has a home or state directory.
     pub(super) fn open() -> Option<Self> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-        let state = var("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
         Some(Self {
-            dir: state.join("nixferry/s3-uploads"),
+            dir: crate::state::dir()?.join("s3-uploads"),
         })
     }
 
