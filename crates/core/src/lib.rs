@@ -10,6 +10,7 @@
 //! | codecs: [`compression`] | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
 //! | stores: [`store`] (`file://` always; `local`, `ssh`, `http`, `s3` behind features of those names) | here | tokio; SQLite, reqwest, object_store as their features ask |
 //! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
+//! | pushing from the local store as paths appear: [`push`] (a durable queue, a watcher) | here, feature `local` | the local store |
 //! | binary cache upkeep: [`cache`] (verify, repair, sign, stats, pins, gc) | here | the `file://`, `s3://` and `http(s)://` stores built |
 //! | the HTTP binary cache server: [`server`] | here, feature `server` | hyper |
 //! | Nix's configuration (`nix.conf`, `NIX_CONFIG`): [`nixconf`] | here | `std` only |
@@ -134,6 +135,8 @@ pub mod compression;
 pub mod copy;
 pub mod nixconf;
 pub mod preflight;
+#[cfg(feature = "local")]
+pub mod push;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(any(feature = "local", feature = "s3"))]
