@@ -54,6 +54,14 @@ pub(crate) enum Command {
     /// destination would not substitute what its substituters have for
     /// want of a trusted signature); 2: could not run.
     Check(CheckArgs),
+    /// Push closures from the local store to caches, now or as paths
+    /// appear.
+    ///
+    /// With --watch, it follows the local store and pushes each path that
+    /// becomes valid, through a queue that survives restarts and cache
+    /// outages; --enqueue adds to that queue and returns at once (for
+    /// Nix's post-build-hook).
+    Push(PushArgs),
     /// Print the closure of store paths, references first.
     Closure(ClosureArgs),
     /// Print what a store knows about paths (like `nix path-info`).
@@ -463,25 +471,8 @@ pub(crate) struct CopyArgs {
     /// Do not require signatures on paths from untrusted stores.
     #[arg(long)]
     pub(crate) no_check_sigs: bool,
-    /// Do not push to binary caches the paths an upstream cache (Nix's
-    /// substituters, or --upstream) already serves with a signature by a
-    /// trusted key. Default: on when Nix's `substituters` is set (in
-    /// nix.conf, NIX_CONFIG or --option), not when it is Nix's built-in
-    /// default; a Nix store destination (ssh://, local) always gets
-    /// everything.
-    #[arg(long, overrides_with = "no_skip_upstream")]
-    pub(crate) skip_upstream: bool,
-    /// Push every path a destination lacks, whatever upstreams serve.
-    #[arg(long, overrides_with = "skip_upstream")]
-    pub(crate) no_skip_upstream: bool,
-    /// An upstream cache to ask instead of Nix's substituters; repeatable.
-    /// Implies --skip-upstream.
-    #[arg(long = "upstream", value_name = "URL")]
-    pub(crate) upstreams: Vec<String>,
-    /// Seconds an upstream may take to answer a batch of 256 paths; one
-    /// that does not is left out (its paths are pushed).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    pub(crate) upstream_timeout: f64,
+    #[command(flatten)]
+    pub(crate) upstream: UpstreamArgs,
     /// Run `nixferry check` on every destination first, and copy nothing
     /// unless every check passes (exit code 1 otherwise).
     #[arg(long)]
@@ -519,7 +510,32 @@ pub(crate) struct CheckArgs {
     pub(crate) json: bool,
 }
 
-/// How hard a copy works: shared by `copy` and `copy-closure`.
+/// Which paths a push leaves to upstream caches: shared by `copy` and
+/// `push`.
+#[derive(Debug, Args)]
+pub(crate) struct UpstreamArgs {
+    /// Do not push to binary caches the paths an upstream cache (Nix's
+    /// substituters, or --upstream) already serves with a signature by a
+    /// trusted key. Default: on when Nix's `substituters` is set (in
+    /// nix.conf, NIX_CONFIG or --option), not when it is Nix's built-in
+    /// default; a Nix store destination (ssh://, local) always gets
+    /// everything.
+    #[arg(long, overrides_with = "no_skip_upstream")]
+    pub(crate) skip_upstream: bool,
+    /// Push every path a destination lacks, whatever upstreams serve.
+    #[arg(long, overrides_with = "skip_upstream")]
+    pub(crate) no_skip_upstream: bool,
+    /// An upstream cache to ask instead of Nix's substituters; repeatable.
+    /// Implies --skip-upstream.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub(crate) upstreams: Vec<String>,
+    /// Seconds an upstream may take to answer a batch of 256 paths; one
+    /// that does not is left out (its paths are pushed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub(crate) upstream_timeout: f64,
+}
+
+/// How hard a copy works: shared by `copy`, `copy-closure` and `push`.
 #[derive(Debug, Args)]
 pub(crate) struct CopyTuning {
     /// How many paths to copy at once (default: twice the cores).
@@ -560,6 +576,75 @@ pub(crate) struct CopyClosureArgs {
     pub(crate) verbose: u8,
     #[command(flatten)]
     pub(crate) tuning: CopyTuning,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// A cache (or any store) to push to; repeat it to push to several
+    /// at once. A path leaves the queue once it is in all of them.
+    #[arg(long, required_unless_present = "enqueue", conflicts_with = "enqueue")]
+    pub(crate) to: Vec<String>,
+    /// Store paths (or symlinks to them, such as `./result`): pushed now,
+    /// or queued with --watch and --enqueue. With --enqueue and none
+    /// given, those Nix gives its post-build-hook: `$OUT_PATHS`
+    /// (separated by spaces), else the outputs of `$DRV_PATH`.
+    pub(crate) paths: Vec<String>,
+    /// Keep running: push what waits in the queue, follow the local
+    /// store and push each path that becomes valid (not .drv files), and
+    /// what --enqueue adds, until SIGINT or SIGTERM. A push that fails
+    /// is tried again later; nothing leaves the queue before it is in
+    /// every destination.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// Add the paths to the queue a watcher pushes from, and return at
+    /// once, without contacting any cache.
+    #[arg(long, conflicts_with = "watch")]
+    pub(crate) enqueue: bool,
+    /// With --watch, push only what is queued: do not follow the store.
+    #[arg(long, requires = "watch")]
+    pub(crate) no_follow: bool,
+    /// With --watch, follow the store from the database row after this
+    /// id instead of where the last run stopped (0: push the whole
+    /// store). A first run starts at the current end.
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "watch",
+        conflicts_with = "no_follow"
+    )]
+    pub(crate) since_id: Option<i64>,
+    /// Where the queue is kept (in DIR/push); default:
+    /// `$XDG_STATE_HOME/nixferry`, else `~/.local/state/nixferry`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// The local store to push from: `local`, or `local?root=DIR`.
+    #[arg(long, value_name = "URL", default_value = "local")]
+    pub(crate) from: String,
+    /// How long the wait between two tries of a failing push grows at
+    /// most, in seconds or with a unit (`90s`, `5m`); a random part of
+    /// up to half of it is added, so that many watchers do not retry in
+    /// step.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) max_retry_delay: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) tuning: CopyTuning,
+    /// Sign pushed paths with this key; repeatable (default: Nix's
+    /// `secret-key-files`).
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// A public key, `name:base64`, whose signatures on what upstreams
+    /// serve are trusted; repeatable (default: Nix's
+    /// `trusted-public-keys`).
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key, as --trusted-key; repeatable.
+    #[arg(long = "trusted-key-file", value_name = "FILE")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) upstream: UpstreamArgs,
+    /// Print events as JSON Lines on stdout (the log on stderr stays).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,7 @@ use nixferry::store_path::StorePath;
 use serde_json::json;
 
 use super::{paths, settings};
-use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning};
+use crate::cli::{CopyArgs, CopyClosureArgs, CopyTuning, UpstreamArgs};
 use crate::exit::Failure;
 
 pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
@@ -66,7 +66,7 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     let mut opts = options(&args)?;
     tune(&mut opts, &args.tuning);
     opts.substitute_on_destination = args.substitute_on_destination;
-    for (url, e) in upstreams(&args, &mut opts)? {
+    for (url, e) in upstreams(&args.upstream, &mut opts)? {
         warn_upstream(args.json, None, &url, &e);
     }
     let copied = copy_and_report(src, dsts, roots, &opts, args.json, false);
@@ -160,7 +160,10 @@ pub(super) fn copy_closure(args: CopyClosureArgs) -> Result<(), Failure> {
 /// that is down should cost little, and its paths are pushed all the
 /// same. One that cannot be opened is left out, and returned with why,
 /// for a warning.
-fn upstreams(args: &CopyArgs, opts: &mut CopyOptions) -> anyhow::Result<Vec<(String, String)>> {
+pub(super) fn upstreams(
+    args: &UpstreamArgs,
+    opts: &mut CopyOptions,
+) -> anyhow::Result<Vec<(String, String)>> {
     let secs = args.upstream_timeout;
     if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
         anyhow::bail!("--upstream-timeout must be above 0 and at most 3600 seconds, not {secs}");
@@ -194,7 +197,7 @@ fn upstreams(args: &CopyArgs, opts: &mut CopyOptions) -> anyhow::Result<Vec<(Str
 
 /// Says that an upstream is left out: a JSON event, or a warning line
 /// (above the progress bar, if there is one).
-fn warn_upstream(json: bool, bar: Option<&ProgressBar>, url: &str, error: &str) {
+pub(super) fn warn_upstream(json: bool, bar: Option<&ProgressBar>, url: &str, error: &str) {
     if json {
         let v = json!({"event": "upstreamFailed", "upstream": url, "error": error});
         let mut out = std::io::stdout().lock();
@@ -209,7 +212,8 @@ fn warn_upstream(json: bool, bar: Option<&ProgressBar>, url: &str, error: &str) 
     }
 }
 
-fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
+/// Applies `-j` and `--retries`.
+pub(super) fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
     if let Some(j) = tuning.jobs {
         opts.jobs = j.max(1);
     }
@@ -218,7 +222,7 @@ fn tune(opts: &mut CopyOptions, tuning: &CopyTuning) {
 
 /// Runs the copy with progress, prints a summary per destination, and
 /// fails if any path failed anywhere.
-fn copy_and_report(
+pub(super) fn copy_and_report(
     src: Arc<dyn Store>,
     dsts: Vec<Arc<dyn Store>>,
     roots: Vec<StorePath>,
@@ -430,58 +434,10 @@ impl Reporter {
     }
 
     fn print_json(&self, e: &Event) {
-        let to = |dest: &usize| self.urls.get(*dest).cloned().unwrap_or_default();
-        let v = match e {
-            Event::Planned {
-                closure,
-                missing,
-                nar_bytes,
-            } => {
-                json!({"event": "planned", "closure": closure, "missing": missing, "narBytes": nar_bytes})
-            }
-            Event::Skipped { dest, path } => {
-                json!({"event": "skipped", "to": to(dest), "path": path})
-            }
-            Event::FoundUpstream {
-                dest,
-                path,
-                upstream,
-            } => {
-                json!({"event": "foundUpstream", "to": to(dest), "path": path, "upstream": upstream})
-            }
-            Event::Started { path, nar_size } => {
-                json!({"event": "started", "path": path, "narSize": nar_size})
-            }
-            // Byte counts are too chatty for JSON; "copied" carries sizes.
-            Event::Bytes { .. } => return,
-            Event::Copied {
-                dest,
-                path,
-                nar_size,
-                passthrough,
-            } => {
-                json!({"event": "copied", "to": to(dest), "path": path, "narSize": nar_size, "passthrough": passthrough})
-            }
-            Event::Retrying {
-                dest,
-                path,
-                attempt,
-                delay,
-                error,
-            } => {
-                json!({"event": "retrying", "to": to(dest), "path": path, "attempt": attempt,
-                       "delaySeconds": delay.as_secs_f64(), "error": error})
-            }
-            Event::Failed { dest, path, error } => {
-                json!({"event": "failed", "to": to(dest), "path": path, "error": error})
-            }
-            Event::DestinationFailed { dest, error } => {
-                json!({"event": "destinationFailed", "to": to(dest), "error": error})
-            }
-            _ => return,
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
+        if let Some(v) = event_json(e, &self.urls) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{v}");
+        }
     }
 
     fn finish(&self) {
@@ -489,4 +445,60 @@ impl Reporter {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A copy event as the JSON object `--json` prints, `urls` naming the
+/// destinations; `None` for events too chatty to print.
+pub(super) fn event_json(e: &Event, urls: &[String]) -> Option<serde_json::Value> {
+    let to = |dest: &usize| urls.get(*dest).cloned().unwrap_or_default();
+    let v = match e {
+        Event::Planned {
+            closure,
+            missing,
+            nar_bytes,
+        } => {
+            json!({"event": "planned", "closure": closure, "missing": missing, "narBytes": nar_bytes})
+        }
+        Event::Skipped { dest, path } => {
+            json!({"event": "skipped", "to": to(dest), "path": path})
+        }
+        Event::FoundUpstream {
+            dest,
+            path,
+            upstream,
+        } => {
+            json!({"event": "foundUpstream", "to": to(dest), "path": path, "upstream": upstream})
+        }
+        Event::Started { path, nar_size } => {
+            json!({"event": "started", "path": path, "narSize": nar_size})
+        }
+        // Byte counts are too chatty for JSON; "copied" carries sizes.
+        Event::Bytes { .. } => return None,
+        Event::Copied {
+            dest,
+            path,
+            nar_size,
+            passthrough,
+        } => {
+            json!({"event": "copied", "to": to(dest), "path": path, "narSize": nar_size, "passthrough": passthrough})
+        }
+        Event::Retrying {
+            dest,
+            path,
+            attempt,
+            delay,
+            error,
+        } => {
+            json!({"event": "retrying", "to": to(dest), "path": path, "attempt": attempt,
+                       "delaySeconds": delay.as_secs_f64(), "error": error})
+        }
+        Event::Failed { dest, path, error } => {
+            json!({"event": "failed", "to": to(dest), "path": path, "error": error})
+        }
+        Event::DestinationFailed { dest, error } => {
+            json!({"event": "destinationFailed", "to": to(dest), "error": error})
+        }
+        _ => return None,
+    };
+    Some(v)
 }

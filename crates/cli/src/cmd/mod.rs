@@ -9,6 +9,7 @@ mod key;
 mod nar;
 mod narinfo;
 mod paths;
+mod push;
 mod serve;
 mod settings;
 mod store_path;
@@ -39,6 +40,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Copy(a) => copy::run(a),
         Command::CopyClosure(a) => copy::copy_closure(a),
         Command::Check(a) => check::run(a),
+        Command::Push(a) => push::run(a),
         Command::Closure(a) => paths::closure(a),
         Command::PathInfo(a) => paths::path_info(a),
         Command::Add(a) => add::run(a),

@@ -150,6 +150,11 @@ pub(crate) fn build_input_addressed(tag: &str) -> String {
 /// each holds some binary content. `tag` keeps closures of different tests
 /// apart.
 pub(crate) fn build_closure(tag: &str) -> String {
+    build_closure_with(tag, &[])
+}
+
+/// [`build_closure`] with more arguments for `nix-build`.
+pub(crate) fn build_closure_with(tag: &str, args: &[&str]) -> String {
     let expr = format!(
         r#"let
           mk = name: script: derivation {{
@@ -162,7 +167,11 @@ pub(crate) fn build_closure(tag: &str) -> String {
           mid = mk "mid" "mkdir $out; echo ${{base}} > $out/ref; echo $out > $out/self; i=0; while [ $i -lt 64 ]; do printf '\\000\\001\\377 %s\\n' $i >> $out/bin; i=$((i+1)); done";
         in mk "top" "mkdir -p $out/bin; echo ${{mid}} ${{base}} > $out/refs; printf '#!/bin/sh\\necho hi\\n' > $out/bin/hi; chmod +x $out/bin/hi""#
     );
-    run_text(nix("nix-build").args(["--no-out-link", "--expr", &expr]))
+    run_text(
+        nix("nix-build")
+            .args(["--no-out-link", "--expr", &expr])
+            .args(args),
+    )
 }
 
 /// `nix path-info --json -r` of `path` in `store` (None: the local store),

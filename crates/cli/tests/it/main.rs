@@ -10,6 +10,7 @@ mod differential;
 mod http;
 mod nix_config;
 mod preflight;
+mod push;
 mod s3;
 mod security;
 mod serve;

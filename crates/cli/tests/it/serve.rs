@@ -24,10 +24,15 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_on(args, 0)
+    }
+
+    /// A server on `port` of 127.0.0.1 (0: a free one).
+    pub(crate) fn start_on(args: &[&str], port: u16) -> Self {
         let mut child = nixferry()
             .arg("serve")
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -657,16 +662,25 @@ fn sigterm_lets_requests_in_flight_finish() {
 /// A `--write` server for a new `file://` cache `dir/dest`, taking
 /// `token`; returns it and the cache directory.
 pub(crate) fn writable_server(dir: &Path, token: &str) -> (Server, PathBuf) {
+    writable_server_on(dir, token, 0)
+}
+
+/// [`writable_server`] on `port` (0: a free one); started again on the
+/// same port, it serves the same cache.
+pub(crate) fn writable_server_on(dir: &Path, token: &str, port: u16) -> (Server, PathBuf) {
     let dest = dir.join("dest");
     let token_file = dir.join("token");
     fs::write(&token_file, format!("{token}\n")).unwrap();
-    let server = Server::start(&[
-        "--store",
-        &format!("file://{}", dest.display()),
-        "--write",
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let server = Server::start_on(
+        &[
+            "--store",
+            &format!("file://{}", dest.display()),
+            "--write",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        port,
+    );
     (server, dest)
 }
 

@@ -234,7 +234,7 @@ fn start_error(e: ServerError, args: &ServeArgs) -> anyhow::Error {
 
 /// Starts listening for SIGTERM and Ctrl-C (SIGINT); the future resolves
 /// when one comes.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(super) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
