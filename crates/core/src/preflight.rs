@@ -496,20 +496,12 @@ async fn file_cache(url: &StoreUrl, infos: &[PathInfo], opts: &Options, report: 
     let Some(lacking) = missing(&store, infos, report).await else {
         return;
     };
-    match free_space(&dir) {
-        Ok(free) => space(
-            report,
-            &dir,
-            free,
-            Amount::of(lacking.iter().copied()).nar_bytes,
-            "the NAR sizes of the missing paths, an upper bound: files are compressed",
-        ),
-        Err(e) => report.push(
-            "space",
-            Status::Warn,
-            format!("cannot tell the free space of {}: {e}", dir.display()),
-        ),
-    }
+    local_space(
+        report,
+        &dir,
+        &lacking,
+        "the NAR sizes of the missing paths, an upper bound: files are compressed",
+    );
     keys(report, store.capabilities().signs, opts, &lacking);
 }
 
@@ -523,6 +515,26 @@ fn probe_write(root: &Path) -> Result<PathBuf, (PathBuf, std::io::Error)> {
         .tempfile_in(&dir)
         .map(|_| dir.clone())
         .map_err(|e| (dir, e))
+}
+
+/// The space check of a store on this machine: the free space of the
+/// filesystem `dir` is on against the NAR bytes of `lacking` (`what` says
+/// what those bytes are).
+fn local_space(report: &mut Report, dir: &Path, lacking: &[&PathInfo], what: &str) {
+    match free_space(dir) {
+        Ok(free) => space(
+            report,
+            dir,
+            free,
+            Amount::of(lacking.iter().copied()).nar_bytes,
+            what,
+        ),
+        Err(e) => report.push(
+            "space",
+            Status::Warn,
+            format!("cannot tell the free space of {}: {e}", dir.display()),
+        ),
+    }
 }
 
 /// `dir`, or its nearest ancestor that exists.
@@ -627,20 +639,7 @@ async fn local(url: &StoreUrl, infos: &[PathInfo], report: &mut Report) {
         return;
     };
     let dir = nearest_existing(store.real_store_dir());
-    match free_space(&dir) {
-        Ok(free) => space(
-            report,
-            &dir,
-            free,
-            Amount::of(lacking.iter().copied()).nar_bytes,
-            "the NAR sizes of the missing paths",
-        ),
-        Err(e) => report.push(
-            "space",
-            Status::Warn,
-            format!("cannot tell the free space of {}: {e}", dir.display()),
-        ),
-    }
+    local_space(report, &dir, &lacking, "the NAR sizes of the missing paths");
 }
 
 #[cfg(feature = "ssh")]
