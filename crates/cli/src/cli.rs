@@ -458,16 +458,8 @@ pub(crate) struct CopyArgs {
     pub(crate) substitute_on_destination: bool,
     #[command(flatten)]
     pub(crate) tuning: CopyTuning,
-    /// Sign copied paths with this key; repeatable.
-    #[arg(long = "secret-key-file")]
-    pub(crate) secret_key_files: Vec<PathBuf>,
-    /// A trusted public key, `name:base64`; repeatable. Paths from a store
-    /// other than this machine's need a valid signature by one of them.
-    #[arg(long = "trusted-key")]
-    pub(crate) trusted_keys: Vec<String>,
-    /// A file holding a trusted public key, as --trusted-key; repeatable.
-    #[arg(long = "trusted-key-file", value_name = "FILE")]
-    pub(crate) trusted_key_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
     /// Do not require signatures on paths from untrusted stores.
     #[arg(long)]
     pub(crate) no_check_sigs: bool,
@@ -533,6 +525,24 @@ pub(crate) struct UpstreamArgs {
     /// that does not is left out (its paths are pushed).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub(crate) upstream_timeout: f64,
+}
+
+/// The keys of a copy or push: those it signs with and those it trusts.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// Sign what is copied with this key; repeatable (default: Nix's
+    /// `secret-key-files`).
+    #[arg(long = "secret-key-file")]
+    pub(crate) secret_key_files: Vec<PathBuf>,
+    /// A trusted public key, `name:base64`; repeatable (default: Nix's
+    /// `trusted-public-keys`). Paths from a store other than this
+    /// machine's need a valid signature by one of them, and so do paths
+    /// left to an upstream.
+    #[arg(long = "trusted-key")]
+    pub(crate) trusted_keys: Vec<String>,
+    /// A file holding a trusted public key, as --trusted-key; repeatable.
+    #[arg(long = "trusted-key-file", value_name = "FILE")]
+    pub(crate) trusted_key_files: Vec<PathBuf>,
 }
 
 /// How hard a copy works: shared by `copy`, `copy-closure` and `push`.
@@ -628,18 +638,8 @@ pub(crate) struct PushArgs {
     pub(crate) max_retry_delay: std::time::Duration,
     #[command(flatten)]
     pub(crate) tuning: CopyTuning,
-    /// Sign pushed paths with this key; repeatable (default: Nix's
-    /// `secret-key-files`).
-    #[arg(long = "secret-key-file")]
-    pub(crate) secret_key_files: Vec<PathBuf>,
-    /// A public key, `name:base64`, whose signatures on what upstreams
-    /// serve are trusted; repeatable (default: Nix's
-    /// `trusted-public-keys`).
-    #[arg(long = "trusted-key")]
-    pub(crate) trusted_keys: Vec<String>,
-    /// A file holding a trusted public key, as --trusted-key; repeatable.
-    #[arg(long = "trusted-key-file", value_name = "FILE")]
-    pub(crate) trusted_key_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
     #[command(flatten)]
     pub(crate) upstream: UpstreamArgs,
     /// Print events as JSON Lines on stdout (the log on stderr stays).

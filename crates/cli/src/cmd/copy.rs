@@ -92,7 +92,7 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
 fn preflight(args: &CopyArgs, names: &[String]) -> anyhow::Result<bool> {
     let opts = nixferry::preflight::Options {
         substitute: args.substitute_on_destination,
-        secret_keys: settings::secret_keys(&args.secret_key_files)?,
+        secret_keys: settings::secret_keys(&args.keys.secret_key_files)?,
         ..nixferry::preflight::Options::default()
     };
     let reports = super::check::check(&args.from, &args.to, names, &opts)?;
@@ -319,8 +319,8 @@ pub(super) fn copy_and_report(
 /// signing keys of the command line, else of Nix's configuration
 /// (`trusted-public-keys`, `secret-key-files`).
 fn options(args: &CopyArgs) -> anyhow::Result<CopyOptions> {
-    let keys = settings::trusted_keys(&args.trusted_keys, &args.trusted_key_files)?;
-    let secret_keys = settings::secret_keys(&args.secret_key_files)?;
+    let keys = settings::trusted_keys(&args.keys.trusted_keys, &args.keys.trusted_key_files)?;
+    let secret_keys = settings::secret_keys(&args.keys.secret_key_files)?;
     let mut opts = CopyOptions::default()
         .with_trusted_keys(keys)
         .with_secret_keys(secret_keys);

@@ -44,8 +44,8 @@ pub(super) fn run(args: PushArgs) -> Result<(), Failure> {
 /// as for `copy` (an upstream that cannot be opened is said, and left
 /// out); the copy tuning.
 fn options(args: &PushArgs) -> anyhow::Result<CopyOptions> {
-    let trusted = settings::trusted_keys(&args.trusted_keys, &args.trusted_key_files)?;
-    let secret_keys = settings::secret_keys(&args.secret_key_files)?;
+    let trusted = settings::trusted_keys(&args.keys.trusted_keys, &args.keys.trusted_key_files)?;
+    let secret_keys = settings::secret_keys(&args.keys.secret_key_files)?;
     let mut opts = CopyOptions::default()
         .with_trusted_keys(trusted)
         .with_secret_keys(secret_keys);
