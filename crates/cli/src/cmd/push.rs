@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use nixferry::copy::{self, CancellationToken, CopyOptions};
-use nixferry::push::{self, Event, PushOptions, Queue, QueueError};
+use nixferry::push::{self, at_destination, Event, PushOptions, Queue, QueueError};
 use nixferry::store::local::LocalStore;
 use nixferry::store::{Scheme, Store, StoreUrl};
 use nixferry::store_path::{StoreDir, StorePath};
@@ -236,12 +236,12 @@ impl Log {
                 };
                 format!(
                     "{}; retry {attempt} in {:.1} s",
-                    at(to(dest), &what),
+                    at_destination(to(dest), &what),
                     delay.as_secs_f64()
                 )
             }
             Event::Copy(copy::Event::Failed { dest, path, error }) => {
-                at(to(dest), &format!("{path}: failed: {error}"))
+                at_destination(to(dest), format!("{path}: failed: {error}"))
             }
             // A destination that fails fails the push, said next.
             Event::Copy(_) => return None,
@@ -323,15 +323,5 @@ impl Log {
             Event::Stopped { queued } => json!({"event": "stopped", "queued": queued}),
             _ => return None,
         })
-    }
-}
-
-/// `error` at the destination `url`, which store errors often name
-/// already: said once.
-fn at(url: &str, error: &str) -> String {
-    if error.starts_with(url) {
-        error.to_owned()
-    } else {
-        format!("{url}: {error}")
     }
 }

@@ -236,6 +236,17 @@ pub(crate) fn add_signed(src: &Path, cache_url: &str, sk: &Path) -> String {
     )
 }
 
+/// Writes the netrc file `path`, giving 127.0.0.1 the login `nix` and
+/// `password` (a cache's token); returns `path`.
+pub(crate) fn write_netrc(path: &Path, password: &str) -> PathBuf {
+    fs::write(
+        path,
+        format!("machine 127.0.0.1 login nix password {password}\n"),
+    )
+    .unwrap();
+    path.to_owned()
+}
+
 /// A command's stderr as text.
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

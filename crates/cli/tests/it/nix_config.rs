@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::common::{add_signed, assert_success, generate_key, nixferry, stderr};
+use crate::common::{add_signed, assert_success, generate_key, nixferry, stderr, write_netrc};
 use crate::serve::writable_server;
 
 fn narinfo_of(cache: &Path, path: &str) -> String {
@@ -160,11 +160,7 @@ fn copies_trust_sign_and_log_in_as_nix_is_configured() {
         "an upload without credentials worked"
     );
     assert!(stderr(&out).contains("401"), "{}", stderr(&out));
-    fs::write(
-        conf_dir.join("netrc"),
-        "machine 127.0.0.1 login nix password push-token\n",
-    )
-    .unwrap();
+    write_netrc(&conf_dir.join("netrc"), "push-token");
     assert_success(&push(&conf_dir));
     assert!(narinfo_of(&uploaded, &path).contains("Sig: other-1:"));
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use crate::common::{
     assert_success, build_closure, generate_key, have_nix, nix, nixferry, run, run_text, stderr,
+    write_netrc,
 };
 use crate::serve::writable_server;
 use crate::sshd::{have_sshd, percent_encode, Sshd};
@@ -308,13 +309,9 @@ fn a_cache_with_a_bad_token_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, dest) = writable_server(tmp.path(), "right-token");
     let netrc = |name: &str, password: &str| {
-        let f = tmp.path().join(name);
-        fs::write(
-            &f,
-            format!("machine 127.0.0.1 login nix password {password}\n"),
-        )
-        .unwrap();
-        f.display().to_string()
+        write_netrc(&tmp.path().join(name), password)
+            .display()
+            .to_string()
     };
     let wrong = netrc("netrc-wrong", "wrong-token");
     let file_cache = format!("file://{}", tmp.path().join("files").display());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     add_signed, assert_success, build_closure, generate_key, have_nix, nix, nix_closure_infos,
-    nixferry, run, run_text, stderr,
+    nixferry, run, run_text, stderr, write_netrc,
 };
 
 /// A `nixferry serve` process, killed when dropped.
@@ -590,12 +590,7 @@ fn nix_copies_to_a_writable_server() {
     assert!(metrics.contains("status=\"401\"}"), "{metrics}");
 
     // With the token as a netrc password it works.
-    let netrc = tmp.path().join("netrc");
-    fs::write(
-        &netrc,
-        "machine 127.0.0.1 login nix password upload-token\n",
-    )
-    .unwrap();
+    let netrc = write_netrc(&tmp.path().join("netrc"), "upload-token");
     run(nix("nix")
         .args(["copy", "--to", &upload])
         .args(["--option", "netrc-file"])
@@ -879,15 +874,7 @@ fn private_caches_need_a_token_and_nix_brings_it() {
 
     // Nix substitutes with the token from its netrc file, and fails loudly
     // with a wrong one (instead of falling back to building).
-    let netrc = |name: &str, password: &str| {
-        let f = tmp.path().join(name);
-        fs::write(
-            &f,
-            format!("machine 127.0.0.1 login nix password {password}\n"),
-        )
-        .unwrap();
-        f
-    };
+    let netrc = |name: &str, password: &str| write_netrc(&tmp.path().join(name), password);
     let nix_copy = |netrc: &Path, to: &Path| {
         nix("nix")
             .args(["copy", "--from", &server.url(), "--to"])

@@ -446,7 +446,7 @@ impl Pusher<'_> {
             .iter()
             .find_map(|s| s.error.as_ref().map(|e| (&s.url, e)))
         {
-            return (BTreeSet::new(), Some(at(url, e)));
+            return (BTreeSet::new(), Some(at_destination(url, e)));
         }
         let failed: BTreeSet<&StorePath> = summaries
             .iter()
@@ -455,7 +455,7 @@ impl Pusher<'_> {
         let error = summaries.iter().find_map(|s| {
             let (path, e) = s.failed.first()?;
             let full = self.src.store_dir().full(path);
-            Some(at(&s.url, format_args!("{full}: {e}")))
+            Some(at_destination(&s.url, format_args!("{full}: {e}")))
         });
         // Which roots the failed paths belong to: the closure of each,
         // one query of the database each.
@@ -476,7 +476,7 @@ impl Pusher<'_> {
 
 /// An error at a destination, said with its URL (once: store errors often
 /// name it already).
-fn at(url: &str, error: impl std::fmt::Display) -> String {
+pub fn at_destination(url: &str, error: impl std::fmt::Display) -> String {
     let error = error.to_string();
     if error.starts_with(url) {
         error
