@@ -14,9 +14,37 @@ use super::{CopyError, Engine, Event};
 use crate::store::PathInfo;
 use crate::store_path::StorePath;
 
-/// A path's outcome in one destination, as its referrers see it: `None`
-/// while pending.
-type Outcome = watch::Receiver<Option<bool>>;
+/// How far a path has got in one destination, as its referrers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Waiting for its references or a job slot.
+    Pending,
+    /// Being sent.
+    Started,
+    /// Finished: copied (`true`) or failed.
+    Done(bool),
+}
+
+type Outcome = watch::Receiver<Progress>;
+
+/// What a referrer waits for of a reference in one destination: its end,
+/// or, for a destination that takes a path while its references are still
+/// coming ([`Capabilities::accepts_pending_references`]), its start.
+///
+/// [`Capabilities::accepts_pending_references`]: crate::store::Capabilities::accepts_pending_references
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Done,
+    Started,
+}
+
+/// A reference a path waits for in one destination.
+struct Wait {
+    dest: usize,
+    reference: StorePath,
+    outcome: Outcome,
+    until: Until,
+}
 
 /// One path's result in one destination.
 type PathResult = (StorePath, usize, Result<u64, CopyError>);
@@ -26,10 +54,17 @@ impl Engine {
     /// destinations that lack it), returning each path's outcome in each
     /// of those destinations: its NAR size, or why it was not copied.
     pub(super) async fn run(self: Arc<Self>, work: Work) -> Vec<PathResult> {
-        let ordered: Vec<bool> = self
+        let ordered: Vec<Option<Until>> = self
             .dsts
             .iter()
-            .map(|d| d.capabilities().needs_references_first)
+            .map(|d| {
+                let caps = d.capabilities();
+                match (caps.needs_references_first, caps.accepts_pending_references) {
+                    (false, _) => None,
+                    (true, false) => Some(Until::Done),
+                    (true, true) => Some(Until::Started),
+                }
+            })
             .collect();
         let mut outcomes: HashMap<(StorePath, usize), Outcome> = HashMap::new();
         let mut tasks = Keyed::new();
@@ -37,14 +72,19 @@ impl Engine {
             let mut senders = Vec::new();
             let mut waits = Vec::new();
             for &dest in &dests {
-                let (tx, rx) = watch::channel(None);
+                let (tx, rx) = watch::channel(Progress::Pending);
                 senders.push((dest, tx));
                 // Only references that are being copied too need waiting
                 // for; the rest are in the destination already.
-                if ordered[dest] {
+                if let Some(until) = ordered[dest] {
                     for r in info.references.iter().filter(|r| **r != info.path) {
                         if let Some(o) = outcomes.get(&(r.clone(), dest)) {
-                            waits.push((dest, r.clone(), o.clone()));
+                            waits.push(Wait {
+                                dest,
+                                reference: r.clone(),
+                                outcome: o.clone(),
+                                until,
+                            });
                         }
                     }
                 }
@@ -54,10 +94,10 @@ impl Engine {
             let key = (info.path.clone(), dests.clone());
             tasks.spawn(key, async move {
                 let path = info.path.clone();
-                let results = engine.copy_after(info, dests, waits).await;
+                let results = engine.copy_after(info, dests, waits, &senders).await;
                 for (dest, tx) in senders {
                     let ok = results.iter().any(|(d, r)| *d == dest && r.is_ok());
-                    let _ = tx.send(Some(ok));
+                    let _ = tx.send(Progress::Done(ok));
                 }
                 results
                     .into_iter()
@@ -86,23 +126,37 @@ impl Engine {
     }
 
     /// Copies one path to `dests`, each once the references it waits for
-    /// are there.
+    /// are there (or on their way), telling `progress` when it starts.
     async fn copy_after(
         self: Arc<Self>,
         info: PathInfo,
         dests: Vec<usize>,
-        waits: Vec<(usize, StorePath, Outcome)>,
+        waits: Vec<Wait>,
+        progress: &[(usize, watch::Sender<Progress>)],
     ) -> Vec<(usize, Result<u64, CopyError>)> {
         let dir = self.src.store_dir();
         let full = dir.full(&info.path);
         let mut done: Vec<(usize, Result<u64, CopyError>)> = Vec::new();
         let is_done = |done: &[(usize, _)], dest| done.iter().any(|(d, _)| *d == dest);
-        for (dest, reference, mut outcome) in waits {
+        for Wait {
+            dest,
+            reference,
+            mut outcome,
+            until,
+        } in waits
+        {
             if is_done(&done, dest) {
                 continue;
             }
+            let reached = |p: &Progress| match (p, until) {
+                (Progress::Pending, _) => false,
+                (Progress::Started, until) => until == Until::Started,
+                (Progress::Done(_), _) => true,
+            };
             let ok = tokio::select! {
-                r = outcome.wait_for(Option::is_some) => r.is_ok_and(|v| *v == Some(true)),
+                r = outcome.wait_for(reached) => {
+                    r.is_ok_and(|p| matches!(*p, Progress::Started | Progress::Done(true)))
+                }
                 () = self.cancel.cancelled() => false,
             };
             let e = if self.cancel.is_cancelled() {
@@ -143,6 +197,11 @@ impl Engine {
             path: full.clone(),
             nar_size: info.nar_size,
         });
+        for (dest, tx) in progress {
+            if todo.contains(dest) {
+                let _ = tx.send(Progress::Started);
+            }
+        }
 
         // One try for all destinations together; failures that may pass
         // are tried again, each destination on its own, after asking it

@@ -247,6 +247,13 @@ pub struct Capabilities {
     /// Paths must be added after their references (a Nix store: adding a
     /// path whose references are missing is an error there).
     pub needs_references_first: bool,
+    /// With [`needs_references_first`](Self::needs_references_first): the
+    /// store takes a path while its references are still being added, and
+    /// makes it valid once they are (a remote `nixferry remote`, which
+    /// holds a path back until its references are imported), so the copy
+    /// engine only waits for a reference to have started, not to be done.
+    /// A path whose reference then fails fails too.
+    pub accepts_pending_references: bool,
     /// Signatures given with a path are kept.
     pub keeps_signatures: bool,
     /// A binary cache that writes NAR files with this compression; the copy

@@ -53,6 +53,9 @@ fn connection_error(url: &str) -> StoreError {
 struct Mem {
     url: String,
     ordered: bool,
+    /// With `ordered`: takes a path while its references are still coming
+    /// and holds it back until they are there.
+    pending_refs: bool,
     paths: Mutex<BTreeMap<StorePath, (PathInfo, Vec<u8>)>>,
     /// The order paths were added in.
     added: Mutex<Vec<String>>,
@@ -158,6 +161,7 @@ impl Store for Mem {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             needs_references_first: self.ordered,
+            accepts_pending_references: self.pending_refs,
             trusted_source: true,
             max_parallel_adds: self.max_parallel,
             ..Capabilities::default()
@@ -222,6 +226,20 @@ impl Mem {
         nar.read_to_end(&mut bytes)
             .await
             .map_err(|e| StoreError::from_stream(e, "reading", &self.url))?;
+        if self.pending_refs {
+            let missing = || {
+                let have = self.paths.lock().unwrap();
+                info.references
+                    .iter()
+                    .any(|r| *r != info.path && !have.contains_key(r))
+            };
+            for _ in 0..1000 {
+                if !missing() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if self.ordered {
             let have = self.paths.lock().unwrap();
             for r in &info.references {
@@ -836,4 +854,27 @@ async fn many_paths_are_asked_in_batches() {
     // 601 paths in batches of 256.
     assert_eq!(up.queries.load(Ordering::SeqCst), 3);
     assert_eq!(copy::UPSTREAM_BATCH, 256);
+}
+
+/// A destination that takes paths while their references are still coming
+/// gets the whole graph at once; one that needs them there first gets it
+/// level by level. Both end up with every path after its references.
+#[tokio::test]
+async fn references_in_flight_are_enough_where_the_store_allows() {
+    for pending_refs in [false, true] {
+        let src = Arc::new(Mem::with("mem://src", GRAPH));
+        let mut dst = Mem::new("mem://dst");
+        dst.ordered = true;
+        dst.pending_refs = pending_refs;
+        let dst = Arc::new(dst);
+        let (summaries, _) = run(&src, std::slice::from_ref(&dst), &fast_retries()).await;
+        assert!(summaries[0].is_complete(), "{:?}", summaries[0]);
+        assert_eq!(dst.names(), all_names());
+        let peak = dst.peak.load(Ordering::SeqCst);
+        if pending_refs {
+            assert_eq!(peak, GRAPH.len(), "all four paths at once");
+        } else {
+            assert!(peak <= 2, "{peak} at once, before their references");
+        }
+    }
 }

@@ -510,6 +510,7 @@ impl Store for ServeStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             needs_references_first: true,
+            accepts_pending_references: false,
             keeps_signatures: true,
             writes_compression: None,
             signs: false,
