@@ -81,6 +81,19 @@ pub(crate) enum Command {
     },
     /// Serve a store as a binary cache over HTTP.
     Serve(ServeArgs),
+    /// The remote end of nixferry's SSH protocol, on stdin and stdout:
+    /// what `nixferry copy --to ssh://HOST` runs on HOST when HOST has
+    /// nixferry. Not for use by hand.
+    Remote {
+        /// The store to serve: `local` (the default), or a root directory
+        /// for a chroot store, as `nix-store --store` takes it.
+        #[arg(long, default_value = "local")]
+        store: String,
+        /// Where partly received NARs are kept, so that an interrupted add
+        /// resumes (default: $XDG_STATE_HOME/nixferry/incoming).
+        #[arg(long, value_name = "DIR")]
+        spool_dir: Option<PathBuf>,
+    },
     /// Look after a binary cache (`file://`, `s3://`; `http(s)://` to
     /// read): verify and repair it, sign it again, pin what a fleet runs
     /// and collect the rest.

@@ -10,6 +10,7 @@ mod nar;
 mod narinfo;
 mod paths;
 mod push;
+mod remote;
 mod serve;
 mod settings;
 mod store_path;
@@ -46,6 +47,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Add(a) => add::run(a),
         Command::Config { json } => config::run(json),
         Command::Serve(a) => serve::run(a),
+        Command::Remote { store, spool_dir } => remote::run(&store, spool_dir),
         Command::Cache(c) => cache::run(c),
     }
 }

@@ -617,7 +617,9 @@ pub fn open_url(parsed: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
         Scheme::Http | Scheme::Https => Ok(Arc::new(http::HttpStore::open(parsed)?)),
         #[cfg(feature = "local")]
         Scheme::Local => Ok(Arc::new(local::LocalStore::open(parsed)?)),
-        #[cfg(feature = "ssh")]
+        #[cfg(all(feature = "ssh", feature = "zstd"))]
+        Scheme::Ssh => serve::ferry::open_ssh(parsed),
+        #[cfg(all(feature = "ssh", not(feature = "zstd")))]
         Scheme::Ssh => Ok(Arc::new(serve::ServeStore::open(parsed)?)),
         #[cfg(feature = "s3")]
         Scheme::S3 => Ok(Arc::new(s3::S3Store::open(parsed)?)),

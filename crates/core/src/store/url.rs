@@ -148,6 +148,8 @@ impl Scheme {
                 "max-connections",
                 "base64-ssh-public-host-key",
                 "trusted",
+                "delta",
+                "delta-base",
             ],
         };
         let mut all = own.to_vec();

@@ -41,6 +41,8 @@ use std::io;
 use super::StoreError;
 
 mod connection;
+#[cfg(feature = "zstd")]
+pub mod ferry;
 pub(crate) mod framer;
 mod process;
 mod store;

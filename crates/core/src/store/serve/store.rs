@@ -324,6 +324,13 @@ impl ServeStore {
         self.launcher.env(key.into(), value.into());
     }
 
+    /// How a connection is started, running `command` on the remote
+    /// instead of the serve command.
+    #[cfg(all(feature = "ssh", feature = "zstd"))]
+    pub(super) fn launcher_with(&self, command: &str) -> Launcher {
+        self.launcher.with_command(command)
+    }
+
     /// The command a connection runs: the program and its arguments.
     pub fn command(&self) -> Vec<OsString> {
         self.launcher.argv()

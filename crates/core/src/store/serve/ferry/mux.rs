@@ -1,0 +1,151 @@
+//! Both ends' shared plumbing: one task writes the frames every request
+//! and stream hands it, measuring how much of its time the link keeps it
+//! waiting; compressors read that to pick their level.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+use super::wire::{Frame, Kind, MAX_DATA};
+
+/// Frames queued for the writer at most.
+const QUEUE: usize = 64;
+
+/// The zstd levels compressors move between, and where they start.
+pub(super) const MIN_LEVEL: i32 = 1;
+pub(super) const MAX_LEVEL: i32 = 15;
+pub(super) const START_LEVEL: i32 = 3;
+
+/// How long the writer measures before it adjusts the level.
+const WINDOW: Duration = Duration::from_millis(250);
+
+/// The compression level the link calls for: raised while writing the
+/// frames keeps the writer blocked most of a window (the link is the
+/// bottleneck: spend CPU to save bytes), lowered while the writer mostly
+/// waits for frames (compression is the bottleneck).
+#[derive(Debug)]
+pub(super) struct Level(AtomicI32);
+
+impl Level {
+    pub(super) fn new(level: i32) -> Arc<Self> {
+        Arc::new(Self(AtomicI32::new(level)))
+    }
+
+    pub(super) fn get(&self) -> i32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn adjust(&self, blocked: f64) {
+        let level = self.get();
+        let next = if blocked > 0.8 {
+            level + 1
+        } else if blocked < 0.3 {
+            level - 1
+        } else {
+            level
+        };
+        self.0
+            .store(next.clamp(MIN_LEVEL, MAX_LEVEL), Ordering::Relaxed);
+    }
+}
+
+/// The sending half: hands frames to the writer task.
+#[derive(Debug, Clone)]
+pub(super) struct Sender {
+    tx: mpsc::Sender<Frame>,
+}
+
+impl Sender {
+    /// Queues a frame; `false` when the writer is gone (the connection
+    /// broke).
+    pub(super) async fn send(&self, frame: Frame) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+
+    /// As [`Sender::send`], from a blocking thread.
+    pub(super) fn blocking_send(&self, frame: Frame) -> bool {
+        self.tx.blocking_send(frame).is_ok()
+    }
+
+    /// Queues `data` as data frames of stream `id`.
+    pub(super) fn blocking_data(&self, id: u32, data: &[u8]) -> bool {
+        data.chunks(MAX_DATA).all(|chunk| {
+            self.blocking_send(Frame {
+                kind: Kind::Data,
+                stream: id,
+                payload: Bytes::copy_from_slice(chunk),
+            })
+        })
+    }
+
+    /// Queues the end of stream `id`.
+    pub(super) async fn end(&self, id: u32) -> bool {
+        self.send(Frame {
+            kind: Kind::End,
+            stream: id,
+            payload: Bytes::new(),
+        })
+        .await
+    }
+
+    /// Queues an abort of stream `id`.
+    pub(super) async fn abort(&self, id: u32, why: &str) -> bool {
+        let why: String = why.chars().take(1000).collect();
+        self.send(Frame {
+            kind: Kind::Abort,
+            stream: id,
+            payload: Bytes::from(why),
+        })
+        .await
+    }
+}
+
+/// Starts the writer task on `out`; it ends when every [`Sender`] is gone
+/// or writing fails, returning the error.
+pub(super) fn writer<W>(
+    mut out: W,
+    level: Arc<Level>,
+) -> (Sender, tokio::task::JoinHandle<std::io::Result<()>>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+    let task = tokio::spawn(async move {
+        let mut window = Instant::now();
+        let mut blocked = Duration::ZERO;
+        let mut buf = Vec::with_capacity(256 * 1024);
+        while let Some(first) = rx.recv().await {
+            // Whatever is queued goes out in one write.
+            let mut next = Some(first);
+            while let Some(frame) = next {
+                buf.extend_from_slice(&frame.header());
+                buf.extend_from_slice(&frame.payload);
+                next = if buf.len() < 256 * 1024 {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let start = Instant::now();
+            out.write_all(&buf).await?;
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            blocked += start.elapsed();
+            buf.clear();
+            let elapsed = window.elapsed();
+            if elapsed >= WINDOW {
+                level.adjust(blocked.as_secs_f64() / elapsed.as_secs_f64());
+                window = Instant::now();
+                blocked = Duration::ZERO;
+            }
+        }
+        out.flush().await?;
+        out.shutdown().await
+    });
+    (Sender { tx }, task)
+}
