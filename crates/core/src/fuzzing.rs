@@ -182,3 +182,39 @@ pub fn nar_frame(data: &[u8]) {
         );
     }
 }
+
+/// nixferry's remote protocol (docs/formats.md §7): frames decoded
+/// strictly, every message parsed as a request and as a reply (what
+/// parses must print back the same), and the data frames decompressed as
+/// an add's stream would be, into at most 1 MiB.
+#[cfg(all(feature = "zstd", any(feature = "ssh", feature = "local")))]
+pub fn ferry_frames(data: &[u8]) {
+    use crate::store::serve::ferry::wire::{self, Kind, Reply, Request};
+
+    let Ok(frames) = wire::decode_all(data) else {
+        return;
+    };
+    let mut stream = Vec::new();
+    for frame in &frames {
+        match frame.kind {
+            Kind::Message => {
+                let map = wire::parse_message(&frame.payload, 0).expect("decode_all parsed it");
+                if let Ok(r) = Request::parse(&map, 0) {
+                    let serde_json::Value::Object(again) = r.to_json() else {
+                        panic!("a request prints as an object")
+                    };
+                    assert_eq!(Request::parse(&again, 0).as_ref(), Ok(&r));
+                }
+                if let Ok(r) = Reply::parse(&map, 0) {
+                    let serde_json::Value::Object(again) = r.to_json() else {
+                        panic!("a reply prints as an object")
+                    };
+                    assert_eq!(Reply::parse(&again, 0).as_ref(), Ok(&r));
+                }
+            }
+            Kind::Data => stream.extend_from_slice(&frame.payload),
+            Kind::End | Kind::Abort => {}
+        }
+    }
+    let _ = crate::store::serve::ferry::decompress_into(&stream[..], std::io::sink(), 1 << 20);
+}

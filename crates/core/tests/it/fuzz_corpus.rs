@@ -121,3 +121,8 @@ fn nar_frame_agrees_on_changed_vectors() {
     }
     assert!(changed > 10_000, "{changed}");
 }
+
+#[test]
+fn ferry_frames_corpus() {
+    assert!(replay("ferry_frames", nixferry::fuzzing::ferry_frames) > 0);
+}

@@ -42,6 +42,17 @@ pub use server::{serve_remote, RemoteOptions};
 #[cfg(feature = "ssh")]
 pub use auto::open_ssh;
 
+/// Decompresses a plain zstd stream as the protocol carries it, giving at
+/// most `limit` bytes (for the fuzz target).
+#[doc(hidden)]
+pub fn decompress_into(
+    input: impl std::io::Read,
+    out: impl std::io::Write,
+    limit: u64,
+) -> std::io::Result<u64> {
+    codec::decompress_to(input, out, limit)
+}
+
 #[cfg(feature = "ssh")]
 mod auto {
     use std::collections::{BTreeMap, BTreeSet};
