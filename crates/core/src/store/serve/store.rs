@@ -462,6 +462,28 @@ impl ServeStore {
         })
     }
 
+    /// Takes a connection to a serve protocol server that was started and
+    /// greeted elsewhere, up to the server's magic number, into the pool
+    /// (so that finding out what the remote speaks costs no second login).
+    ///
+    /// # Errors
+    /// The rest of the handshake failed.
+    #[cfg(all(feature = "ssh", feature = "zstd"))]
+    pub(super) async fn adopt(
+        &self,
+        mut process: Process,
+        stdout: ChildStdout,
+        stdin: ChildStdin,
+    ) -> Result<(), StoreError> {
+        match ServeConnection::after_magic(stdout, stdin, self.store_dir.clone()).await {
+            Ok(conn) => {
+                self.pool.idle().push(Remote { conn, process });
+                Ok(())
+            }
+            Err(e) => Err(process.explain(&self.url, e).await),
+        }
+    }
+
     /// Starts a server and shakes hands.
     async fn connect(&self) -> Result<Remote, StoreError> {
         let (mut process, stdout, stdin) =

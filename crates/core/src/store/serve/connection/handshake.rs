@@ -50,7 +50,36 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
                 ),
             });
         }
-        let version = conn.reader.u32("the server's protocol version").await?;
+        conn.read_version().await?;
+        Ok(conn)
+    }
+
+    /// A session whose greeting was already exchanged up to the server's
+    /// magic number (by a client that asked whether the remote speaks
+    /// another protocol first): reads the server's version, as
+    /// [`ServeConnection::handshake`] would next.
+    ///
+    /// # Errors
+    /// As [`ServeConnection::handshake`].
+    pub async fn after_magic(
+        reader: R,
+        writer: W,
+        store_dir: StoreDir,
+    ) -> Result<Self, ServeError> {
+        let mut conn = Self {
+            reader: WireReader::new(reader, BUFFER),
+            writer: WireWriter::new(writer, BUFFER),
+            store_dir,
+            remote_version: 0,
+            pending: VecDeque::new(),
+            busy: true,
+        };
+        conn.read_version().await?;
+        Ok(conn)
+    }
+
+    async fn read_version(&mut self) -> Result<(), ServeError> {
+        let version = self.reader.u32("the server's protocol version").await?;
         if version & 0xff00 != 0x200 {
             return Err(ServeError::Protocol {
                 what: "the server's protocol version",
@@ -61,9 +90,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
                 ),
             });
         }
-        conn.remote_version = u64::from(version);
-        conn.busy = false;
-        Ok(conn)
+        self.remote_version = u64::from(version);
+        self.busy = false;
+        Ok(())
     }
 
     /// The version the server announced.

@@ -18,7 +18,9 @@ use super::mux::{self, Level, Sender, START_LEVEL};
 use super::wire::{
     Encoding, Failure, Frame, FrameReader, Kind, Missing, ReadError, Reply, Request, FERRY_MAGIC,
 };
-use crate::store::serve::process::Launcher;
+use tokio::process::{ChildStdin, ChildStdout};
+
+use crate::store::serve::process::{Launcher, Process};
 use crate::store::serve::{ServeError, PROTOCOL_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2};
 use crate::store::{Capabilities, NarStream, PathInfo, Store, StoreError};
 use crate::store_path::{StoreDir, StorePath};
@@ -65,8 +67,10 @@ impl fmt::Debug for FerryStore {
 
 /// Opening a connection failed.
 pub(super) enum ConnectError {
-    /// The remote speaks the serve protocol: it has no nixferry.
-    NoFerry,
+    /// The remote speaks the serve protocol: it has no nixferry. The
+    /// process, greeted up to the server's magic number, for the serve
+    /// protocol client to go on with.
+    NoFerry(Process, ChildStdout, ChildStdin),
     /// Anything else.
     Store(StoreError),
 }
@@ -110,7 +114,7 @@ impl FerryStore {
     async fn connection(&self) -> Result<Arc<Conn>, StoreError> {
         self.conn().await.map_err(|e| match e {
             ConnectError::Store(e) => e,
-            ConnectError::NoFerry => StoreError::Remote {
+            ConnectError::NoFerry(..) => StoreError::Remote {
                 store: self.url.clone(),
                 message: "the remote runs nix-store --serve, not nixferry remote".to_owned(),
             },
@@ -521,7 +525,7 @@ impl Conn {
             }
         };
         if magic == SERVE_MAGIC_2 {
-            return Err(ConnectError::NoFerry);
+            return Err(ConnectError::NoFerry(process, stdout, stdin));
         }
         let bad = |message: String| {
             ConnectError::Store(StoreError::Protocol {
@@ -674,7 +678,7 @@ impl Conn {
 
 /// Routes frames until the connection ends or breaks the protocol.
 async fn read_loop(
-    reader: &mut FrameReader<tokio::process::ChildStdout>,
+    reader: &mut FrameReader<ChildStdout>,
     routes: &Mutex<Option<Routes>>,
     next_id: &AtomicU32,
 ) -> ReadError {

@@ -154,7 +154,10 @@ mod auto {
                 .get_or_try_init(|| async {
                     match self.ferry.conn().await {
                         Ok(_) => Ok(true),
-                        Err(ConnectError::NoFerry) if !self.forced => {
+                        Err(ConnectError::NoFerry(process, stdout, stdin)) if !self.forced => {
+                            // The server that answered goes on as the
+                            // first serve protocol connection.
+                            self.serve.adopt(process, stdout, stdin).await?;
                             eprintln!(
                                 "warning: '{}' has no nixferry: copying with nix-store --serve \
                                  (uncompressed, no resume, no deltas); install nixferry there \
@@ -163,7 +166,7 @@ mod auto {
                             );
                             Ok(false)
                         }
-                        Err(ConnectError::NoFerry) => Err(StoreError::Remote {
+                        Err(ConnectError::NoFerry(..)) => Err(StoreError::Remote {
                             store: self.ferry.url().to_owned(),
                             message: "remote-program speaks nix-store --serve, not nixferry remote"
                                 .to_owned(),
