@@ -34,6 +34,10 @@ use crate::store_path::StorePath;
 /// arrive in the same session.
 const REFERENCE_WAIT: Duration = Duration::from_secs(120);
 
+/// How long an add waits for another session to let go of the spool file
+/// of the same path before it writes a file of its own.
+const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Spool files older than this are left-overs of adds nobody resumed.
 const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -113,7 +117,8 @@ where
     })?;
     clean_spool(&options.spool_dir);
 
-    let (out, writer) = mux::writer(output, Level::new(START_LEVEL));
+    let level = Level::new(START_LEVEL);
+    let (out, writer) = mux::writer(output, Arc::clone(&level));
     let hello = serde_json::json!({
         "op": "hello",
         "version": VERSION,
@@ -125,6 +130,7 @@ where
         store,
         spool: options.spool_dir,
         out,
+        level,
         inflight: Mutex::new(HashMap::new()),
         changed: Notify::new(),
         bases: OnceCell::new(),
@@ -254,6 +260,8 @@ struct Session {
     store: Arc<LocalStore>,
     spool: PathBuf,
     out: Sender,
+    /// The compression level the link calls for, for NARs sent.
+    level: Arc<Level>,
     /// Adds of this session, by path: `Some(ok)` once finished.
     inflight: Mutex<HashMap<StorePath, watch::Receiver<Option<bool>>>>,
     /// Woken when an add starts or ends.
@@ -432,7 +440,7 @@ impl Session {
             Err(e) => return self.fail(id, Failure::Other, e.to_string()).await,
         };
         let out = self.out.clone();
-        let level = Level::new(START_LEVEL);
+        let level = Arc::clone(&self.level);
         let sent = tokio::task::spawn_blocking(move || {
             codec::compress(SyncIoBridge::new(nar), &out, id, &level, None)
         })
@@ -489,7 +497,11 @@ impl Session {
         if !present.is_empty() {
             return Ok(());
         }
-        let mut spool = SpoolFile::open(&self.spool, info).map_err(|e| other(&e))?;
+        let (dir, for_spool) = (self.spool.clone(), info.clone());
+        let mut spool = tokio::task::spawn_blocking(move || SpoolFile::open(&dir, &for_spool))
+            .await
+            .map_err(|e| other(&e))?
+            .map_err(|e| other(&e))?;
         let start = match offset {
             Some(o) if o > spool.len => {
                 return Err((
@@ -681,7 +693,18 @@ impl SpoolFile {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        // The session of a connection that just broke may still hold it
+        // for a moment.
+        let deadline = std::time::Instant::now() + SPOOL_LOCK_WAIT;
+        let mut locked = false;
+        while !locked && std::time::Instant::now() < deadline {
+            locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok();
+            if !locked {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if locked {
             let len = file.metadata()?.len();
             return Ok(Self {
                 file,
