@@ -460,6 +460,12 @@ pub(crate) struct CopyArgs {
     /// once, reading each path from the source once.
     #[arg(long, required = true)]
     pub(crate) to: Vec<String>,
+    /// For `ssh://` destinations with nixferry: a store path or profile on
+    /// the host (such as /nix/var/nix/profiles/system) whose closure holds
+    /// the preferred bases for deltas (repeatable; the URL parameter
+    /// `delta-base`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) delta_base: Vec<String>,
     /// Store paths (or symlinks to them, such as `./result`).
     pub(crate) paths: Vec<String>,
     /// Read the paths from stdin, one per line.

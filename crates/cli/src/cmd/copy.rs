@@ -45,8 +45,14 @@ pub(super) fn run(args: CopyArgs) -> Result<(), Failure> {
     // the others are still copied to.
     let mut dsts = Vec::new();
     let mut unopened = Vec::new();
+    let delta_bases = args.delta_base.join(",");
     for url in &args.to {
-        match paths::open(url) {
+        let opened = if delta_bases.is_empty() || !url.starts_with("ssh://") {
+            paths::open(url)
+        } else {
+            settings::open_store_with(url, &[("delta-base", &delta_bases)])
+        };
+        match opened {
             Ok(d) => dsts.push(d),
             Err(e) if args.to.len() > 1 => {
                 // The cause: the URL is said once, by the summary line.
