@@ -185,3 +185,104 @@ pub(super) fn decompress_to(input: impl Read, mut out: impl Write, limit: u64) -
         out.write_all(&buf[..n])?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::mux::{self, Level};
+    use super::super::wire::{FrameReader, Kind};
+    use super::*;
+
+    /// Real machine code with 32-byte "store hashes" every 64 KiB: what a
+    /// path looks like to a delta after a mass rebuild.
+    fn nar_like(seed: u8, size: usize) -> Vec<u8> {
+        let code = std::fs::read("/proc/self/exe").unwrap();
+        let mut data: Vec<u8> = code.iter().cycle().take(size).copied().collect();
+        for at in (0..size.saturating_sub(32)).step_by(64 * 1024) {
+            for (i, b) in data[at..at + 32].iter_mut().enumerate() {
+                *b = b'a' + (seed.wrapping_add(i as u8)) % 26;
+            }
+        }
+        data
+    }
+
+    /// Compresses `target` into frames of one stream and returns the
+    /// stream's bytes.
+    async fn through_frames(target: Vec<u8>, base: Option<Vec<u8>>, level: Arc<Level>) -> Vec<u8> {
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let (out, writer) = mux::writer(near, level.clone());
+        let size = target.len() as u64;
+        let sending = tokio::task::spawn_blocking(move || {
+            let base = base.as_deref().map(|b| (b, size));
+            compress(&target[..], &out, 7, &level, base).unwrap()
+        });
+        let mut reader = FrameReader::new(far, 0);
+        let mut stream = Vec::new();
+        let collect = async {
+            while let Some(frame) = reader.next().await.unwrap() {
+                assert_eq!((frame.kind, frame.stream), (Kind::Data, 7));
+                stream.extend_from_slice(&frame.payload);
+            }
+        };
+        let (sent, ()) = tokio::join!(sending, collect);
+        assert_eq!(sent.unwrap(), stream.len() as u64);
+        writer.await.unwrap().unwrap();
+        stream
+    }
+
+    fn decode(stream: &[u8], base: Option<&[u8]>, size: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut d = decompressor(&mut out, base.map(|b| (b, size))).unwrap();
+        for chunk in stream.chunks(1000) {
+            d.write_all(chunk).unwrap();
+        }
+        d.flush().unwrap();
+        drop(d);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_streams_survive_level_changes() {
+        let target = nar_like(1, 20 << 20);
+        let level = Level::new(1);
+        // Levels change while the stream is compressed: frames restart.
+        let changer = {
+            let level = Arc::clone(&level);
+            std::thread::spawn(move || {
+                for l in [5, 2, 9, 1] {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    level.set(l);
+                }
+            })
+        };
+        let stream = through_frames(target.clone(), None, level).await;
+        changer.join().unwrap();
+        assert_eq!(decode(&stream, None, target.len() as u64), target);
+        let mut limited = Vec::new();
+        assert!(decompress_to(&stream[..], &mut limited, 1 << 20).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delta_after_a_rebuild_is_tiny_and_needs_its_base() {
+        let base = nar_like(1, 8 << 20);
+        let target = nar_like(2, 8 << 20);
+        let size = target.len() as u64;
+        let delta = through_frames(target.clone(), Some(base.clone()), Level::new(3)).await;
+        let plain = through_frames(target.clone(), None, Level::new(3)).await;
+        assert!(
+            delta.len() * 100 < plain.len(),
+            "{} vs {}",
+            delta.len(),
+            plain.len()
+        );
+        assert_eq!(decode(&delta, Some(&base), size), target);
+        // Another base gives other bytes, or an error: the receiver's hash
+        // check is what refuses them.
+        let other = nar_like(3, 8 << 20);
+        let mut out = Vec::new();
+        let wrong = decompressor(&mut out, Some((&other, size)))
+            .and_then(|mut d| d.write_all(&delta).and_then(|()| d.flush()));
+        assert!(wrong.is_err() || out != target);
+    }
+}

@@ -39,6 +39,11 @@ impl Level {
         self.0.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
+    pub(super) fn set(&self, level: i32) {
+        self.0.store(level, Ordering::Relaxed);
+    }
+
     fn adjust(&self, blocked: f64) {
         let level = self.get();
         let next = if blocked > 0.8 {
