@@ -20,9 +20,11 @@ arrived.
 (client to server) and "down" (server to client), summed over all
 connections since the start, are written to FILE as JSON:
 
-    {"up": N, "down": M, "open": K, "connections": C, "cut": X}
+    {"up": N, "down": M, "open": K, "connections": C, "cut": X,
+     "cut_up": U, "cut_down": D}
 
-with the connections open now (K), accepted so far (C) and cut (X). The
+with the connections open now (K), accepted so far (C) and cut (X), and
+the totals up and down at the moment of the cut (0 before one). The
 file is replaced (never half written) when a connection opens or closes,
 every half second while bytes flow, on SIGUSR1, and on SIGTERM, SIGINT or
 exit. To measure one case, read it before and after, once "open" is 0.
@@ -73,6 +75,8 @@ class Stats:
         self.open = 0
         self.connections = 0
         self.cut = 0
+        self.cut_up = 0
+        self.cut_down = 0
         self.written = None
 
     def write(self, force=False):
@@ -84,6 +88,8 @@ class Stats:
             "open": self.open,
             "connections": self.connections,
             "cut": self.cut,
+            "cut_up": self.cut_up,
+            "cut_down": self.cut_down,
         }
         if data == self.written and not force:
             return
@@ -134,7 +140,9 @@ class Connection:
             and self.up_bytes >= link.cut_after
         ):
             link.cut_done = True
-            link.stats.cut += 1
+            stats = link.stats
+            stats.cut += 1
+            stats.cut_up, stats.cut_down = stats.up.bytes, stats.down.bytes
             print(
                 f"linkemu: cut a connection after {self.up_bytes} bytes up",
                 file=sys.stderr,
