@@ -84,7 +84,10 @@ done
 
 work=$(mktemp -d /tmp/nixferry-slow-link.XXXXXX)
 pids=()
+child=
 cleanup() {
+    # A copy under way: its `timeout` passes the signal on to the copy.
+    [[ -z $child ]] || pkill -TERM -P "$child" 2>/dev/null || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
@@ -197,15 +200,19 @@ copy() {
     settle "$link"
     up0=$(link_stat "$link" up); down0=$(link_stat "$link" down)
     : > "$work/remote-started"; : > "$work/remote-cpu"
+    # In the background, so that a signal stops the script at once.
     if [[ $tool == nixferry ]]; then
         /usr/bin/time -o "$work/local-cpu" -f "%e %U %S" \
             timeout -k 10 "$limit" "$nf" copy --to "$(nf_url "$link" "$store" "$params")" "$path" \
-            > "$work/copy.log" 2>&1 || status=$?
+            > "$work/copy.log" 2>&1 &
     else
         NIX_SSHOPTS=$(nix_sshopts "$link") /usr/bin/time -o "$work/local-cpu" -f "%e %U %S" \
             timeout -k 10 "$limit" nix copy --to "ssh://$user@127.0.0.1?remote-store=$store${params:+&$params}" "$path" \
-            > "$work/copy.log" 2>&1 || status=$?
+            > "$work/copy.log" 2>&1 &
     fi
+    child=$!
+    wait "$child" || status=$?
+    child=
     settle "$link"
     # The remote program may still be finishing (after a cut, say).
     for _ in $(seq 300); do
