@@ -228,7 +228,7 @@ copy() {
         else
             echo "  $tool failed (exit $status); its log ends:"
         fi
-        tail -n 8 "$work/copy.log" | sed 's/^/    /'
+        tail -n 8 "$work/copy.log" | cut -c 1-300 | sed 's/^/    /'
     fi
     R_SECS=$(awk 'END{print $1}' "$work/local-cpu")
     R_CPU=$(awk 'END{printf "%.1f", $2 + $3}' "$work/local-cpu")
@@ -251,11 +251,11 @@ fresh() { rm -rf "$work"/store-*; sync; }
 # --- the table --------------------------------------------------------------
 declare -A SECS BYTES
 mb() { awk "BEGIN{printf \"%.1f\", $1 / 1e6}"; }
-header() { printf '%-13s %-17s %-9s %8s %9s %9s %8s %8s\n' case tool remote seconds MB-up MB-down cpu-loc cpu-rem; }
+header() { printf '%-13s %-18s %-9s %8s %9s %9s %8s %8s\n' case tool remote seconds MB-up MB-down cpu-loc cpu-rem; }
 row() { # case tool
     local secs=$R_SECS prog=${R_PROG:--}
     $R_OK || secs=failed
-    printf '%-13s %-17s %-9s %8s %9s %9s %8s %8s\n' "$1" "$2" "$prog" "$secs" "$(mb "$R_UP")" "$(mb "$R_DOWN")" "$R_CPU" "$R_RCPU" | tee -a "$work/table"
+    printf '%-13s %-18s %-9s %8s %9s %9s %8s %8s\n' "$1" "$2" "$prog" "$secs" "$(mb "$R_UP")" "$(mb "$R_DOWN")" "$R_CPU" "$R_RCPU" | tee -a "$work/table"
     if $R_OK; then SECS[$1/$2]=$R_SECS; BYTES[$1/$2]=$((R_UP + R_DOWN)); fi
     if [[ $2 == nixferry* && $R_PROG != *nixferry* && -n $R_PROG ]]; then
         echo "  (the remote ran nix-store: nixferry used the serve protocol)"
@@ -323,6 +323,9 @@ if has "$cases" resume; then
             echo "  the link did not cut $tool's copy"
         fi
         t_secs=$R_SECS t_up=$R_UP t_down=$R_DOWN t_cpu=$R_CPU t_rcpu=$R_RCPU t_prog=$R_PROG
+        if $R_OK && [[ -n $after_cut ]]; then
+            echo "  $tool: done in one run despite the cut (it resumed by itself)"
+        fi
         if ! $R_OK; then
             # It failed at the cut: again, on the same link (which cuts once).
             echo "  $tool: copy again after the cut"
