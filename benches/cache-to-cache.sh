@@ -15,7 +15,7 @@
 #
 #   benches/cache-to-cache.sh [compressions...]     (default: zstd xz)
 #
-# The closure is benches/closure.nix (about 1.1 GiB in 113 paths), put
+# The closure is benches/closure.nix (about 1.1 GiB in 114 paths), put
 # signed into a source cache of each compression first. Three rounds;
 # each time is taken after `sync`, so no run pays for the previous one's
 # writes. Reports the times and the ratios.

@@ -12,7 +12,7 @@
 #            about 17 s per GiB stored here, bounds its figures);
 #   s3s-fs   from crates.io (a Rust S3 server storing objects as files),
 #            installed under target/bench-tools on first use.
-# The closure is benches/closure.nix (about 1 GiB, 113 paths).
+# The closure is benches/closure.nix (about 1 GiB, 114 paths).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='

@@ -9,7 +9,7 @@
 #
 # xz is the default compression of file:// caches, nixferry's as Nix's.
 # The closure (benches/closure.nix, built once with Nix, about 1.1 GiB in
-# 113 paths) is copied into each cache with `nixferry copy`, signed with a
+# 114 paths) is copied into each cache with `nixferry copy`, signed with a
 # key made for the run. Then, NIXFERRY_BENCH_RUNS times (default 3),
 # alternating which goes first, each after `sync`:
 #
