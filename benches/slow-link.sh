@@ -19,8 +19,10 @@
 #                 store: first a copy that is not cut, then one whose
 #                 connection the link resets (TCP RST) once half of the
 #                 uncut copy's upstream bytes have passed, and, if that
-#                 copy failed, the same copy again. "resumed" is what
-#                 crossed the link after the cut, against the uncut copy
+#                 copy failed, the same copy again (rows TOOL-uncut, and
+#                 TOOL-cut or TOOL-cut+again, the two runs together). The
+#                 last lines give what crossed the link after the cut,
+#                 against the uncut copy
 #
 # For each copy: wall time, bytes up and down on the link (the SSH stream,
 # from linkemu's --stats), CPU seconds (user + system) of the local command
@@ -324,11 +326,13 @@ if has "$cases" resume; then
         fi
         t_secs=$R_SECS t_up=$R_UP t_down=$R_DOWN t_cpu=$R_CPU t_rcpu=$R_RCPU t_prog=$R_PROG
         if $R_OK && [[ -n $after_cut ]]; then
-            echo "  $tool: done in one run despite the cut (it resumed by itself)"
+            echo "  $tool: done in one run despite the cut (it tried again by itself)"
         fi
+        label=$tool-cut
         if ! $R_OK; then
             # It failed at the cut: again, on the same link (which cuts once).
             echo "  $tool: copy again after the cut"
+            label=$tool-cut+again
             copy "$tool" "cut-$n" "$work/store-1" "$bignar"
             t_secs=$(awk "BEGIN{print $t_secs + $R_SECS}")
             t_up=$((t_up + R_UP)) t_down=$((t_down + R_DOWN))
@@ -339,7 +343,7 @@ if has "$cases" resume; then
         stop_link "cut-$n"
         $R_OK && { complete "$work/store-1" "$bignar" || R_OK=false; }
         R_SECS=$t_secs R_UP=$t_up R_DOWN=$t_down R_CPU=$t_cpu R_RCPU=$t_rcpu R_PROG=$t_prog
-        row resume "$tool-cut+again"
+        row resume "$label"
         if [[ -n $after_cut ]]; then
             target=; [[ $tool == nixferry ]] && target=' (target <= 55%)'
             notes+=("resume: $tool sent $(mb "$after_cut") MB after the cut, $(ratio '%.0f%%' $((after_cut * 100)) "$full") of an uncut copy$target")
