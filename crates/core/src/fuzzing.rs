@@ -185,8 +185,9 @@ pub fn nar_frame(data: &[u8]) {
 
 /// Delta decoding (`nixferry::delta`): `data` as a whole delta against a
 /// fixed base, then (as the hashes of a real header are out of a fuzzer's
-/// reach) as the payload of each kind behind a header that matches the
-/// base and announces a target of up to 64 KiB; and as a block signature.
+/// reach) as the payload of each kind, from its third byte on, behind a
+/// header that matches the base and announces a target of as many bytes as
+/// the first two say (`u16`, little-endian); and as a block signature.
 /// Errors are expected and ignored; panics and allocations beyond the
 /// decoder's limits are bugs.
 #[cfg(feature = "zstd")]
@@ -197,7 +198,10 @@ pub fn delta_decode(data: &[u8]) {
 
     let base: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let _ = delta::decode(&base, data);
-    let target_size = data.first().map_or(0, |&b| u64::from(b) << 8);
+    let target_size = match data {
+        [a, b, ..] => u64::from(u16::from_le_bytes([*a, *b])),
+        _ => 0,
+    };
     for kind in [DeltaKind::ZstdRef, DeltaKind::Block] {
         let header = DeltaHeader {
             kind,
@@ -207,7 +211,7 @@ pub fn delta_decode(data: &[u8]) {
             target_sha256: [0; 32],
         };
         let mut input = header.to_bytes().to_vec();
-        input.extend_from_slice(data.get(1..).unwrap_or_default());
+        input.extend_from_slice(data.get(2..).unwrap_or_default());
         if let Ok(mut reader) = DeltaReader::new(&input[..], Base::new(&base)) {
             let _ = io::copy(&mut reader, &mut io::sink());
         }

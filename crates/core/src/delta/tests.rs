@@ -486,3 +486,47 @@ fn measure() {
         report(&format!("{kind:?}"), delta.len(), enc, dec);
     }
 }
+
+/// A kind 2 delta and a signature written by hand from docs/formats.md §8.
+#[test]
+fn hand_made_bytes_follow_the_spec() {
+    let base: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut target = base.clone();
+    target[5000..5011].copy_from_slice(b"/nix/store/");
+
+    let mut ops = vec![1];
+    ops.extend(0u32.to_le_bytes());
+    ops.extend(2u32.to_le_bytes());
+    ops.push(2);
+    ops.extend(2048u32.to_le_bytes());
+    ops.extend(&target[4096..6144]);
+    ops.push(1);
+    ops.extend(3u32.to_le_bytes());
+    ops.extend(2u32.to_le_bytes()); // blocks 3 and 4, the short last one
+    ops.push(0);
+    let mut delta = b"nxfdelta\x01\x02".to_vec();
+    delta.extend(10_000u64.to_le_bytes());
+    delta.extend(sha256(&base));
+    delta.extend(10_000u64.to_le_bytes());
+    delta.extend(sha256(&target));
+    delta.extend(2048u32.to_le_bytes());
+    delta.extend(zstd::encode_all(&ops[..], 3).unwrap());
+    assert_eq!(decode(&base, &delta).unwrap(), target);
+
+    let block = &base[..2048];
+    let a = block.iter().map(|&x| u32::from(x)).sum::<u32>() & 0xffff;
+    let b = block
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (2048 - i as u32) * u32::from(x))
+        .sum::<u32>()
+        & 0xffff;
+    let sig = Signature::compute(&base[..], 10_000).unwrap().to_bytes();
+    assert_eq!(sig[..9], *b"nxfblsig\x01");
+    assert_eq!(sig[9..13], 2048u32.to_le_bytes());
+    assert_eq!(sig[13..21], 10_000u64.to_le_bytes());
+    assert_eq!(sig[21..53], sha256(&base));
+    assert_eq!(sig[53..57], (a | b << 16).to_le_bytes());
+    assert_eq!(sig[57..73], sha256(block)[..16]);
+    assert_eq!(sig.len(), 53 + 5 * 20);
+}
