@@ -218,3 +218,39 @@ pub fn ferry_frames(data: &[u8]) {
     }
     let _ = crate::store::serve::ferry::decompress_into(&stream[..], std::io::sink(), 1 << 20);
 }
+
+/// Delta decoding (`nixferry::delta`): `data` as a whole delta against a
+/// fixed base, then (as the hashes of a real header are out of a fuzzer's
+/// reach) as the payload of each kind, from its third byte on, behind a
+/// header that matches the base and announces a target of as many bytes as
+/// the first two say (`u16`, little-endian); and as a block signature.
+/// Errors are expected and ignored; panics and allocations beyond the
+/// decoder's limits are bugs.
+#[cfg(feature = "zstd")]
+pub fn delta_decode(data: &[u8]) {
+    use std::io;
+
+    use crate::delta::{self, Base, DeltaHeader, DeltaKind, DeltaReader, Signature};
+
+    let base: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let _ = delta::decode(&base, data);
+    let target_size = match data {
+        [a, b, ..] => u64::from(u16::from_le_bytes([*a, *b])),
+        _ => 0,
+    };
+    for kind in [DeltaKind::ZstdRef, DeltaKind::Block] {
+        let header = DeltaHeader {
+            kind,
+            base_size: base.len() as u64,
+            base_sha256: delta::sha256(&base),
+            target_size,
+            target_sha256: [0; 32],
+        };
+        let mut input = header.to_bytes().to_vec();
+        input.extend_from_slice(data.get(2..).unwrap_or_default());
+        if let Ok(mut reader) = DeltaReader::new(&input[..], Base::new(&base)) {
+            let _ = io::copy(&mut reader, &mut io::sink());
+        }
+    }
+    let _ = Signature::parse(data, &Default::default());
+}

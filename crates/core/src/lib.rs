@@ -7,7 +7,7 @@
 //! | layer | where | what it needs |
 //! |---|---|---|
 //! | formats: [`hash`], [`store_path`], [`nar`], [`narinfo`], [`signing`], [`refscan`] | the `nixferry-formats` crate, re-exported here under the same names | `std` only: no async runtime, no network, no C libraries |
-//! | codecs: [`compression`] | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
+//! | codecs: [`compression`]; NAR deltas: [`delta`] (feature `zstd`) | here | one cargo feature per codec: `xz`, `zstd`, `bzip2`, `brotli` |
 //! | stores: [`store`] (`file://` always; `local`, `ssh`, `http`, `s3` behind features of those names) | here | tokio; SQLite, reqwest, object_store as their features ask |
 //! | copies: [`closure`], [`copy`] | here | any two [`store::Store`]s |
 //! | pushing from the local store as paths appear: [`push`] (a durable queue, a watcher) | here, feature `local` | the local store |
@@ -133,6 +133,8 @@ pub mod cache;
 pub mod closure;
 pub mod compression;
 pub mod copy;
+#[cfg(feature = "zstd")]
+pub mod delta;
 pub mod nixconf;
 pub mod preflight;
 #[cfg(feature = "local")]

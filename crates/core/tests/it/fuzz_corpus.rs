@@ -56,6 +56,11 @@ fn serve_client_corpus() {
 }
 
 #[test]
+fn delta_decode_corpus() {
+    assert!(replay("delta_decode", nixferry::fuzzing::delta_decode) > 0);
+}
+
+#[test]
 fn nar_frame_corpus() {
     assert!(replay("nar_frame", nixferry::fuzzing::nar_frame) > 0);
 }
