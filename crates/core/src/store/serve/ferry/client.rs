@@ -284,11 +284,13 @@ impl FerryStore {
         let out = conn.out.clone();
         let id = call.id;
         let level = Arc::clone(&self.level);
-        let target_size = info.nar_size - start;
+        let target_size = info.nar_size;
         let sent = tokio::task::spawn_blocking(move || {
-            let base = base
-                .as_ref()
-                .map(|(_, bytes, _)| (bytes.as_slice(), target_size));
+            let base = base.as_ref().map(|(_, bytes, _)| codec::DeltaBase {
+                base: bytes,
+                target_size,
+                offset: start,
+            });
             codec::compress(SyncIoBridge::new(nar), &out, id, &level, base)
         })
         .await

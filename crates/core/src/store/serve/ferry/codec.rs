@@ -4,9 +4,10 @@
 use std::io::{self, Read, Write};
 
 use zstd::stream::raw;
-use zstd::zstd_safe::{CParameter, DParameter};
+use zstd::zstd_safe::DParameter;
 
 use super::mux::{Level, Sender};
+use crate::delta::ZstdRefEncoder;
 
 /// How much input a compressor takes before it looks at the level again.
 const CHUNK: usize = 1 << 20;
@@ -16,12 +17,18 @@ const CHUNK: usize = 1 << 20;
 const MIN_FRAME: u64 = 8 << 20;
 
 /// The largest base NAR a delta is made against.
-pub(crate) const MAX_BASE: u64 = 1 << 30;
+pub(crate) const MAX_BASE: u64 = crate::delta::MAX_BASE_SIZE;
 
-/// The window a delta over `base` and `target` bytes needs, as a log2.
-pub(crate) fn delta_window_log(base: u64, target: u64) -> u32 {
-    let span = base.saturating_add(target).max(1 << 20);
-    (64 - (span - 1).leading_zeros()).clamp(20, 30)
+/// What a delta is made against: the base's NAR, and which part of the
+/// target the stream carries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeltaBase<'a> {
+    /// The base's whole NAR.
+    pub(super) base: &'a [u8],
+    /// The target's NAR size.
+    pub(super) target_size: u64,
+    /// Where in the target the stream starts.
+    pub(super) offset: u64,
 }
 
 /// Writes what a compressor gives as data frames of one stream.
@@ -64,9 +71,10 @@ impl Write for Frames<'_> {
 }
 
 /// Compresses `nar` to the end into data frames of stream `id`, at the
-/// level `level` says (frames restart when it changes), or, with `base`,
-/// as a delta against it at the level of the start. Returns the bytes
-/// sent.
+/// level `level` says (frames restart when it changes), or, with a base,
+/// as a delta against it at the level of the start (the payload of a
+/// kind 1 delta, docs/formats.md §8.2, for the target bytes from
+/// `offset` of `target_size` on). Returns the bytes sent.
 ///
 /// # Errors
 /// Reading `nar` failed, or the connection went away
@@ -76,7 +84,7 @@ pub(super) fn compress(
     out: &Sender,
     id: u32,
     level: &Level,
-    base: Option<(&[u8], u64)>,
+    base: Option<DeltaBase<'_>>,
 ) -> io::Result<u64> {
     let frames = Frames {
         out,
@@ -85,19 +93,19 @@ pub(super) fn compress(
         sent: 0,
     };
     let mut current = level.get();
-    let raw = match base {
-        Some((base, target_size)) => {
-            let mut raw = raw::Encoder::with_ref_prefix(current, base)?;
-            raw.set_parameter(CParameter::WindowLog(delta_window_log(
-                base.len() as u64,
-                target_size,
-            )))?;
-            raw.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
-            raw
-        }
-        None => raw::Encoder::new(current)?,
-    };
-    let mut encoder = zstd::stream::write::Encoder::with_encoder(frames, raw);
+    if let Some(DeltaBase {
+        base,
+        target_size,
+        offset,
+    }) = base
+    {
+        let mut encoder = ZstdRefEncoder::new(frames, base, target_size, offset, current)?;
+        io::copy(&mut nar, &mut encoder)?;
+        let mut frames = encoder.finish()?;
+        frames.push()?;
+        return Ok(frames.sent);
+    }
+    let mut encoder = zstd::stream::write::Encoder::new(frames, current)?;
     let mut chunk = vec![0; CHUNK];
     let mut in_frame = 0u64;
     loop {
@@ -108,7 +116,7 @@ pub(super) fn compress(
         encoder.write_all(&chunk[..n])?;
         in_frame += n as u64;
         let wanted = level.get();
-        if base.is_none() && wanted != current && in_frame >= MIN_FRAME {
+        if wanted != current && in_frame >= MIN_FRAME {
             let frames = encoder.finish()?;
             current = wanted;
             encoder = zstd::stream::write::Encoder::new(frames, current)?;
@@ -132,30 +140,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-/// A decompressor for an add's data: plain zstd, or a delta against
-/// `base`, writing NAR bytes into `out`.
-pub(super) fn decompressor<'b, W: Write>(
-    out: W,
-    base: Option<(&'b [u8], u64)>,
-) -> io::Result<zstd::stream::write::Decoder<'b, W>> {
-    let raw = match base {
-        Some((base, target_size)) => {
-            let mut raw = raw::Decoder::with_ref_prefix(base)?;
-            raw.set_parameter(DParameter::WindowLogMax(delta_window_log(
-                base.len() as u64,
-                target_size,
-            )))?;
-            raw
-        }
-        None => {
-            let mut raw = raw::Decoder::new()?;
-            raw.set_parameter(DParameter::WindowLogMax(27))?;
-            raw
-        }
-    };
-    Ok(zstd::stream::write::Decoder::with_decoder(out, raw))
 }
 
 /// Decompresses a whole plain zstd stream read from `input` into `out`,
@@ -214,7 +198,11 @@ mod tests {
         let (out, writer) = mux::writer(near, level.clone());
         let size = target.len() as u64;
         let sending = tokio::task::spawn_blocking(move || {
-            let base = base.as_deref().map(|b| (b, size));
+            let base = base.as_deref().map(|base| DeltaBase {
+                base,
+                target_size: size,
+                offset: 0,
+            });
             compress(&target[..], &out, 7, &level, base).unwrap()
         });
         let mut reader = FrameReader::new(far, 0);
@@ -231,15 +219,18 @@ mod tests {
         stream
     }
 
-    fn decode(stream: &[u8], base: Option<&[u8]>, size: u64) -> Vec<u8> {
+    fn decode(stream: &[u8], base: Option<&[u8]>, size: u64) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut d = decompressor(&mut out, base.map(|b| (b, size))).unwrap();
-        for chunk in stream.chunks(1000) {
-            d.write_all(chunk).unwrap();
+        match base {
+            None => {
+                decompress_to(stream, &mut out, size)?;
+            }
+            Some(base) => {
+                let mut d = crate::delta::ZstdRefDecoder::new(stream, base, size, 0)?;
+                io::copy(&mut d, &mut out)?;
+            }
         }
-        d.flush().unwrap();
-        drop(d);
-        out
+        Ok(out)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +249,7 @@ mod tests {
         };
         let stream = through_frames(target.clone(), None, level).await;
         changer.join().unwrap();
-        assert_eq!(decode(&stream, None, target.len() as u64), target);
+        assert_eq!(decode(&stream, None, target.len() as u64).unwrap(), target);
         let mut limited = Vec::new();
         assert!(decompress_to(&stream[..], &mut limited, 1 << 20).is_err());
     }
@@ -276,13 +267,10 @@ mod tests {
             delta.len(),
             plain.len()
         );
-        assert_eq!(decode(&delta, Some(&base), size), target);
+        assert_eq!(decode(&delta, Some(&base), size).unwrap(), target);
         // Another base gives other bytes, or an error: the receiver's hash
         // check is what refuses them.
         let other = nar_like(3, 8 << 20);
-        let mut out = Vec::new();
-        let wrong = decompressor(&mut out, Some((&other, size)))
-            .and_then(|mut d| d.write_all(&delta).and_then(|()| d.flush()));
-        assert!(wrong.is_err() || out != target);
+        assert!(decode(&delta, Some(&other), size).map_or(true, |out| out != target));
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 
 use super::codec::{self, MAX_BASE};
+use crate::delta::ZstdRefDecoder;
 use super::mux::{self, Level, Sender, START_LEVEL};
 use super::wire::{
     Encoding, Failure, Frame, FrameReader, Kind, Missing, ReadError, Reply, Request, FERRY_MAGIC,
@@ -732,7 +733,7 @@ impl SpoolFile {
         start: u64,
         nar_size: u64,
         base: Option<&[u8]>,
-        mut rx: mpsc::Receiver<Chunk>,
+        rx: mpsc::Receiver<Chunk>,
     ) -> Result<(), AddError> {
         let io = |e: io::Error| (Failure::Other, format!("spool file: {e}"));
         self.file.set_len(start).map_err(io)?;
@@ -746,36 +747,28 @@ impl SpoolFile {
             return Err((Failure::Offset, "the spool file shrank".to_owned()));
         }
         self.len = start;
-        let sink = Sink {
+        let mut input = io::BufReader::with_capacity(256 * 1024, ChunkReader::new(rx));
+        let mut sink = Sink {
             spool: self,
             limit: nar_size,
         };
-        let mut decoder = codec::decompressor(sink, base.map(|b| (b, nar_size))).map_err(io)?;
-        let decode_error = |e: io::Error| match e.kind() {
-            io::ErrorKind::InvalidData => (Failure::Mismatch, e.to_string()),
-            _ => (
-                Failure::Mismatch,
-                format!("the stream does not decode: {e}"),
-            ),
+        let decoded = match base {
+            None => codec::decompress_to(&mut input, &mut sink, nar_size).map(drop),
+            Some(base) => ZstdRefDecoder::new(&mut input, base, nar_size, start)
+                .and_then(|mut d| io::copy(&mut d, &mut sink).map(drop))
+                // Nothing may follow the delta's frame but the end.
+                .and_then(|()| match input.read(&mut [0])? {
+                    0 => Ok(()),
+                    _ => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bytes after the end of the delta",
+                    )),
+                }),
         };
-        loop {
-            match rx.blocking_recv() {
-                Some(Chunk::Data(data)) => decoder.write_all(&data).map_err(decode_error)?,
-                Some(Chunk::End) => {
-                    decoder.flush().map_err(decode_error)?;
-                    break;
-                }
-                Some(Chunk::Abort(why)) => {
-                    let _ = decoder.flush();
-                    return Err((Failure::Other, format!("the sender gave up: {why}")));
-                }
-                None => {
-                    let _ = decoder.flush();
-                    return Err((Failure::Other, "the connection ended".to_owned()));
-                }
-            }
-        }
-        Ok(())
+        decoded.map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionAborted => (Failure::Other, e.to_string()),
+            _ => (Failure::Mismatch, format!("the stream does not decode: {e}")),
+        })
     }
 
     /// Checks the NAR received; a mismatch removes the file.
@@ -811,6 +804,45 @@ impl Drop for SpoolFile {
         } else {
             let _ = self.file.flush();
         }
+    }
+}
+
+/// An add's data chunks as a byte stream, ending at its end frame; an
+/// abort or a broken connection is an error of kind
+/// [`io::ErrorKind::ConnectionAborted`].
+struct ChunkReader {
+    rx: mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl ChunkReader {
+    fn new(rx: mpsc::Receiver<Chunk>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            let aborted = |why: String| io::Error::new(io::ErrorKind::ConnectionAborted, why);
+            match self.rx.blocking_recv() {
+                Some(Chunk::Data(data)) => self.current = data,
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Abort(why)) => return Err(aborted(format!("the sender gave up: {why}"))),
+                None => return Err(aborted("the connection ended".to_owned())),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
