@@ -31,11 +31,12 @@ use crate::store_path::{StoreDir, StorePath};
 const MAX_CONNECTIONS: usize = 1024;
 
 /// Connections an `ssh://` store may keep open unless its URL says
-/// otherwise: a second connection lets the server import two paths at
-/// once, and few enough connections are opened together (only as adds
-/// wait for them) to stay well under OpenSSH's `MaxStartups` (10 by
-/// default, beyond which unauthenticated connections are dropped).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 2;
+/// otherwise: more connections let the server import several paths at
+/// once (and a copy runs no more adds at once than a store has
+/// connections), and few enough are opened together (only as adds wait
+/// for them) to stay well under OpenSSH's `MaxStartups` (10 by default,
+/// beyond which unauthenticated connections are dropped at random).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
 
 /// The most output [`ServeStore::run_script`] keeps.
 const MAX_SCRIPT_OUTPUT: u64 = 1 << 20;
@@ -51,7 +52,8 @@ const MAX_SCRIPT_OUTPUT: u64 = 1 << 20;
 /// streamed both ways. Adds are pipelined: the next path's request and NAR
 /// go out on a connection while the server is still importing the ones
 /// before, and a further connection is opened only when an add comes
-/// while every open one is carrying others.
+/// while every open one is sending another. A copy runs no more adds at
+/// once than the store may have connections.
 ///
 /// Paths are added with AddToStoreNar (ImportPaths for servers older than
 /// protocol 2.5). The server checks each NAR's hash but not signatures
@@ -103,8 +105,10 @@ struct Pool {
     idle: Mutex<Vec<Remote>>,
     /// Connections split for pipelined adds, each with adds in flight.
     lanes: Mutex<Vec<Arc<Lane>>>,
-    /// Told when a lane is added.
-    lane_added: tokio::sync::Notify,
+    /// Told when a connection's sending half comes free.
+    changed: tokio::sync::Notify,
+    /// `max-connections`.
+    max: usize,
     slots: Arc<Semaphore>,
 }
 
@@ -113,7 +117,8 @@ impl Pool {
         Arc::new(Self {
             idle: Mutex::new(Vec::new()),
             lanes: Mutex::new(Vec::new()),
-            lane_added: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
+            max,
             slots: Arc::new(Semaphore::new(max)),
         })
     }
@@ -215,9 +220,9 @@ impl ServeStore {
     ///   may carry arguments);
     /// - `remote-store`: the store the remote command opens;
     /// - `max-connections`: how many ssh processes may run at once
-    ///   (default [`DEFAULT_MAX_CONNECTIONS`], 2). Adds are pipelined on
+    ///   (default [`DEFAULT_MAX_CONNECTIONS`], 4). Adds are pipelined on
     ///   each connection, and a further one is opened only when an add
-    ///   comes while every open one is carrying others, so connections are
+    ///   comes while every open one is sending another, so connections are
     ///   never opened in a burst beyond this number (OpenSSH's
     ///   `MaxStartups` drops unauthenticated connections beyond 10 by
     ///   default);
@@ -566,7 +571,8 @@ impl Store for ServeStore {
             // registered on a mismatch; ImportPaths: checked while sending.
             // The size is checked while sending, either way.
             verifies_nar: true,
-            max_parallel_adds: None,
+            // See `ServeStore::lane`: no add waits for another's NAR.
+            max_parallel_adds: Some(self.pool.max),
         }
     }
 
@@ -666,15 +672,19 @@ impl Store for ServeStore {
     /// path fails with the server's message, and those sent after it on the
     /// same connection with a retryable [`StoreError::Connection`]. A
     /// further connection is opened (up to `max-connections`) only when an
-    /// add comes while every open one is carrying others.
+    /// add comes while every open one is sending another.
     async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
         let info = PathInfo {
             ultimate: false,
             ..info.clone()
         };
-        let lane = self.lane().await?;
-        let result = lane.lane().add(&self.url, &info, nar).await;
+        let (lane, guard) = self.lane().await?;
+        let result = lane
+            .lane()
+            .add(&self.url, guard, &self.pool.changed, &info, nar)
+            .await;
         drop(lane);
+        self.pool.changed.notify_waiters();
         match result {
             Ok(()) => Ok(()),
             // Nix: "hash mismatch importing path '…'; specified: …".
@@ -690,33 +700,41 @@ impl Store for ServeStore {
 }
 
 impl ServeStore {
-    /// A connection to send an add on: the least busy one carrying adds,
-    /// unless every one of them is busy and another may be opened (an idle
-    /// pooled one, or a new one); with none open, the first to come free.
-    async fn lane(&self) -> Result<LaneUse, StoreError> {
+    /// A connection to send an add on, its sending half held: the least
+    /// busy connection carrying adds whose sending half is free, else a
+    /// further one (an idle pooled one, or a new one) if one may be opened,
+    /// else the first of these to come.
+    ///
+    /// An add never waits here for another add's NAR to finish, as long as
+    /// no more adds run at once than connections may be open (which
+    /// [`Capabilities::max_parallel_adds`] asks of the copy engine): when
+    /// every connection's sending half is busy, one more may be opened.
+    /// Waiting for one would deadlock a copy to several stores, whose
+    /// NARs are read once and fed to every store in step.
+    async fn lane(&self) -> Result<(LaneUse, SenderGuard), StoreError> {
         let permit = loop {
-            let added = self.pool.lane_added.notified();
-            tokio::pin!(added);
-            added.as_mut().enable();
+            let changed = self.pool.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             {
                 let mut lanes = self.pool.lanes();
-                let best = lanes
+                let mut open: Vec<Arc<Lane>> = lanes
                     .iter()
                     .filter(|l| !l.closed.load(Ordering::SeqCst))
-                    .min_by_key(|l| l.in_flight.load(Ordering::SeqCst))
-                    .cloned();
-                let spare = match &best {
-                    Some(l) if l.in_flight.load(Ordering::SeqCst) == 0 => None,
-                    _ => Arc::clone(&self.pool.slots).try_acquire_owned().ok(),
-                };
-                match (best, spare) {
-                    (_, Some(permit)) => break permit,
-                    (Some(lane), None) => return Ok(LaneUse::new(lane, &self.pool, &mut lanes)),
-                    (None, None) => {}
+                    .cloned()
+                    .collect();
+                open.sort_by_key(|l| l.in_flight.load(Ordering::SeqCst));
+                for lane in open {
+                    if let Ok(guard) = Arc::clone(&lane.sender).try_lock_owned() {
+                        return Ok((LaneUse::new(lane, &self.pool, &mut lanes), guard));
+                    }
+                }
+                if let Ok(permit) = Arc::clone(&self.pool.slots).try_acquire_owned() {
+                    break permit;
                 }
             }
-            // Every connection is busy otherwise (being opened, or
-            // answering questions): the first lane or permit to come.
+            // Every connection is busy (sending, being opened, or
+            // answering questions): the first one to come free.
             tokio::select! {
                 permit = Arc::clone(&self.pool.slots).acquire_owned() => {
                     break permit.map_err(|_| StoreError::Connection {
@@ -724,7 +742,7 @@ impl ServeStore {
                         message: "the connection pool is closed".to_owned(),
                     })?;
                 }
-                () = &mut added => {}
+                () = &mut changed => {}
             }
         };
         let (remote, permit) = self.connection_with(permit).await?.take();
@@ -733,8 +751,15 @@ impl ServeStore {
             Ok(halves) => halves,
             Err((e, _)) => return Err(e.into_store_error(&self.url)),
         };
+        let sender = Arc::new(tokio::sync::Mutex::new(Some(sender)));
+        let guard = Arc::clone(&sender)
+            .try_lock_owned()
+            .map_err(|_| StoreError::Protocol {
+                store: self.url.clone(),
+                message: "a new connection is in use".to_owned(),
+            })?;
         let lane = Arc::new(Lane {
-            sender: tokio::sync::Mutex::new(Some(sender)),
+            sender,
             replies: tokio::sync::Mutex::new(Replies {
                 half: Some(replies),
                 process,
@@ -750,16 +775,18 @@ impl ServeStore {
         lanes.push(Arc::clone(&lane));
         let lane = LaneUse::new(lane, &self.pool, &mut lanes);
         drop(lanes);
-        self.pool.lane_added.notify_waiters();
-        Ok(lane)
+        Ok((lane, guard))
     }
 }
+
+/// The sending half of a [`Lane`], held.
+type SenderGuard = tokio::sync::OwnedMutexGuard<Option<AddSender<ChildStdin>>>;
 
 /// A connection split for pipelined adds (see [`ServeStore::add_path`]).
 struct Lane {
     /// `None` once sending failed or was interrupted: the server's input
     /// is then closed, and nothing more is sent.
-    sender: tokio::sync::Mutex<Option<AddSender<ChildStdin>>>,
+    sender: Arc<tokio::sync::Mutex<Option<AddSender<ChildStdin>>>>,
     replies: tokio::sync::Mutex<Replies>,
     /// Adds given this lane and not yet answered; changed only with the
     /// pool's lane list locked.
@@ -784,13 +811,19 @@ struct Replies {
 
 impl Lane {
     /// Sends an add, then waits for its outcome.
-    async fn add(&self, url: &str, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
+    async fn add(
+        &self,
+        url: &str,
+        mut guard: SenderGuard,
+        changed: &tokio::sync::Notify,
+        info: &PathInfo,
+        nar: NarStream,
+    ) -> Result<(), StoreError> {
         let closed = |why: &str| StoreError::Connection {
             store: url.to_owned(),
             message: format!("the connection ended after an earlier add on it {why}"),
         };
         let (ticket, sent) = {
-            let mut guard = self.sender.lock().await;
             if !guard.as_ref().is_some_and(AddSender::is_usable) {
                 *guard = None;
                 self.closed.store(true, Ordering::SeqCst);
@@ -812,6 +845,8 @@ impl Lane {
             }
             (ticket, sent)
         };
+        drop(guard);
+        changed.notify_waiters();
         match sent {
             // The NAR failed here: this path's own failure. Its reply is
             // never read (there is none: the server, its input ended
@@ -842,7 +877,7 @@ impl Lane {
     /// The connection made whole again, when nothing failed and every
     /// reply has been read and taken.
     fn into_remote(self) -> Option<(Remote, OwnedSemaphorePermit)> {
-        let sender = self.sender.into_inner()?;
+        let sender = Arc::try_unwrap(self.sender).ok()?.into_inner()?;
         let replies = self.replies.into_inner();
         if replies.failed.is_some() || !replies.outcomes.is_empty() {
             return None;
