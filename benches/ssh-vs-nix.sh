@@ -18,9 +18,12 @@
 # direction among the host's connections (this machine's kernel has no
 # `tc netem`). Needs root and sshd (openssh-server).
 #
-# NIXFERRY_SSH_CONNECTIONS sets nixferry's max-connections (default 4); Nix
-# runs with its default of 1, which is all `nix copy --to ssh://` can use
-# without a ControlMaster.
+# Both tools run at their default settings: nixferry with its default
+# max-connections (see ServeStore::open), Nix with its default of 1, which
+# is all `nix copy --to ssh://` can use without a ControlMaster. The sshd
+# servers keep OpenSSH's default MaxStartups (10:30:100).
+# NIXFERRY_SSH_CONNECTIONS, if set, passes max-connections to nixferry.
+# The binary is built into CARGO_TARGET_DIR (default: target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +32,7 @@ netem=false
 
 export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters ='
 cargo build --release --locked -q -p nixferry-cli
-nf=$PWD/target/release/nixferry
+nf=${CARGO_TARGET_DIR:-$PWD/target}/release/nixferry
 top=$(nix-build --no-out-link benches/closure.nix)
 paths=$(nix-store -qR "$top" | wc -l)
 size=$(nix path-info -S "$top" | awk '{print $2}')
@@ -66,7 +69,6 @@ StrictModes no
 UsePAM no
 PidFile $work/sshd_$i.pid
 LogLevel ERROR
-MaxStartups 100
 SetEnv "PATH=$(dirname "$(command -v nix-store)"):/usr/bin:/bin" "NIX_USER_CONF_FILES=$work/nix.conf"
 EOF
     /usr/sbin/sshd -D -e -f "$work/sshd_config_$i" 2>>"$work/sshd.log" &
@@ -99,9 +101,10 @@ if $netem; then
     echo "links: 20 ms round trip, 200 Mbit/s per host (emulated)"
 fi
 
-connections=${NIXFERRY_SSH_CONNECTIONS:-4}
+connections=${NIXFERRY_SSH_CONNECTIONS:+&max-connections=$NIXFERRY_SSH_CONNECTIONS}
+echo "nixferry: ${NIXFERRY_SSH_CONNECTIONS:+max-connections=}${NIXFERRY_SSH_CONNECTIONS:-default settings}; nix: default settings"
 nf_url() { # port store
-    echo "ssh://$user@127.0.0.1:$1?ssh-key=$work/user_key&base64-ssh-public-host-key=$host_key_b64&remote-store=$2&max-connections=$connections"
+    echo "ssh://$user@127.0.0.1:$1?ssh-key=$work/user_key&base64-ssh-public-host-key=$host_key_b64&remote-store=$2$connections"
 }
 sshopts() { # port
     echo "-F /dev/null -p $1 -i $work/user_key -oUserKnownHostsFile=$work/known_hosts -oStrictHostKeyChecking=yes -oBatchMode=yes"

@@ -793,6 +793,50 @@ async fn pipelining_over_a_small_pipe() {
     task.await.unwrap();
 }
 
+/// A connection split for adds: the second add goes out in full before
+/// the server answers the first, replies are read in order, no more of
+/// them than were asked for, and the halves make a connection again.
+#[tokio::test]
+async fn split_connection_pipelines_adds() {
+    let (client, server) = tokio::io::duplex(64);
+    let (client_r, client_w) = tokio::io::split(client);
+    let request = serve_vector("09-add-to-store-nar.request.bin");
+    let mut wire = Wire { b: &request, at: 8 };
+    let (info, nar) = wire.add_to_store_nar();
+    let nar = nar.to_vec();
+    let mut expected = serve_vector("00-handshake.request.bin");
+    expected.extend_from_slice(&request);
+    expected.extend_from_slice(&request);
+    let task = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(server);
+        let hello = serve_vector("00-handshake.response.bin");
+        let mut got = vec![0u8; expected.len()];
+        r.read_exact(&mut got[..16]).await.unwrap();
+        w.write_all(&hello).await.unwrap();
+        // Both adds, in full, before the first reply.
+        r.read_exact(&mut got[16..]).await.unwrap();
+        assert_bytes_eq(&got, &expected, "two pipelined adds");
+        let answers = serve_vector("09-add-to-store-nar.response.bin").repeat(2);
+        w.write_all(&answers).await.unwrap();
+        read_all(r).await.unwrap()
+    });
+    let conn = ServeConnection::handshake(client_r, client_w, StoreDir::default())
+        .await
+        .unwrap();
+    let (mut sender, mut replies) = conn.split_adds().map_err(|(e, _)| e).unwrap();
+    sender.send_add(&info, &nar[..]).await.unwrap();
+    sender.send_add(&info, &nar[..]).await.unwrap();
+    assert_eq!((sender.begun(), replies.owed()), (2, 2));
+    replies.recv_add().await.unwrap();
+    replies.recv_add().await.unwrap();
+    let e = replies.recv_add().await.unwrap_err();
+    assert!(matches!(e, ServeError::Misuse(_)), "{e}");
+    let conn = sender.rejoin(replies).expect("whole again");
+    assert!(conn.is_idle());
+    drop(conn);
+    assert!(task.await.unwrap().is_empty(), "nothing more was sent");
+}
+
 // ---------------------------------------------------------------------------
 // Server processes that fail
 
@@ -866,6 +910,115 @@ async fn hang_ups_are_explained() {
         matches!(inner, Some(StoreError::Remote { message, .. }) if message == "disk on fire"),
         "{e}"
     );
+}
+
+/// Three small paths `pipe-a`, `pipe-b`, `pipe-c` whose requests have the
+/// same length: their infos and NARs, and that length.
+async fn three_paths(dir: &Path) -> (Vec<(PathInfo, Vec<u8>)>, usize) {
+    let paths: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let src = dir.join(n);
+            std::fs::write(&src, n.repeat(1000)).unwrap();
+            ca_path(&src, &format!("pipe-{n}"), &[])
+        })
+        .collect();
+    let mut lengths = BTreeSet::new();
+    for (info, nar) in &paths {
+        let mut conn = session(&[]).await;
+        let info = PathInfo {
+            ultimate: false,
+            ..info.clone()
+        };
+        conn.send_add_to_store_nar(&info, &nar[..]).await.unwrap();
+        lengths.insert(written(conn).await.len());
+    }
+    assert_eq!(lengths.len(), 1, "{lengths:?}");
+    (paths, lengths.into_iter().next().unwrap())
+}
+
+/// A script that answers the handshake, reads the first `pipelined`
+/// requests of `len` bytes without answering any, and then answers them.
+fn answer_after(len: usize, pipelined: usize) -> String {
+    let mut reply = serve_vector("00-handshake.response.bin");
+    let script = format!("{}; head -c 16 >/dev/null", printf(&reply));
+    reply.clear();
+    w_u64(&mut reply, 1);
+    let reads = format!("; head -c {len} >/dev/null").repeat(pipelined);
+    let replies = format!("; {}", printf(&reply)).repeat(pipelined);
+    format!("{script}{reads}{replies}; cat >/dev/null")
+}
+
+/// Adds that come together go out back to back on one connection: the
+/// server reads all of them before it answers the first.
+#[tokio::test]
+async fn adds_are_pipelined_on_one_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (paths, len) = three_paths(tmp.path()).await;
+    // One connection (the default of a local command).
+    let store = scripted(&answer_after(len, 3));
+    let adds = paths
+        .iter()
+        .map(|(info, nar)| store.add_path(info, stream(nar)));
+    let results = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures_util::future::join_all(adds),
+    )
+    .await
+    .expect("each add waited for the one before it to be answered");
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// A failing add in the middle of a pipeline: the adds before it
+/// succeed, it fails with the server's message, and the adds sent after it
+/// on the same connection fail as a broken connection (which the copy
+/// engine retries).
+#[tokio::test]
+async fn a_failing_add_fails_only_itself_and_later_adds_are_retryable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (paths, len) = three_paths(tmp.path()).await;
+    let mut script = serve_vector("00-handshake.response.bin");
+    let mut one = Vec::new();
+    w_u64(&mut one, 1);
+    // The first add succeeds; the second one's path is named in the error.
+    let script = format!(
+        "{}; head -c 16 >/dev/null; head -c {len} >/dev/null; {}; \
+         name=$(head -c {len} | grep -ao 'pipe-[abc]' | head -n 1); \
+         echo \"error: hash mismatch importing path '$name'\" >&2; exit 1",
+        printf(&std::mem::take(&mut script)),
+        printf(&one),
+    );
+    let store = scripted(&script);
+    let adds = paths
+        .iter()
+        .map(|(info, nar)| store.add_path(info, stream(nar)));
+    let results = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures_util::future::join_all(adds),
+    )
+    .await
+    .unwrap();
+    let (mut ok, mut own, mut later) = (0, 0, 0);
+    for ((info, _), r) in paths.iter().zip(&results) {
+        let name = info.path.name().to_owned();
+        match r {
+            Ok(()) => ok += 1,
+            Err(StoreError::NarMismatch { path, message }) => {
+                assert!(path.ends_with(&name), "{path} for {name}");
+                assert!(message.contains(&name), "{message} for {name}");
+                own += 1;
+            }
+            Err(e @ StoreError::Connection { .. }) => {
+                assert!(e.is_retryable());
+                assert!(e.to_string().contains("an earlier add"), "{e}");
+                later += 1;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    assert_eq!((ok, own, later), (1, 1, 1), "{results:?}");
 }
 
 #[tokio::test]

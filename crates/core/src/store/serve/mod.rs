@@ -49,10 +49,10 @@ mod store;
 mod wire;
 
 pub use connection::{
-    ExportInfo, ExportReader, NarReader, ServeConnection, EXPORT_MAGIC, PROTOCOL_VERSION,
-    SERVE_MAGIC_1, SERVE_MAGIC_2,
+    AddReplies, AddSender, ExportInfo, ExportReader, NarReader, ServeConnection, EXPORT_MAGIC,
+    PROTOCOL_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2,
 };
-pub use store::ServeStore;
+pub use store::{ServeStore, DEFAULT_MAX_CONNECTIONS};
 
 /// Errors of a [`ServeConnection`].
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! [`ServeStore`]: a Nix store reached through `nix-store --serve --write`,
 //! over ssh or as a local child process, with a pool of connections.
 
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -8,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -15,7 +17,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connection::{NarReader, ServeConnection};
+use super::connection::{AddReplies, AddSender, NarReader, ServeConnection};
 use super::process::{
     failure, known_hosts_file, remote_command, shell_quote, ssh_args, wait_exit, Exit, Launcher,
     Process, SshOptions, SshTarget, EXIT_WAIT,
@@ -28,6 +30,14 @@ use crate::store_path::{StoreDir, StorePath};
 /// Most connections a store may keep open (`max-connections`).
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Connections an `ssh://` store may keep open unless its URL says
+/// otherwise: more connections let the server import several paths at
+/// once (and a copy runs no more adds at once than a store has
+/// connections), and few enough are opened together (only as adds wait
+/// for them) to stay well under OpenSSH's `MaxStartups` (10 by default,
+/// beyond which unauthenticated connections are dropped at random).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
+
 /// The most output [`ServeStore::run_script`] keeps.
 const MAX_SCRIPT_OUTPUT: u64 = 1 << 20;
 
@@ -36,9 +46,14 @@ const MAX_SCRIPT_OUTPUT: u64 = 1 << 20;
 /// the serve protocol (docs/formats.md §5).
 ///
 /// Connections are opened when first needed, up to `max-connections`
-/// (default 1) at a time, and kept for reuse; each is one `ssh` (or local)
-/// process, killed when its connection is dropped. Questions about many
-/// paths are one command each; NARs are streamed both ways.
+/// (default [`DEFAULT_MAX_CONNECTIONS`]) at a time, and kept for reuse;
+/// each is one `ssh` (or local) process, killed when its connection is
+/// dropped. Questions about many paths are one command each; NARs are
+/// streamed both ways. Adds are pipelined: the next path's request and NAR
+/// go out on a connection while the server is still importing the ones
+/// before, and a further connection is opened only when an add comes
+/// while every open one is sending another. A copy runs no more adds at
+/// once than the store may have connections.
 ///
 /// Paths are added with AddToStoreNar (ImportPaths for servers older than
 /// protocol 2.5). The server checks each NAR's hash but not signatures
@@ -84,9 +99,16 @@ impl fmt::Debug for ServeStore {
     }
 }
 
-/// Idle connections, and permits for as many as may be open.
+/// Idle connections, connections carrying adds, and permits for as many
+/// as may be open.
 struct Pool {
     idle: Mutex<Vec<Remote>>,
+    /// Connections split for pipelined adds, each with adds in flight.
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// Told when a connection's sending half comes free.
+    changed: tokio::sync::Notify,
+    /// `max-connections`.
+    max: usize,
     slots: Arc<Semaphore>,
 }
 
@@ -94,12 +116,19 @@ impl Pool {
     fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(Vec::new()),
+            lanes: Mutex::new(Vec::new()),
+            changed: tokio::sync::Notify::new(),
+            max,
             slots: Arc::new(Semaphore::new(max)),
         })
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Remote>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Lane>>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -116,10 +145,21 @@ struct Pooled {
     /// Present until the guard is dropped or fails.
     remote: Option<Remote>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    /// Present until the guard is dropped or split.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pooled {
+    /// The connection and its permit, no longer in the pool's care.
+    fn take(mut self) -> (Remote, OwnedSemaphorePermit) {
+        let remote = self.remote.take();
+        let permit = self.permit.take();
+        match (remote, permit) {
+            (Some(remote), Some(permit)) => (remote, permit),
+            _ => unreachable!("a pooled connection is present until dropped"),
+        }
+    }
+
     fn remote(&self) -> &Remote {
         self.remote
             .as_ref()
@@ -180,7 +220,12 @@ impl ServeStore {
     ///   may carry arguments);
     /// - `remote-store`: the store the remote command opens;
     /// - `max-connections`: how many ssh processes may run at once
-    ///   (default 1);
+    ///   (default [`DEFAULT_MAX_CONNECTIONS`], 4). Adds are pipelined on
+    ///   each connection, and a further one is opened only when an add
+    ///   comes while every open one is sending another, so connections are
+    ///   never opened in a burst beyond this number (OpenSSH's
+    ///   `MaxStartups` drops unauthenticated connections beyond 10 by
+    ///   default);
     /// - `base64-ssh-public-host-key`: the host's key (base64 of a
     ///   `known_hosts` key such as `ssh-ed25519 AAAA…`), which ssh must
     ///   then see (`StrictHostKeyChecking=yes`, with a `known_hosts` file
@@ -210,7 +255,7 @@ impl ServeStore {
             .unwrap_or("nix-store");
         let remote_store = url.param("remote-store").filter(|s| !s.is_empty());
         let max = match url.int_param("max-connections")? {
-            None => 1,
+            None => DEFAULT_MAX_CONNECTIONS,
             Some(n) => usize::try_from(n)
                 .ok()
                 .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
@@ -281,7 +326,9 @@ impl ServeStore {
     /// A store reached by running `program` with `args` locally, which
     /// must speak the serve protocol on its stdin and stdout: typically
     /// `nix-store --serve --write [--store <store>]`. `store_dir` is the
-    /// server's store directory; `url` names the store in messages.
+    /// server's store directory; `url` names the store in messages. It
+    /// keeps one connection at a time (see
+    /// [`set_max_connections`](Self::set_max_connections)).
     pub fn local_command<I, A>(
         program: impl Into<OsString>,
         args: I,
@@ -442,6 +489,11 @@ impl ServeStore {
                 store: self.url.clone(),
                 message: "the connection pool is closed".to_owned(),
             })?;
+        self.connection_with(permit).await
+    }
+
+    /// A connection from the pool, or a new one, for a permit held.
+    async fn connection_with(&self, permit: OwnedSemaphorePermit) -> Result<Pooled, StoreError> {
         let reused = loop {
             let Some(mut remote) = self.pool.idle().pop() else {
                 break None;
@@ -458,7 +510,7 @@ impl ServeStore {
         Ok(Pooled {
             remote: Some(remote),
             pool: Arc::clone(&self.pool),
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 
@@ -548,7 +600,8 @@ impl Store for ServeStore {
             // registered on a mismatch; ImportPaths: checked while sending.
             // The size is checked while sending, either way.
             verifies_nar: true,
-            max_parallel_adds: None,
+            // See `ServeStore::lane`: no add waits for another's NAR.
+            max_parallel_adds: Some(self.pool.max),
         }
     }
 
@@ -640,29 +693,297 @@ impl Store for ServeStore {
     /// `ultimate` is sent as false: the path was not built there. The
     /// NAR's last bytes are sent only once the stream has ended without an
     /// error, so a stream failing its hash check leaves nothing behind.
+    ///
+    /// Adds are pipelined: a connection carrying adds takes the next one
+    /// as soon as the previous one's NAR has been sent, while the server
+    /// is still importing it, and the replies are read in order as they
+    /// come. The server stops at the first add that fails (it exits): that
+    /// path fails with the server's message, and those sent after it on the
+    /// same connection with a retryable [`StoreError::Connection`]. A
+    /// further connection is opened (up to `max-connections`) only when an
+    /// add comes while every open one is sending another.
     async fn add_path(&self, info: &PathInfo, nar: NarStream) -> Result<(), StoreError> {
         let info = PathInfo {
             ultimate: false,
             ..info.clone()
         };
-        let mut conn = self.connection().await?;
-        let result = if conn.version() & 0xff >= 5 {
-            conn.add_to_store_nar(&info, nar).await
-        } else {
-            conn.import_paths([(&info, nar)]).await
-        };
+        let (lane, guard) = self.lane().await?;
+        let result = lane
+            .lane()
+            .add(&self.url, guard, &self.pool.changed, &info, nar)
+            .await;
+        drop(lane);
+        self.pool.changed.notify_waiters();
         match result {
             Ok(()) => Ok(()),
-            Err(e) => match conn.fail(&self.url, e).await {
-                // Nix: "hash mismatch importing path '…'; specified: …".
-                StoreError::Remote { message, .. } if message.contains("hash mismatch") => {
-                    Err(StoreError::NarMismatch {
-                        path: self.store_dir.full(&info.path),
-                        message,
-                    })
+            // Nix: "hash mismatch importing path '…'; specified: …".
+            Err(StoreError::Remote { message, .. }) if message.contains("hash mismatch") => {
+                Err(StoreError::NarMismatch {
+                    path: self.store_dir.full(&info.path),
+                    message,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl ServeStore {
+    /// A connection to send an add on, its sending half held: the least
+    /// busy connection carrying adds whose sending half is free, else a
+    /// further one (an idle pooled one, or a new one) if one may be opened,
+    /// else the first of these to come.
+    ///
+    /// An add never waits here for another add's NAR to finish, as long as
+    /// no more adds run at once than connections may be open (which
+    /// [`Capabilities::max_parallel_adds`] asks of the copy engine): when
+    /// every connection's sending half is busy, one more may be opened.
+    /// Waiting for one would deadlock a copy to several stores, whose
+    /// NARs are read once and fed to every store in step.
+    async fn lane(&self) -> Result<(LaneUse, SenderGuard), StoreError> {
+        let permit = loop {
+            let changed = self.pool.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut lanes = self.pool.lanes();
+                let mut open: Vec<Arc<Lane>> = lanes
+                    .iter()
+                    .filter(|l| !l.closed.load(Ordering::SeqCst))
+                    .cloned()
+                    .collect();
+                open.sort_by_key(|l| l.in_flight.load(Ordering::SeqCst));
+                for lane in open {
+                    if let Ok(guard) = Arc::clone(&lane.sender).try_lock_owned() {
+                        return Ok((LaneUse::new(lane, &self.pool, &mut lanes), guard));
+                    }
                 }
-                e => Err(e),
+                if let Ok(permit) = Arc::clone(&self.pool.slots).try_acquire_owned() {
+                    break permit;
+                }
+            }
+            // Every connection is busy (sending, being opened, or
+            // answering questions): the first one to come free.
+            tokio::select! {
+                permit = Arc::clone(&self.pool.slots).acquire_owned() => {
+                    break permit.map_err(|_| StoreError::Connection {
+                        store: self.url.clone(),
+                        message: "the connection pool is closed".to_owned(),
+                    })?;
+                }
+                () = &mut changed => {}
+            }
+        };
+        let (remote, permit) = self.connection_with(permit).await?.take();
+        let Remote { conn, process } = remote;
+        let (sender, replies) = match conn.split_adds() {
+            Ok(halves) => halves,
+            Err((e, _)) => return Err(e.into_store_error(&self.url)),
+        };
+        let sender = Arc::new(tokio::sync::Mutex::new(Some(sender)));
+        let guard = Arc::clone(&sender)
+            .try_lock_owned()
+            .map_err(|_| StoreError::Protocol {
+                store: self.url.clone(),
+                message: "a new connection is in use".to_owned(),
+            })?;
+        let lane = Arc::new(Lane {
+            sender,
+            replies: tokio::sync::Mutex::new(Replies {
+                half: Some(replies),
+                process,
+                read: 0,
+                outcomes: HashMap::new(),
+                failed: None,
+            }),
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            permit,
+        });
+        let mut lanes = self.pool.lanes();
+        lanes.push(Arc::clone(&lane));
+        let lane = LaneUse::new(lane, &self.pool, &mut lanes);
+        drop(lanes);
+        Ok((lane, guard))
+    }
+}
+
+/// The sending half of a [`Lane`], held.
+type SenderGuard = tokio::sync::OwnedMutexGuard<Option<AddSender<ChildStdin>>>;
+
+/// A connection split for pipelined adds (see [`ServeStore::add_path`]).
+struct Lane {
+    /// `None` once sending failed or was interrupted: the server's input
+    /// is then closed, and nothing more is sent.
+    sender: Arc<tokio::sync::Mutex<Option<AddSender<ChildStdin>>>>,
+    replies: tokio::sync::Mutex<Replies>,
+    /// Adds given this lane and not yet answered; changed only with the
+    /// pool's lane list locked.
+    in_flight: AtomicUsize,
+    /// No more adds are to be given this lane.
+    closed: AtomicBool,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The reading side of a [`Lane`].
+struct Replies {
+    /// `None` once reading failed.
+    half: Option<AddReplies<ChildStdout>>,
+    process: Process,
+    /// How many adds' outcomes have been read, in the order they were sent.
+    read: u64,
+    /// Outcomes read for adds that have not yet taken them.
+    outcomes: HashMap<u64, Result<(), StoreError>>,
+    /// How the connection failed, once it has.
+    failed: Option<String>,
+}
+
+impl Lane {
+    /// Sends an add, then waits for its outcome.
+    async fn add(
+        &self,
+        url: &str,
+        mut guard: SenderGuard,
+        changed: &tokio::sync::Notify,
+        info: &PathInfo,
+        nar: NarStream,
+    ) -> Result<(), StoreError> {
+        let closed = |why: &str| StoreError::Connection {
+            store: url.to_owned(),
+            message: format!("the connection ended after an earlier add on it {why}"),
+        };
+        let (ticket, sent) = {
+            if !guard.as_ref().is_some_and(AddSender::is_usable) {
+                *guard = None;
+                self.closed.store(true, Ordering::SeqCst);
+                return Err(closed("failed"));
+            }
+            let Some(sender) = guard.as_mut() else {
+                return Err(closed("failed"));
+            };
+            let ticket = sender.begun();
+            let sent = sender.send_add(info, nar).await;
+            if sender.begun() == ticket {
+                // Refused before anything was written.
+                return sent.map_err(|e| e.into_store_error(url));
+            }
+            if sent.is_err() {
+                // Ends the server's input: it gives up on this path.
+                *guard = None;
+                self.closed.store(true, Ordering::SeqCst);
+            }
+            (ticket, sent)
+        };
+        drop(guard);
+        changed.notify_waiters();
+        match sent {
+            // The NAR failed here: this path's own failure. Its reply is
+            // never read (there is none: the server, its input ended
+            // midway, fails), nor is anything sent after it.
+            Err(e) if !e.is_connection_error() => return Err(e.into_store_error(url)),
+            // Sent, or the connection broke while sending: the replies
+            // tell whether this add or an earlier one broke it.
+            _ => {}
+        }
+        let mut replies = self.replies.lock().await;
+        loop {
+            if let Some(outcome) = replies.outcomes.remove(&ticket) {
+                return outcome;
+            }
+            let n = replies.read;
+            let outcome = replies.next(url).await;
+            replies.read += 1;
+            if outcome.is_err() {
+                self.closed.store(true, Ordering::SeqCst);
+            }
+            if n == ticket {
+                return outcome;
+            }
+            replies.outcomes.insert(n, outcome);
+        }
+    }
+
+    /// The connection made whole again, when nothing failed and every
+    /// reply has been read and taken.
+    fn into_remote(self) -> Option<(Remote, OwnedSemaphorePermit)> {
+        let sender = Arc::try_unwrap(self.sender).ok()?.into_inner()?;
+        let replies = self.replies.into_inner();
+        if replies.failed.is_some() || !replies.outcomes.is_empty() {
+            return None;
+        }
+        let conn = sender.rejoin(replies.half?)?;
+        let remote = Remote {
+            conn,
+            process: replies.process,
+        };
+        Some((remote, self.permit))
+    }
+}
+
+impl Replies {
+    /// Reads the outcome of the oldest add not yet answered: after a
+    /// failure, every later add fails as a broken connection.
+    async fn next(&mut self, url: &str) -> Result<(), StoreError> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Connection {
+                store: url.to_owned(),
+                message: format!("the connection ended after an earlier add on it failed: {why}"),
+            });
+        }
+        let error = match self.half.as_mut() {
+            Some(half) if half.is_usable() => match half.recv_add().await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.process.explain(url, e).await,
             },
+            _ => StoreError::Connection {
+                store: url.to_owned(),
+                message: "an earlier read on the connection was interrupted".to_owned(),
+            },
+        };
+        self.half = None;
+        self.failed = Some(error.to_string());
+        Err(error)
+    }
+}
+
+/// An add's hold on a [`Lane`]. Dropped by the lane's last add, it takes
+/// the lane out of the pool's list and gives the connection back to the
+/// pool when it is still sound (or else ends it).
+struct LaneUse {
+    lane: Option<Arc<Lane>>,
+    pool: Arc<Pool>,
+}
+
+impl LaneUse {
+    fn new(lane: Arc<Lane>, pool: &Arc<Pool>, _locked: &mut Vec<Arc<Lane>>) -> Self {
+        lane.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self {
+            lane: Some(lane),
+            pool: Arc::clone(pool),
+        }
+    }
+
+    fn lane(&self) -> &Lane {
+        self.lane
+            .as_ref()
+            .expect("a lane is held until its use is dropped")
+    }
+}
+
+impl Drop for LaneUse {
+    fn drop(&mut self) {
+        let Some(lane) = self.lane.take() else {
+            return;
+        };
+        let mut lanes = self.pool.lanes();
+        if lane.in_flight.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        lanes.retain(|l| !Arc::ptr_eq(l, &lane));
+        drop(lanes);
+        if let Some((remote, permit)) = Arc::try_unwrap(lane).ok().and_then(Lane::into_remote) {
+            self.pool.idle().push(remote);
+            drop(permit);
         }
     }
 }

@@ -11,11 +11,12 @@ use super::{Command, ExportReader, NarReader, Pending, ServeConnection, BUFFER, 
 use crate::hash::{HashAlgo, NixHash};
 use crate::store::serve::framer::NarFramer;
 use crate::store::serve::wire::{
-    MAX_CA_LEN, MAX_CLOSURE, MAX_HASH_LEN, MAX_PATH_LEN, MAX_REFERENCES, MAX_SIGS, MAX_SIG_LEN,
+    WireWriter, MAX_CA_LEN, MAX_CLOSURE, MAX_HASH_LEN, MAX_PATH_LEN, MAX_REFERENCES, MAX_SIGS,
+    MAX_SIG_LEN,
 };
 use crate::store::serve::ServeError;
 use crate::store::PathInfo;
-use crate::store_path::{ContentAddress, StorePath};
+use crate::store_path::{ContentAddress, StoreDir, StorePath};
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
     // --- QueryValidPaths (1) ---
@@ -266,26 +267,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
         &mut self,
         records: impl IntoIterator<Item = (&'a PathInfo, S)>,
     ) -> Result<(), ServeError> {
-        let what = Command::ImportPaths.name();
         self.begin_request(Command::ImportPaths).await?;
-        for (info, nar) in records {
-            let full = self.store_dir.full(&info.path);
-            self.writer.u64(1, what).await?;
-            self.send_nar(&full, info.nar_size, nar, Some(&info.nar_hash))
-                .await?;
-            self.writer.u64(EXPORT_MAGIC, what).await?;
-            self.writer.bytes(full.as_bytes(), what).await?;
-            self.writer
-                .strings(&self.full_paths(&info.references), what)
-                .await?;
-            let deriver = info.deriver.as_ref().map(|d| self.store_dir.full(d));
-            self.writer
-                .bytes(deriver.unwrap_or_default().as_bytes(), what)
-                .await?;
-            // No legacy signature.
-            self.writer.u64(0, what).await?;
-        }
-        self.writer.u64(0, what).await?;
+        write_export_records(&mut self.writer, &self.store_dir, records).await?;
         self.end_request(Pending::ImportPaths);
         Ok(())
     }
@@ -434,33 +417,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
         nar: S,
     ) -> Result<(), ServeError> {
         self.needs_minor(5, "AddToStoreNar")?;
-        let full = self.store_dir.full(&info.path);
-        if info.nar_hash.algo() != HashAlgo::Sha256 || info.nar_size == 0 {
-            return Err(ServeError::Misuse(format!(
-                "the path info of '{full}' needs a SHA-256 NAR hash and a NAR size"
-            )));
-        }
-        let what = Command::AddToStoreNar.name();
+        check_add_info(&self.store_dir, info)?;
         self.begin_request(Command::AddToStoreNar).await?;
-        let w = &mut self.writer;
-        w.bytes(full.as_bytes(), what).await?;
-        let deriver = info.deriver.as_ref().map(|d| self.store_dir.full(d));
-        w.bytes(deriver.unwrap_or_default().as_bytes(), what)
-            .await?;
-        w.bytes(info.nar_hash.to_hex().as_bytes(), what).await?;
-        let references: Vec<String> = info
-            .references
-            .iter()
-            .map(|p| self.store_dir.full(p))
-            .collect();
-        w.strings(&references, what).await?;
-        w.u64(info.registration_time, what).await?;
-        w.u64(info.nar_size, what).await?;
-        w.bool(info.ultimate, what).await?;
-        w.strings(&info.signatures, what).await?;
-        let ca = info.ca.map(|ca| ca.to_string()).unwrap_or_default();
-        w.bytes(ca.as_bytes(), what).await?;
-        self.send_nar(&full, info.nar_size, nar, None).await?;
+        write_add_to_store_nar(&mut self.writer, &self.store_dir, info, nar).await?;
         self.end_request(Pending::AddToStoreNar);
         Ok(())
     }
@@ -474,73 +433,142 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
         self.begin_reply(Command::AddToStoreNar).await?;
         self.read_success("the reply to AddToStoreNar").await
     }
+}
 
-    /// Writes exactly `size` bytes of `nar`, holding the last chunk back
-    /// until `nar` has ended cleanly. For an export record (`hash` given),
-    /// also checks that the bytes are one NAR ending exactly at `size` (an
-    /// export stream has no other way to tell where it ends) and that they
-    /// hash to `hash` (the server would register whatever it gets), both
-    /// before the last chunk goes out.
-    async fn send_nar<S: AsyncRead + Unpin>(
-        &mut self,
-        path: &str,
-        size: u64,
-        mut nar: S,
-        hash: Option<&NixHash>,
-    ) -> Result<(), ServeError> {
-        let local = |source| ServeError::Local {
-            what: "reading the NAR of",
-            path: path.to_owned(),
-            source,
-        };
-        let bad = |problem: String| ServeError::BadNar {
-            path: path.to_owned(),
-            problem,
-        };
-        let mut check = hash.map(|h| (NarFramer::new(), Sha256::new(), h));
-        let mut buf = vec![0u8; BUFFER];
-        let mut sent = 0u64;
-        while sent < size {
-            let want = usize::try_from(size - sent).map_or(BUFFER, |left| left.min(BUFFER));
-            let n = nar.read(&mut buf[..want]).await.map_err(local)?;
-            if n == 0 {
+/// The full paths of `paths`.
+fn full_paths(dir: &StoreDir, paths: &[StorePath]) -> Vec<String> {
+    paths.iter().map(|p| dir.full(p)).collect()
+}
+
+/// Writes the export records of an ImportPaths request (after the
+/// command), and the 0 that ends them.
+pub(super) async fn write_export_records<'a, W: AsyncWrite + Unpin, S: AsyncRead + Unpin>(
+    w: &mut WireWriter<W>,
+    dir: &StoreDir,
+    records: impl IntoIterator<Item = (&'a PathInfo, S)>,
+) -> Result<(), ServeError> {
+    let what = Command::ImportPaths.name();
+    for (info, nar) in records {
+        let full = dir.full(&info.path);
+        w.u64(1, what).await?;
+        write_nar(w, &full, info.nar_size, nar, Some(&info.nar_hash)).await?;
+        w.u64(EXPORT_MAGIC, what).await?;
+        w.bytes(full.as_bytes(), what).await?;
+        w.strings(&full_paths(dir, &info.references), what).await?;
+        let deriver = info.deriver.as_ref().map(|d| dir.full(d));
+        w.bytes(deriver.unwrap_or_default().as_bytes(), what)
+            .await?;
+        // No legacy signature.
+        w.u64(0, what).await?;
+    }
+    w.u64(0, what).await?;
+    Ok(())
+}
+
+/// Refuses an info AddToStoreNar cannot send: one without a SHA-256 NAR
+/// hash or a size.
+pub(super) fn check_add_info(dir: &StoreDir, info: &PathInfo) -> Result<(), ServeError> {
+    if info.nar_hash.algo() != HashAlgo::Sha256 || info.nar_size == 0 {
+        return Err(ServeError::Misuse(format!(
+            "the path info of '{}' needs a SHA-256 NAR hash and a NAR size",
+            dir.full(&info.path)
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the body of an AddToStoreNar request (after the command): the
+/// info, then exactly `nar_size` bytes of `nar`.
+pub(super) async fn write_add_to_store_nar<W: AsyncWrite + Unpin, S: AsyncRead + Unpin>(
+    w: &mut WireWriter<W>,
+    dir: &StoreDir,
+    info: &PathInfo,
+    nar: S,
+) -> Result<(), ServeError> {
+    let what = Command::AddToStoreNar.name();
+    let full = dir.full(&info.path);
+    w.bytes(full.as_bytes(), what).await?;
+    let deriver = info.deriver.as_ref().map(|d| dir.full(d));
+    w.bytes(deriver.unwrap_or_default().as_bytes(), what)
+        .await?;
+    w.bytes(info.nar_hash.to_hex().as_bytes(), what).await?;
+    let references: Vec<String> = info.references.iter().map(|p| dir.full(p)).collect();
+    w.strings(&references, what).await?;
+    w.u64(info.registration_time, what).await?;
+    w.u64(info.nar_size, what).await?;
+    w.bool(info.ultimate, what).await?;
+    w.strings(&info.signatures, what).await?;
+    let ca = info.ca.map(|ca| ca.to_string()).unwrap_or_default();
+    w.bytes(ca.as_bytes(), what).await?;
+    write_nar(w, &full, info.nar_size, nar, None).await?;
+    Ok(())
+}
+
+/// Writes exactly `size` bytes of `nar`, holding the last chunk back
+/// until `nar` has ended cleanly. For an export record (`hash` given),
+/// also checks that the bytes are one NAR ending exactly at `size` (an
+/// export stream has no other way to tell where it ends) and that they
+/// hash to `hash` (the server would register whatever it gets), both
+/// before the last chunk goes out.
+async fn write_nar<W: AsyncWrite + Unpin, S: AsyncRead + Unpin>(
+    w: &mut WireWriter<W>,
+    path: &str,
+    size: u64,
+    mut nar: S,
+    hash: Option<&NixHash>,
+) -> Result<(), ServeError> {
+    let local = |source| ServeError::Local {
+        what: "reading the NAR of",
+        path: path.to_owned(),
+        source,
+    };
+    let bad = |problem: String| ServeError::BadNar {
+        path: path.to_owned(),
+        problem,
+    };
+    let mut check = hash.map(|h| (NarFramer::new(), Sha256::new(), h));
+    let mut buf = vec![0u8; BUFFER];
+    let mut sent = 0u64;
+    while sent < size {
+        let want = usize::try_from(size - sent).map_or(BUFFER, |left| left.min(BUFFER));
+        let n = nar.read(&mut buf[..want]).await.map_err(local)?;
+        if n == 0 {
+            return Err(bad(format!(
+                "has {sent} bytes, fewer than the {size} its path info declares"
+            )));
+        }
+        let last = sent + n as u64 == size;
+        if let Some((framer, hasher, expected)) = &mut check {
+            let used = framer
+                .feed(&buf[..n])
+                .map_err(|e| bad(format!("is not a valid NAR: {e}")))?;
+            if used < n || framer.is_done() != last {
                 return Err(bad(format!(
-                    "has {sent} bytes, fewer than the {size} its path info declares"
+                    "does not end at the {size} bytes its path info declares"
                 )));
             }
-            let last = sent + n as u64 == size;
-            if let Some((framer, hasher, expected)) = &mut check {
-                let used = framer
-                    .feed(&buf[..n])
-                    .map_err(|e| bad(format!("is not a valid NAR: {e}")))?;
-                if used < n || framer.is_done() != last {
-                    return Err(bad(format!(
-                        "does not end at the {size} bytes its path info declares"
-                    )));
-                }
-                hasher.update(&buf[..n]);
-                if last {
-                    let got = NixHash::sha256(std::mem::take(hasher).finalize().into());
-                    if got != **expected {
-                        return Err(bad(format!(
-                            "has hash {got}, not the {expected} its path info declares"
-                        )));
-                    }
-                }
-            }
+            hasher.update(&buf[..n]);
             if last {
-                // The stream must end here, and say so without an error,
-                // before the server gets the last bytes.
-                let mut probe = [0u8; 1];
-                if nar.read(&mut probe).await.map_err(local)? != 0 {
+                let got = NixHash::sha256(std::mem::take(hasher).finalize().into());
+                if got != **expected {
                     return Err(bad(format!(
-                        "is longer than the {size} bytes its path info declares"
+                        "has hash {got}, not the {expected} its path info declares"
                     )));
                 }
             }
-            self.writer.raw(&buf[..n], "a NAR").await?;
-            sent += n as u64;
         }
-        Ok(())
+        if last {
+            // The stream must end here, and say so without an error,
+            // before the server gets the last bytes.
+            let mut probe = [0u8; 1];
+            if nar.read(&mut probe).await.map_err(local)? != 0 {
+                return Err(bad(format!(
+                    "is longer than the {size} bytes its path info declares"
+                )));
+            }
+        }
+        w.raw(&buf[..n], "a NAR").await?;
+        sent += n as u64;
     }
+    Ok(())
 }

@@ -19,9 +19,11 @@ use crate::store_path::{StoreDir, StorePath};
 
 mod commands;
 mod handshake;
+mod pipeline;
 mod readers;
 
 pub use handshake::{PROTOCOL_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2};
+pub use pipeline::{AddReplies, AddSender};
 pub use readers::{ExportInfo, ExportReader, NarReader};
 
 /// Marks the metadata after each NAR of an export stream (`"NIXE"`).
