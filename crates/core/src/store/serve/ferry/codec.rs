@@ -14,7 +14,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A plain stream starts a new zstd frame for a new level at most this
 /// often, as each frame starts without history.
-const MIN_FRAME: u64 = 8 << 20;
+const MIN_FRAME: u64 = 4 << 20;
 
 /// The largest base NAR a delta is made against.
 pub(crate) const MAX_BASE: u64 = crate::delta::MAX_BASE_SIZE;

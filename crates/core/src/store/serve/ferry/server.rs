@@ -19,12 +19,12 @@ use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 
 use super::codec::{self, MAX_BASE};
-use crate::delta::ZstdRefDecoder;
 use super::mux::{self, Level, Sender, START_LEVEL};
 use super::wire::{
     Encoding, Failure, Frame, FrameReader, Kind, Missing, ReadError, Reply, Request, FERRY_MAGIC,
     VERSION,
 };
+use crate::delta::ZstdRefDecoder;
 use crate::hash::NixHash;
 use crate::store::local::LocalStore;
 use crate::store::serve::SERVE_MAGIC_1;
@@ -767,7 +767,10 @@ impl SpoolFile {
         };
         decoded.map_err(|e| match e.kind() {
             io::ErrorKind::ConnectionAborted => (Failure::Other, e.to_string()),
-            _ => (Failure::Mismatch, format!("the stream does not decode: {e}")),
+            _ => (
+                Failure::Mismatch,
+                format!("the stream does not decode: {e}"),
+            ),
         })
     }
 
@@ -836,7 +839,9 @@ impl io::Read for ChunkReader {
             match self.rx.blocking_recv() {
                 Some(Chunk::Data(data)) => self.current = data,
                 Some(Chunk::End) => self.ended = true,
-                Some(Chunk::Abort(why)) => return Err(aborted(format!("the sender gave up: {why}"))),
+                Some(Chunk::Abort(why)) => {
+                    return Err(aborted(format!("the sender gave up: {why}")))
+                }
                 None => return Err(aborted("the connection ended".to_owned())),
             }
         }
