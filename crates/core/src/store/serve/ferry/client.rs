@@ -47,6 +47,9 @@ pub struct FerryStore {
     /// Paths whose add was tried before: the next try asks where to
     /// resume.
     tried: Mutex<HashSet<StorePath>>,
+    /// Paths whose delta the remote refused (its base is damaged or
+    /// gone): they go whole from then on, whatever later queries say.
+    whole: Mutex<HashSet<StorePath>>,
     /// This machine's Nix store, where bases for deltas are read.
     local: OnceCell<Option<Arc<dyn Store>>>,
     delta_memory: Arc<Semaphore>,
@@ -82,6 +85,7 @@ impl FerryStore {
             conn: tokio::sync::Mutex::new(None),
             missing: Mutex::new(HashMap::new()),
             tried: Mutex::new(HashSet::new()),
+            whole: Mutex::new(HashSet::new()),
             local: OnceCell::new(),
             delta_memory: Arc::new(Semaphore::new(DELTA_MEMORY_MIB as usize)),
             level: Level::new(START_LEVEL),
@@ -144,7 +148,7 @@ impl FerryStore {
         &self,
         info: &PathInfo,
     ) -> Option<(PathInfo, Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
-        if !self.delta {
+        if !self.delta || Self::lock(&self.whole).contains(&info.path) {
             return None;
         }
         let base = Self::lock(&self.missing).get(&info.path)?.base.clone()?;
@@ -257,6 +261,12 @@ impl FerryStore {
             Some(o) => o,
             None => match call.reply().await.map_err(AddFailure::Store)? {
                 Reply::Offset { offset, .. } if offset <= info.nar_size => offset,
+                // The remote has the path already (an earlier try got in
+                // after all): it reads nothing of this stream.
+                Reply::Added { .. } => {
+                    conn.out.end(call.id).await;
+                    return Ok(());
+                }
                 Reply::Failed {
                     failure, message, ..
                 } => return Err(AddFailure::Remote(failure, message)),
@@ -433,11 +443,10 @@ impl Store for FerryStore {
             }),
             // The base or the resume point did not hold: the engine tries
             // again with a fresh NAR stream, which asks where to resume
-            // and leaves out the delta.
+            // and leaves out the delta (a query in between names the
+            // same base again: `whole` outlasts it).
             Err(AddFailure::Remote(Failure::Base, message)) => {
-                Self::lock(&self.missing)
-                    .entry(info.path.clone())
-                    .and_modify(|m| m.base = None);
+                Self::lock(&self.whole).insert(info.path.clone());
                 Err(StoreError::Connection {
                     store: self.url.clone(),
                     message,
