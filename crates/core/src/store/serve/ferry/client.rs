@@ -53,6 +53,8 @@ pub struct FerryStore {
     /// This machine's Nix store, where bases for deltas are read.
     local: OnceCell<Option<Arc<dyn Store>>>,
     delta_memory: Arc<Semaphore>,
+    /// NARs pulled at once (see [`FerryStore::nar`]).
+    pulls: Arc<Semaphore>,
     level: Arc<Level>,
 }
 
@@ -88,6 +90,7 @@ impl FerryStore {
             whole: Mutex::new(HashSet::new()),
             local: OnceCell::new(),
             delta_memory: Arc::new(Semaphore::new(DELTA_MEMORY_MIB as usize)),
+            pulls: Arc::new(Semaphore::new(1)),
             level: Level::new(START_LEVEL),
         }
     }
@@ -386,21 +389,35 @@ impl Store for FerryStore {
         }
     }
 
+    /// The remote sends a NAR as fast as the link goes, and one reader
+    /// routes everything that arrives: a NAR nobody reads would stop the
+    /// others behind it (a destination that takes one path at a time
+    /// holds the streams it has not started). So a NAR is asked for only
+    /// once its stream is read, and one at a time.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
         let conn = self.connection().await?;
-        let call = conn
-            .call(|id| Request::Nar {
-                id,
-                path: info.path.clone(),
-            })
-            .await?;
         let url = self.url.clone();
         let limit = info.nar_size;
+        let path = info.path.clone();
+        let pulls = Arc::clone(&self.pulls);
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
         // Compressed chunks as they come, decompressed on a blocking
         // thread into a pipe the caller reads.
         let (chunks_tx, chunks_rx) = mpsc::channel::<io::Result<Bytes>>(16);
         tokio::spawn(async move {
-            let mut call = call;
+            if start_rx.await.is_err() {
+                return;
+            }
+            let Ok(_permit) = pulls.acquire_owned().await else {
+                return;
+            };
+            let mut call = match conn.call(|id| Request::Nar { id, path }).await {
+                Ok(call) => call,
+                Err(e) => {
+                    let _ = chunks_tx.send(Err(io::Error::other(e))).await;
+                    return;
+                }
+            };
             loop {
                 let item = match call.event().await {
                     Ok(Event::Data(b)) => Ok(b),
@@ -425,8 +442,12 @@ impl Store for FerryStore {
             }
         });
         let compressed = StreamReader::new(Box::pin(tokio_stream_from(chunks_rx)));
-        Ok(crate::store::chunks::blocking_stream(move |out| {
+        let stream = crate::store::chunks::blocking_stream(move |out| {
             codec::decompress_to(SyncIoBridge::new(compressed), out, limit).map(drop)
+        });
+        Ok(Box::pin(StartOnRead {
+            inner: stream,
+            start: Some(start_tx),
         }))
     }
 
@@ -461,6 +482,25 @@ impl Store for FerryStore {
                 message,
             }),
         }
+    }
+}
+
+/// A stream that says when it is first read.
+struct StartOnRead {
+    inner: NarStream,
+    start: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl tokio::io::AsyncRead for StartOnRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if let Some(start) = self.start.take() {
+            let _ = start.send(());
+        }
+        self.inner.as_mut().poll_read(cx, buf)
     }
 }
 
