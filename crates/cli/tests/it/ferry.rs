@@ -306,6 +306,19 @@ fn ferry_deltas() {
         "with deltas {delta} bytes, without {whole} bytes"
     );
     assert!(nix_has(&remote("delta"), &leaf2));
+    let local = tmp.path().join("local");
+    let out = copy(&[
+        "--from",
+        &url("delta"),
+        "--to",
+        &format!("local?root={}", local.display()),
+        "--no-check-sigs",
+        &big1,
+        &big2,
+    ]);
+    assert_success(&out);
+    nix_verify(&local, &big1);
+    nix_verify(&local, &big2);
 
     // A base damaged on the remote (its bytes changed, its size not): the
     // remote finds out, and the path is sent whole.
@@ -440,6 +453,28 @@ fn ferry_resume_after_cut() {
         "the second try sent {second} bytes, a whole copy {full}"
     );
     assert_eq!(files_in(&sshd.spool_dir()), Vec::<String>::new());
+
+    // Pulled back, with another path of the same size at once.
+    let twin = build_random("ferry-resume-twin", 24);
+    assert_success(&copy(&["--to", &url, &twin]));
+    let local = tmp.path().join("local");
+    let local_url = format!("local?root={}", local.display());
+    let out = output_within(
+        nixferry().args([
+            "copy",
+            "--from",
+            &url,
+            "--to",
+            &local_url,
+            "--no-check-sigs",
+            &path,
+            &twin,
+        ]),
+        Duration::from_secs(300),
+    );
+    assert_success(&out);
+    nix_verify(&local, &path);
+    nix_verify(&local, &twin);
 }
 
 /// 4. Cuts at random points, then a copy that completes.
