@@ -698,6 +698,19 @@ fn ferry_remote_refuses_bad_adds() {
     remote.send(&add(3, &info, &nar));
     let reply = remote.outcome(3);
     assert_eq!(reply["op"], "added", "{reply}");
+    // A retry asking where to resume a path that is in: `added`, no
+    // offset, and the stream is not read.
+    let mut again = message(&serde_json::json!({
+        "op": "add", "id": 4, "info": info, "encoding": "zstd", "offset": null,
+    }));
+    again.extend(frame(4, 2, b""));
+    remote.send(&again);
+    let reply = remote.next_message();
+    assert_eq!(
+        (&reply["op"], &reply["id"]),
+        (&"added".into(), &4.into()),
+        "{reply}"
+    );
     let out = remote.finish();
     assert_success(&out);
     nix_verify(&store, &path);
