@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod copy;
 mod differential;
+mod ferry;
 mod http;
 mod nix_config;
 mod preflight;

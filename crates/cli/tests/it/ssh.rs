@@ -248,15 +248,19 @@ fn a_cut_connection_is_retried() {
 }
 
 /// Waits for the server process whose command line starts with `prefix`
-/// to have run a little (so that part of the NAR went through), then kills
-/// it. Returns whether it did. Reads `/proc` itself, so that the test needs
-/// no process tools.
+/// to have read part of the NAR, then kills it. Returns whether it did.
+/// Reads `/proc` itself, so that the test needs no process tools.
+///
+/// Only a server that reads counts: the copy first runs one to see
+/// whether the remote has nixferry, which hangs up soon after the
+/// greeting.
 fn kill_when_busy(prefix: &str, _remote: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Some(pid) = find_process(prefix) {
-            // Let some of the NAR through first.
-            std::thread::sleep(Duration::from_millis(300));
+        let busy = find_processes(prefix)
+            .into_iter()
+            .find(|&pid| bytes_read(pid) > 4 << 20);
+        if let Some(pid) = busy {
             let status = Command::new("sh")
                 .args(["-c", &format!("kill -9 {pid}")])
                 .status()
@@ -268,19 +272,37 @@ fn kill_when_busy(prefix: &str, _remote: &Path) -> bool {
     false
 }
 
-/// The pid of a process whose command line (arguments joined by spaces)
-/// starts with `prefix`.
-fn find_process(prefix: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        args.join(" ").starts_with(prefix).then_some(pid)
-    })
+/// The pids of the processes whose command line (arguments joined by
+/// spaces) starts with `prefix`.
+fn find_processes(prefix: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.join(" ").starts_with(prefix).then_some(pid)
+        })
+        .collect()
+}
+
+/// How many bytes process `pid` has read so far (0 if it is gone).
+fn bytes_read(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn base64_of(data: &[u8]) -> String {

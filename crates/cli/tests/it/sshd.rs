@@ -123,6 +123,17 @@ impl Sshd {
     /// If OpenSSH is missing (call [`have_sshd`] first) or the server does
     /// not come up; the message has the server's log.
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`Sshd::start`], with the directory of the `nixferry` binary
+    /// under test first on the `PATH` of remote commands, so that an
+    /// `ssh://` copy finds `nixferry remote` there.
+    pub(crate) fn start_with_nixferry() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(with_nixferry: bool) -> Self {
         let sshd = sshd_binary()
             .expect("sshd not found (install openssh-server; tests should call have_sshd first)");
         let dir = tempfile::Builder::new()
@@ -170,11 +181,13 @@ impl Sshd {
                  PidFile {pid_file}\n\
                  LogLevel ERROR\n\
                  MaxStartups 100\n\
-                 SetEnv \"PATH={path}\" \"NIX_USER_CONF_FILES={nix_conf}\"\n",
+                 SetEnv \"PATH={path}\" \"NIX_USER_CONF_FILES={nix_conf}\" \
+                 \"XDG_STATE_HOME={state}\"\n",
                 host_key = host_key.display(),
                 authorized_keys = authorized_keys.display(),
                 pid_file = pid_file.display(),
-                path = remote_path(),
+                path = remote_path(with_nixferry),
+                state = d.join("state").display(),
                 nix_conf = nix_conf.display(),
             );
             fs::write(&config, text).expect("writing sshd_config");
@@ -272,6 +285,12 @@ impl Sshd {
     /// things in (a remote store, say).
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The spool of `nixferry remote` run through this server: remote
+    /// commands get `XDG_STATE_HOME` in [`Sshd::dir`].
+    pub(crate) fn spool_dir(&self) -> PathBuf {
+        self.dir().join("state/nixferry/incoming")
     }
 
     /// What the server logged so far (errors only), to show when a test
@@ -512,12 +531,17 @@ fn ensure_privsep_dir() {
     }
 }
 
-/// `PATH` for remote commands: where this process finds `nix-store`, then
-/// the standard directories.
-fn remote_path() -> String {
-    let mut dirs: Vec<String> = on_path("nix-store")
-        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+/// `PATH` for remote commands: the directory of the `nixferry` under test
+/// if asked, where this process finds `nix-store`, then the standard
+/// directories.
+fn remote_path(with_nixferry: bool) -> String {
+    let nixferry = Path::new(env!("CARGO_BIN_EXE_nixferry"))
+        .parent()
+        .map(|d| d.display().to_string())
+        .filter(|_| with_nixferry);
+    let mut dirs: Vec<String> = nixferry
         .into_iter()
+        .chain(on_path("nix-store").and_then(|p| p.parent().map(|d| d.display().to_string())))
         .collect();
     for d in ["/usr/local/bin", "/usr/bin", "/bin"] {
         if !dirs.iter().any(|x| x == d) {

@@ -49,9 +49,14 @@ pub struct FerryStore {
     /// Paths whose add was tried before: the next try asks where to
     /// resume.
     tried: Mutex<HashSet<StorePath>>,
+    /// Paths whose delta the remote refused (its base is damaged or
+    /// gone): they go whole from then on, whatever later queries say.
+    whole: Mutex<HashSet<StorePath>>,
     /// This machine's Nix store, where bases for deltas are read.
     local: OnceCell<Option<Arc<dyn Store>>>,
     delta_memory: Arc<Semaphore>,
+    /// NARs pulled at once (see [`FerryStore::nar`]).
+    pulls: Arc<Semaphore>,
     level: Arc<Level>,
 }
 
@@ -86,8 +91,10 @@ impl FerryStore {
             conn: tokio::sync::Mutex::new(None),
             missing: Mutex::new(HashMap::new()),
             tried: Mutex::new(HashSet::new()),
+            whole: Mutex::new(HashSet::new()),
             local: OnceCell::new(),
             delta_memory: Arc::new(Semaphore::new(DELTA_MEMORY_MIB as usize)),
+            pulls: Arc::new(Semaphore::new(1)),
             level: Level::new(START_LEVEL),
         }
     }
@@ -148,7 +155,7 @@ impl FerryStore {
         &self,
         info: &PathInfo,
     ) -> Option<(PathInfo, Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
-        if !self.delta {
+        if !self.delta || Self::lock(&self.whole).contains(&info.path) {
             return None;
         }
         let base = Self::lock(&self.missing).get(&info.path)?.base.clone()?;
@@ -261,6 +268,12 @@ impl FerryStore {
             Some(o) => o,
             None => match call.reply().await.map_err(AddFailure::Store)? {
                 Reply::Offset { offset, .. } if offset <= info.nar_size => offset,
+                // The remote has the path already (an earlier try got in
+                // after all): it reads nothing of this stream.
+                Reply::Added { .. } => {
+                    conn.out.end(call.id).await;
+                    return Ok(());
+                }
                 Reply::Failed {
                     failure, message, ..
                 } => return Err(AddFailure::Remote(failure, message)),
@@ -382,21 +395,35 @@ impl Store for FerryStore {
         }
     }
 
+    /// The remote sends a NAR as fast as the link goes, and one reader
+    /// routes everything that arrives: a NAR nobody reads would stop the
+    /// others behind it (a destination that takes one path at a time
+    /// holds the streams it has not started). So a NAR is asked for only
+    /// once its stream is read, and one at a time.
     async fn nar(&self, info: &PathInfo) -> Result<NarStream, StoreError> {
         let conn = self.connection().await?;
-        let call = conn
-            .call(|id| Request::Nar {
-                id,
-                path: info.path.clone(),
-            })
-            .await?;
         let url = self.url.clone();
         let limit = info.nar_size;
+        let path = info.path.clone();
+        let pulls = Arc::clone(&self.pulls);
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
         // Compressed chunks as they come, decompressed on a blocking
         // thread into a pipe the caller reads.
         let (chunks_tx, chunks_rx) = mpsc::channel::<io::Result<Bytes>>(16);
         tokio::spawn(async move {
-            let mut call = call;
+            if start_rx.await.is_err() {
+                return;
+            }
+            let Ok(_permit) = pulls.acquire_owned().await else {
+                return;
+            };
+            let mut call = match conn.call(|id| Request::Nar { id, path }).await {
+                Ok(call) => call,
+                Err(e) => {
+                    let _ = chunks_tx.send(Err(io::Error::other(e))).await;
+                    return;
+                }
+            };
             loop {
                 let item = match call.event().await {
                     Ok(Event::Data(b)) => Ok(b),
@@ -421,8 +448,12 @@ impl Store for FerryStore {
             }
         });
         let compressed = StreamReader::new(Box::pin(tokio_stream_from(chunks_rx)));
-        Ok(crate::store::chunks::blocking_stream(move |out| {
+        let stream = crate::store::chunks::blocking_stream(move |out| {
             codec::decompress_to(SyncIoBridge::new(compressed), out, limit).map(drop)
+        });
+        Ok(Box::pin(StartOnRead {
+            inner: stream,
+            start: Some(start_tx),
         }))
     }
 
@@ -439,11 +470,10 @@ impl Store for FerryStore {
             }),
             // The base or the resume point did not hold: the engine tries
             // again with a fresh NAR stream, which asks where to resume
-            // and leaves out the delta.
+            // and leaves out the delta (a query in between names the
+            // same base again: `whole` outlasts it).
             Err(AddFailure::Remote(Failure::Base, message)) => {
-                Self::lock(&self.missing)
-                    .entry(info.path.clone())
-                    .and_modify(|m| m.base = None);
+                Self::lock(&self.whole).insert(info.path.clone());
                 Err(StoreError::Connection {
                     store: self.url.clone(),
                     message,
@@ -458,6 +488,25 @@ impl Store for FerryStore {
                 message,
             }),
         }
+    }
+}
+
+/// A stream that says when it is first read.
+struct StartOnRead {
+    inner: NarStream,
+    start: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl tokio::io::AsyncRead for StartOnRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if let Some(start) = self.start.take() {
+            let _ = start.send(());
+        }
+        self.inner.as_mut().poll_read(cx, buf)
     }
 }
 

@@ -531,7 +531,13 @@ impl Session {
         let nar_size = info.nar_size;
         let nar_hash = info.nar_hash;
         let spool = tokio::task::spawn_blocking(move || {
-            spool.receive(start, nar_size, base.as_deref(), rx)?;
+            let received = spool.receive(start, nar_size, base.as_deref(), rx);
+            if let Err((Failure::Mismatch, _)) = received {
+                // Bytes that do not decode, or more than narSize: what
+                // the file has is no NAR to resume.
+                spool.kept = false;
+            }
+            received?;
             spool.check(nar_size, &nar_hash)?;
             Ok::<_, AddError>(spool)
         })
