@@ -7,7 +7,10 @@ use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::{Counted, DeltaError, DeltaHeader, DeltaKind, Problem, TargetCheck, MAX_BASE_SIZE};
+use super::{
+    Counted, DeltaError, DeltaHeader, DeltaKind, DeltaWriter, PayloadEncoder, Problem,
+    MAX_BASE_SIZE,
+};
 
 /// The smallest block size of a signature (2 KiB).
 pub const MIN_BLOCK_SIZE: u32 = 2 << 10;
@@ -800,25 +803,14 @@ impl<R: BufRead, B: Read + Seek> Read for BlockDecoder<R, B> {
     }
 }
 
-/// Writes a kind 2 delta: the header (from the signature), then the
+/// A kind 2 delta's writer: the header (from the signature), then the
 /// target written to it as block copies and literals.
-pub struct BlockDeltaWriter<'s, W: Write> {
-    encoder: BlockEncoder<'s, W>,
-    check: TargetCheck,
-}
+pub type BlockDeltaWriter<'s, W> = DeltaWriter<BlockEncoder<'s, W>>;
 
-impl<W: Write> fmt::Debug for BlockDeltaWriter<'_, W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlockDeltaWriter")
-            .field("encoder", &self.encoder)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'s, W: Write> BlockDeltaWriter<'s, W> {
+impl<'s, W: Write> DeltaWriter<BlockEncoder<'s, W>> {
     /// Writes the header of a delta from the base `sig` describes to a
     /// target of `target_size` bytes with SHA-256 `target_sha256`; then
-    /// takes the target's bytes. [`BlockDeltaWriter::finish`] checks that
+    /// takes the target's bytes. [`DeltaWriter::finish`] checks that
     /// they were those.
     pub fn new(
         out: W,
@@ -830,7 +822,7 @@ impl<'s, W: Write> BlockDeltaWriter<'s, W> {
         Self::start(out, sig, target_size, target_sha256, 0, level)
     }
 
-    /// As [`BlockDeltaWriter::new`], for a transfer resumed at target byte
+    /// As `BlockDeltaWriter::new`, for a transfer resumed at target byte
     /// `offset`: the header describes the whole target, the payload and
     /// the bytes written are the target from `offset` on. Only their count
     /// is checked at the end.
@@ -861,32 +853,18 @@ impl<'s, W: Write> BlockDeltaWriter<'s, W> {
             target_sha256,
         };
         header.write_to(&mut out)?;
-        Ok(BlockDeltaWriter {
-            encoder: BlockEncoder::new(out, sig, target_size, offset, level)?,
-            check: TargetCheck::new(target_sha256, offset == 0),
-        })
-    }
-
-    /// Ends the delta and gives the writer back: an error, and an
-    /// unfinished delta, if the target written does not have the announced
-    /// size and hash.
-    pub fn finish(self) -> io::Result<W> {
-        if self.encoder.written == self.encoder.expected {
-            self.check.finish()?;
-        }
-        self.encoder.finish()
+        let encoder = BlockEncoder::new(out, sig, target_size, offset, level)?;
+        Ok(DeltaWriter::wrap(encoder, target_sha256, offset))
     }
 }
 
-impl<W: Write> Write for BlockDeltaWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.encoder.write(buf)?;
-        self.check.update(&buf[..n]);
-        Ok(n)
+impl<W: Write> PayloadEncoder<W> for BlockEncoder<'_, W> {
+    fn complete(&self) -> bool {
+        self.written == self.expected
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.encoder.flush()
+    fn end(self) -> io::Result<W> {
+        self.finish()
     }
 }
 

@@ -672,6 +672,74 @@ impl Write for HashWriter<'_> {
     }
 }
 
+/// A payload encoder that a [`DeltaWriter`] wraps: [`ZstdRefEncoder`] or
+/// [`BlockEncoder`].
+pub trait PayloadEncoder<W>: Write {
+    /// Whether every target byte announced was written.
+    fn complete(&self) -> bool;
+    /// Ends the payload and gives the writer back.
+    ///
+    /// # Errors
+    /// Not every target byte announced was written, or writing failed.
+    fn end(self) -> io::Result<W>;
+}
+
+/// Writes a whole delta: the header, then the target's bytes written to
+/// it through a payload encoder, checking at the end that the target had
+/// the size and hash the header announced. Made by `ZstdDeltaWriter::new`
+/// or `BlockDeltaWriter::new` (and their `resume`).
+pub struct DeltaWriter<E> {
+    encoder: E,
+    check: TargetCheck,
+}
+
+impl<E: fmt::Debug> fmt::Debug for DeltaWriter<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaWriter")
+            .field("encoder", &self.encoder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E> DeltaWriter<E> {
+    /// Wraps the encoder of a payload that starts at target byte `offset`
+    /// (only a whole target's hash can be checked).
+    fn wrap(encoder: E, target_sha256: [u8; 32], offset: u64) -> Self {
+        Self {
+            encoder,
+            check: TargetCheck::new(target_sha256, offset == 0),
+        }
+    }
+
+    /// Ends the delta and gives the writer back: an error, and an
+    /// unfinished delta, if the target written does not have the announced
+    /// size and hash.
+    ///
+    /// # Errors
+    /// A target of another size or hash, or writing failed.
+    pub fn finish<W>(self) -> io::Result<W>
+    where
+        E: PayloadEncoder<W>,
+    {
+        if self.encoder.complete() {
+            self.check.finish()?;
+        }
+        self.encoder.end()
+    }
+}
+
+impl<E: Write> Write for DeltaWriter<E> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.encoder.write(buf)?;
+        self.check.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.encoder.flush()
+    }
+}
+
 /// Checks at the end of a writer that the target written has the size and
 /// hash its header announced.
 #[derive(Debug)]

@@ -4,7 +4,8 @@ use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 
 use super::{
-    Base, Counted, DeltaError, DeltaHeader, DeltaKind, Problem, TargetCheck, MAX_BASE_SIZE,
+    Base, Counted, DeltaError, DeltaHeader, DeltaKind, DeltaWriter, PayloadEncoder, Problem,
+    MAX_BASE_SIZE,
 };
 
 /// The smallest window log kind 1 uses (1 MiB).
@@ -228,25 +229,14 @@ impl<R: BufRead> Read for ZstdRefDecoder<'_, R> {
     }
 }
 
-/// Writes a kind 1 delta: the header, then the target written to it
+/// A kind 1 delta's writer: the header, then the target written to it
 /// compressed against the base.
-pub struct ZstdDeltaWriter<'a, W: Write> {
-    encoder: ZstdRefEncoder<'a, W>,
-    check: TargetCheck,
-}
+pub type ZstdDeltaWriter<'a, W> = DeltaWriter<ZstdRefEncoder<'a, W>>;
 
-impl<W: Write> fmt::Debug for ZstdDeltaWriter<'_, W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZstdDeltaWriter")
-            .field("encoder", &self.encoder)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a, W: Write> ZstdDeltaWriter<'a, W> {
+impl<'a, W: Write> DeltaWriter<ZstdRefEncoder<'a, W>> {
     /// Writes the header of a delta from `base` to a target of
     /// `target_size` bytes with SHA-256 `target_sha256`; then takes the
-    /// target's bytes. [`ZstdDeltaWriter::finish`] checks that they were
+    /// target's bytes. [`DeltaWriter::finish`] checks that they were
     /// those.
     pub fn new(
         out: W,
@@ -258,7 +248,7 @@ impl<'a, W: Write> ZstdDeltaWriter<'a, W> {
         Self::start(out, base, target_size, target_sha256, 0, level)
     }
 
-    /// As [`ZstdDeltaWriter::new`], for a transfer resumed at target byte
+    /// As `ZstdDeltaWriter::new`, for a transfer resumed at target byte
     /// `offset`: the header describes the whole target, the payload and
     /// the bytes written are the target from `offset` on. Only their count
     /// is checked at the end (the hash needs the whole target).
@@ -295,31 +285,17 @@ impl<'a, W: Write> ZstdDeltaWriter<'a, W> {
             )));
         }
         header.write_to(&mut out)?;
-        Ok(ZstdDeltaWriter {
-            encoder: ZstdRefEncoder::new(out, base.bytes(), target_size, offset, level)?,
-            check: TargetCheck::new(target_sha256, offset == 0),
-        })
-    }
-
-    /// Ends the delta and gives the writer back: an error, and an
-    /// unfinished delta, if the target written does not have the announced
-    /// size and hash.
-    pub fn finish(self) -> io::Result<W> {
-        if self.encoder.written == self.encoder.expected {
-            self.check.finish()?;
-        }
-        self.encoder.finish()
+        let encoder = ZstdRefEncoder::new(out, base.bytes(), target_size, offset, level)?;
+        Ok(DeltaWriter::wrap(encoder, target_sha256, offset))
     }
 }
 
-impl<W: Write> Write for ZstdDeltaWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.encoder.write(buf)?;
-        self.check.update(&buf[..n]);
-        Ok(n)
+impl<W: Write> PayloadEncoder<W> for ZstdRefEncoder<'_, W> {
+    fn complete(&self) -> bool {
+        self.written == self.expected
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.encoder.flush()
+    fn end(self) -> io::Result<W> {
+        self.finish()
     }
 }
