@@ -267,6 +267,33 @@ fn build_named(tag: &str, name: &str, marker: &str, script: &str) -> String {
     run_text(nix("nix-build").args(["--no-out-link", "--expr", &expr]))
 }
 
+/// Pushes `path` to the first store with deltas and to the second without,
+/// checks both with Nix and that the deltas took less than 5% of the bytes;
+/// returns the bytes without.
+fn push_both_ways(
+    (delta_url, delta_store): (&str, &Path),
+    (whole_url, whole_store): (&str, &Path),
+    counters: &Path,
+    path: &str,
+) -> u64 {
+    let (out, delta) = push_counting(delta_url, &counters.join("delta"), &[], path);
+    assert_success(&out);
+    nix_verify(delta_store, path);
+    let (out, whole) = push_counting(
+        whole_url,
+        &counters.join("whole"),
+        &[("delta", "false")],
+        path,
+    );
+    assert_success(&out);
+    nix_verify(whole_store, path);
+    assert!(
+        delta * 20 < whole,
+        "with deltas {delta} bytes, without {whole} bytes"
+    );
+    whole
+}
+
 /// 3. Deltas: generation 2 against generation 1 sends a small fraction of
 ///    what it sends whole; an identical base, an unrelated one and none
 ///    all work; a base damaged on the remote is found out there, and the
@@ -290,20 +317,11 @@ fn ferry_deltas() {
         assert_success(&out);
         nix_verify(&remote(name), &big1);
     }
-    let (out, delta) = push_counting(&url("delta"), &tmp.path().join("c1"), &[], &big2);
-    assert_success(&out);
-    nix_verify(&remote("delta"), &big2);
-    let (out, whole) = push_counting(
-        &url("whole"),
-        &tmp.path().join("c2"),
-        &[("delta", "false")],
+    let whole = push_both_ways(
+        (&url("delta"), &remote("delta")),
+        (&url("whole"), &remote("whole")),
+        &tmp.path().join("c1"),
         &big2,
-    );
-    assert_success(&out);
-    nix_verify(&remote("whole"), &big2);
-    assert!(
-        delta * 20 < whole,
-        "with deltas {delta} bytes, without {whole} bytes"
     );
     assert!(nix_has(&remote("delta"), &leaf2));
     let local = tmp.path().join("local");
@@ -351,19 +369,11 @@ fn ferry_deltas() {
     for name in ["same", "same-whole"] {
         assert_success(&copy(&["--to", &url(name), &same_a]));
     }
-    let (out, delta) = push_counting(&url("same"), &tmp.path().join("c4"), &[], &same_b);
-    assert_success(&out);
-    nix_verify(&remote("same"), &same_b);
-    let (out, whole) = push_counting(
-        &url("same-whole"),
-        &tmp.path().join("c5"),
-        &[("delta", "false")],
+    push_both_ways(
+        (&url("same"), &remote("same")),
+        (&url("same-whole"), &remote("same-whole")),
+        &tmp.path().join("c4"),
         &same_b,
-    );
-    assert_success(&out);
-    assert!(
-        delta * 20 < whole,
-        "with deltas {delta} bytes, without {whole} bytes"
     );
 
     // An unrelated base: a path of the same name with random bytes.
