@@ -390,6 +390,38 @@ fn ferry_deltas() {
     assert!(nix_has(&remote("unrelated"), &unrelated));
 }
 
+/// 3b. A base only the remote has: the remote sends its block signature,
+///     and the path goes as a kind 2 delta, a small fraction of what it
+///     sends whole; Nix checks the result.
+#[test]
+fn ferry_delta_against_a_base_only_the_remote_has() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start_with_nixferry();
+    let tmp = tempfile::tempdir().unwrap();
+    let (big1, _) = build_generation("ferry-sig", 1);
+    let remote = |name: &str| tmp.path().join(name);
+    let url = |name: &str| sshd.store_url(&remote(name));
+    for name in ["delta", "whole"] {
+        assert_success(&copy(&["--to", &url(name), &big1]));
+    }
+    // This machine no longer has generation 1.
+    let deleted = nix("nix-store").args(["--delete", &big1]).output().unwrap();
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let (big2, _) = build_generation("ferry-sig", 2);
+    push_both_ways(
+        (&url("delta"), &remote("delta")),
+        (&url("whole"), &remote("whole")),
+        &tmp.path().join("c"),
+        &big2,
+    );
+}
+
 /// Builds a path of `mb` MB of random bytes, which do not compress.
 fn build_random(tag: &str, mb: u32) -> String {
     build_named(

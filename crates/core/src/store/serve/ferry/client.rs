@@ -18,6 +18,7 @@ use super::mux::{self, Level, Sender, START_LEVEL};
 use super::wire::{
     Encoding, Failure, Frame, FrameReader, Kind, Missing, ReadError, Reply, Request, FERRY_MAGIC,
 };
+use crate::delta::{DeltaKind, Signature, SignatureLimits};
 use tokio::process::{ChildStdin, ChildStdout};
 
 use crate::store::serve::process::{Launcher, Process};
@@ -149,12 +150,10 @@ impl FerryStore {
             .clone()
     }
 
-    /// The base NAR for a delta of `info`, when the remote named one and
-    /// this machine has it, with a hold on the memory it takes.
-    async fn base(
-        &self,
-        info: &PathInfo,
-    ) -> Option<(PathInfo, Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+    /// What a delta of `info` can be made against, when the remote named
+    /// a base: its NAR, if this machine has it (with a hold on the memory
+    /// it takes), else its block signature, asked of the remote.
+    async fn base(&self, conn: &Arc<Conn>, info: &PathInfo) -> Option<Base> {
         if !self.delta || Self::lock(&self.whole).contains(&info.path) {
             return None;
         }
@@ -162,6 +161,26 @@ impl FerryStore {
         if base.nar_size > MAX_BASE {
             return None;
         }
+        match self.local_nar(&base).await {
+            Some((bytes, permit)) => Some(Base::Nar(
+                base,
+                HeldNar {
+                    bytes,
+                    _permit: permit,
+                },
+            )),
+            None => self
+                .signature(conn, &base)
+                .await
+                .map(|sig| Base::Signature(base, sig)),
+        }
+    }
+
+    /// The NAR of `base` from this machine's store, if it has it.
+    async fn local_nar(
+        &self,
+        base: &PathInfo,
+    ) -> Option<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
         let local = self.local().await?;
         let have = local
             .query_path_infos(std::slice::from_ref(&base.path))
@@ -187,8 +206,40 @@ impl FerryStore {
             .ok()?;
         let hash =
             crate::hash::NixHash::sha256(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
-        (bytes.len() as u64 == have.nar_size && hash == have.nar_hash)
-            .then_some((have, bytes, permit))
+        (bytes.len() as u64 == have.nar_size && hash == have.nar_hash).then_some((bytes, permit))
+    }
+
+    /// The block signature of `base`, computed by the remote from its
+    /// copy; `None` when it cannot give one.
+    async fn signature(&self, conn: &Arc<Conn>, base: &PathInfo) -> Option<Signature> {
+        let mut call = conn
+            .call(|id| Request::Signature {
+                id,
+                base: base.path.clone(),
+                base_hash: base.nar_hash,
+                base_size: base.nar_size,
+            })
+            .await
+            .ok()?;
+        // 20 bytes a block of at least 2 KiB, and a header.
+        let limit = base.nar_size / 2048 * 20 + 4096;
+        let mut bytes = Vec::new();
+        loop {
+            match call.event().await.ok()? {
+                Event::Data(data) => {
+                    bytes.extend_from_slice(&data);
+                    if bytes.len() as u64 > limit {
+                        return None;
+                    }
+                }
+                Event::End => break,
+                _ => return None,
+            }
+        }
+        let sig = Signature::parse(&bytes, &SignatureLimits::default()).ok()?;
+        let matches = sig.base_size() == base.nar_size
+            && crate::hash::NixHash::sha256(sig.base_sha256()) == base.nar_hash;
+        matches.then_some(sig)
     }
 
     async fn query(
@@ -242,17 +293,28 @@ impl FerryStore {
         delta: bool,
     ) -> Result<(), AddFailure> {
         let conn = self.connection().await.map_err(AddFailure::Store)?;
-        let base = if delta { self.base(info).await } else { None };
+        let base = if delta {
+            self.base(&conn, info).await
+        } else {
+            None
+        };
         let known = Self::lock(&self.missing)
             .get(&info.path)
             .map_or(0, |m| m.partial);
         let offset = (!ask_offset).then_some(known.min(info.nar_size));
         let encoding = match &base {
-            Some((b, _, _)) => Encoding::Delta {
-                base: b.path.clone(),
-                base_hash: b.nar_hash,
-                base_size: b.nar_size,
-            },
+            Some(b) => {
+                let (kind, info) = match b {
+                    Base::Nar(info, ..) => (DeltaKind::ZstdRef, info),
+                    Base::Signature(info, _) => (DeltaKind::Block, info),
+                };
+                Encoding::Delta {
+                    kind,
+                    base: info.path.clone(),
+                    base_hash: info.nar_hash,
+                    base_size: info.nar_size,
+                }
+            }
             None => Encoding::Zstd,
         };
         let mut call = conn
@@ -299,8 +361,11 @@ impl FerryStore {
         let level = Arc::clone(&self.level);
         let target_size = info.nar_size;
         let sent = tokio::task::spawn_blocking(move || {
-            let base = base.as_ref().map(|(_, bytes, _)| codec::DeltaBase {
-                base: bytes,
+            let base = base.as_ref().map(|b| codec::DeltaBase {
+                base: match b {
+                    Base::Nar(_, held) => codec::Reference::Nar(&held.bytes),
+                    Base::Signature(_, sig) => codec::Reference::Signature(sig),
+                },
                 target_size,
                 offset: start,
             });
@@ -333,6 +398,20 @@ impl FerryStore {
             other => Err(AddFailure::Store(call.unexpected(&self.url, &other))),
         }
     }
+}
+
+/// What a delta is made against.
+enum Base {
+    /// The base's NAR from this machine's store.
+    Nar(PathInfo, HeldNar),
+    /// The base's block signature, from the remote.
+    Signature(PathInfo, Signature),
+}
+
+/// A base's NAR in memory, and the hold on the memory it takes.
+struct HeldNar {
+    bytes: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why one try at an add failed.

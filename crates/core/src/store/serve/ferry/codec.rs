@@ -7,7 +7,7 @@ use zstd::stream::raw;
 use zstd::zstd_safe::DParameter;
 
 use super::mux::{Level, Sender};
-use crate::delta::ZstdRefEncoder;
+use crate::delta::{BlockEncoder, PayloadEncoder, Signature, ZstdRefEncoder};
 
 /// How much input a compressor takes before it looks at the level again.
 const CHUNK: usize = 1 << 20;
@@ -19,16 +19,25 @@ const MIN_FRAME: u64 = 4 << 20;
 /// The largest base NAR a delta is made against.
 pub(crate) const MAX_BASE: u64 = crate::delta::MAX_BASE_SIZE;
 
-/// What a delta is made against: the base's NAR, and which part of the
-/// target the stream carries.
+/// What a delta is made against: the base's NAR (kind 1) or its block
+/// signature (kind 2), and which part of the target the stream carries.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DeltaBase<'a> {
-    /// The base's whole NAR.
-    pub(super) base: &'a [u8],
+    /// The base.
+    pub(super) base: Reference<'a>,
     /// The target's NAR size.
     pub(super) target_size: u64,
     /// Where in the target the stream starts.
     pub(super) offset: u64,
+}
+
+/// What the sender knows of a delta's base.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reference<'a> {
+    /// Its whole NAR.
+    Nar(&'a [u8]),
+    /// Its block signature.
+    Signature(&'a Signature),
 }
 
 /// Writes what a compressor gives as data frames of one stream.
@@ -99,9 +108,16 @@ pub(super) fn compress(
         offset,
     }) = base
     {
-        let mut encoder = ZstdRefEncoder::new(frames, base, target_size, offset, current)?;
-        io::copy(&mut nar, &mut encoder)?;
-        let mut frames = encoder.finish()?;
+        let mut frames = match base {
+            Reference::Nar(base) => encode_all(
+                &mut nar,
+                ZstdRefEncoder::new(frames, base, target_size, offset, current)?,
+            )?,
+            Reference::Signature(sig) => encode_all(
+                &mut nar,
+                BlockEncoder::new(frames, sig, target_size, offset, current)?,
+            )?,
+        };
         frames.push()?;
         return Ok(frames.sent);
     }
@@ -126,6 +142,12 @@ pub(super) fn compress(
     let mut frames = encoder.finish()?;
     frames.push()?;
     Ok(frames.sent)
+}
+
+/// Feeds `nar` to a delta payload encoder and ends the payload.
+fn encode_all<W, E: PayloadEncoder<W>>(nar: &mut impl Read, mut encoder: E) -> io::Result<W> {
+    io::copy(nar, &mut encoder)?;
+    encoder.end()
 }
 
 /// Reads until `buf` is full or the input ends.
@@ -199,7 +221,7 @@ mod tests {
         let size = target.len() as u64;
         let sending = tokio::task::spawn_blocking(move || {
             let base = base.as_deref().map(|base| DeltaBase {
-                base,
+                base: Reference::Nar(base),
                 target_size: size,
                 offset: 0,
             });

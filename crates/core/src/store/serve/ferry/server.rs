@@ -24,7 +24,7 @@ use super::wire::{
     Encoding, Failure, Frame, FrameReader, Kind, Missing, ReadError, Reply, Request, FERRY_MAGIC,
     VERSION,
 };
-use crate::delta::ZstdRefDecoder;
+use crate::delta::{BlockDecoder, DeltaKind, Signature, ZstdRefDecoder};
 use crate::hash::NixHash;
 use crate::store::local::LocalStore;
 use crate::store::serve::SERVE_MAGIC_1;
@@ -189,6 +189,16 @@ where
                         tasks.spawn(
                             async move { s.add(id, *info, encoding, offset, rx, done).await },
                         );
+                    }
+                    Request::Signature {
+                        id,
+                        base,
+                        base_hash,
+                        base_size,
+                    } => {
+                        tasks.spawn(async move {
+                            s.send_signature(id, base, base_hash, base_size).await
+                        });
                     }
                     Request::Nar { id, path } => {
                         tasks.spawn(async move { s.send_nar(id, path).await });
@@ -419,6 +429,28 @@ impl Session {
         }
     }
 
+    /// Sends the block signature of a base, for a kind 2 delta.
+    async fn send_signature(&self, id: u32, base: StorePath, base_hash: NixHash, base_size: u64) {
+        let bytes = match self.load_base(&base, base_hash, base_size).await {
+            Ok(bytes) => bytes,
+            Err((failure, message)) => return self.fail(id, failure, message).await,
+        };
+        let out = self.out.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let sig = Signature::compute(&bytes[..], bytes.len() as u64)?;
+            Ok::<_, io::Error>(out.blocking_data(id, &sig.to_bytes()))
+        })
+        .await;
+        match sent {
+            Ok(Ok(true)) => {
+                self.out.end(id).await;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => self.fail(id, Failure::Other, e.to_string()).await,
+            Err(e) => self.fail(id, Failure::Other, e.to_string()).await,
+        }
+    }
+
     async fn send_nar(&self, id: u32, path: StorePath) {
         let info = match self
             .store
@@ -523,15 +555,17 @@ impl Session {
         let base = match encoding {
             Encoding::Zstd => None,
             Encoding::Delta {
+                kind,
                 base,
                 base_hash,
                 base_size,
-            } => Some(self.load_base(&base, base_hash, base_size).await?),
+            } => Some((kind, self.load_base(&base, base_hash, base_size).await?)),
         };
         let nar_size = info.nar_size;
         let nar_hash = info.nar_hash;
         let spool = tokio::task::spawn_blocking(move || {
-            let received = spool.receive(start, nar_size, base.as_deref(), rx);
+            let base = base.as_ref().map(|(kind, bytes)| (*kind, &bytes[..]));
+            let received = spool.receive(start, nar_size, base, rx);
             if let Err((Failure::Mismatch, _)) = received {
                 // Bytes that do not decode, or more than narSize: what
                 // the file has is no NAR to resume.
@@ -738,7 +772,7 @@ impl SpoolFile {
         &mut self,
         start: u64,
         nar_size: u64,
-        base: Option<&[u8]>,
+        base: Option<(DeltaKind, &[u8])>,
         rx: mpsc::Receiver<Chunk>,
     ) -> Result<(), AddError> {
         let io = |e: io::Error| (Failure::Other, format!("spool file: {e}"));
@@ -760,16 +794,16 @@ impl SpoolFile {
         };
         let decoded = match base {
             None => codec::decompress_to(&mut input, &mut sink, nar_size).map(drop),
-            Some(base) => ZstdRefDecoder::new(&mut input, base, nar_size, start)
+            Some((DeltaKind::Block, base)) => {
+                let size = base.len() as u64;
+                BlockDecoder::new(&mut input, io::Cursor::new(base), size, nar_size, start)
+                    .map_err(io::Error::from)
+                    .and_then(|mut d| io::copy(&mut d, &mut sink).map(drop))
+                    .and_then(|()| at_end(&mut input))
+            }
+            Some((_, base)) => ZstdRefDecoder::new(&mut input, base, nar_size, start)
                 .and_then(|mut d| io::copy(&mut d, &mut sink).map(drop))
-                // Nothing may follow the delta's frame but the end.
-                .and_then(|()| match input.read(&mut [0])? {
-                    0 => Ok(()),
-                    _ => Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bytes after the end of the delta",
-                    )),
-                }),
+                .and_then(|()| at_end(&mut input)),
         };
         decoded.map_err(|e| match e.kind() {
             io::ErrorKind::ConnectionAborted => (Failure::Other, e.to_string()),
@@ -813,6 +847,17 @@ impl Drop for SpoolFile {
         } else {
             let _ = self.file.flush();
         }
+    }
+}
+
+/// Checks that nothing but the end follows a delta's payload.
+fn at_end(input: &mut impl io::Read) -> io::Result<()> {
+    match input.read(&mut [0])? {
+        0 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes after the end of the delta",
+        )),
     }
 }
 

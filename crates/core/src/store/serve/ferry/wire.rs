@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use crate::delta::DeltaKind;
 use crate::hash::NixHash;
 use crate::store::PathInfo;
 use crate::store_path::{ContentAddress, StorePath};
@@ -402,9 +403,14 @@ pub enum Encoding {
     /// A zstd stream of the NAR (from the add's offset), possibly several
     /// frames.
     Zstd,
-    /// A zstd stream made with the base's NAR as reference prefix
-    /// (docs/formats.md §8, kind 1 payload).
+    /// A delta against a base the receiver has: the payload of a kind 1
+    /// delta (zstd with the base's NAR as reference prefix, when the
+    /// sender has the base too) or of a kind 2 delta (block copies and
+    /// literals against the base's signature, when only the receiver has
+    /// it), docs/formats.md §8.
     Delta {
+        /// Which kind of payload.
+        kind: DeltaKind,
         /// The base path, which the receiver has.
         base: StorePath,
         /// Its NAR hash, which the receiver checks its copy against.
@@ -451,6 +457,18 @@ pub enum Request {
         /// say where to start (an `offset` reply) first.
         offset: Option<u64>,
     },
+    /// Send the block signature (docs/formats.md §8.3) of a base the
+    /// remote has, on stream `id`, for a kind 2 delta against it.
+    Signature {
+        /// Stream id.
+        id: u32,
+        /// The base.
+        base: StorePath,
+        /// Its NAR hash, as the client was told.
+        base_hash: NixHash,
+        /// Its NAR size.
+        base_size: u64,
+    },
     /// Send a path's NAR, zstd-compressed, on stream `id`.
     Nar {
         /// Stream id.
@@ -487,11 +505,15 @@ impl Request {
                 match encoding {
                     Encoding::Zstd => v["encoding"] = json!("zstd"),
                     Encoding::Delta {
+                        kind,
                         base,
                         base_hash,
                         base_size,
                     } => {
-                        v["encoding"] = json!("delta-zstd");
+                        v["encoding"] = json!(match kind {
+                            DeltaKind::Block => "delta-block",
+                            _ => "delta-zstd",
+                        });
                         v["base"] = json!(base.to_string());
                         v["baseHash"] = json!(base_hash.to_string());
                         v["baseSize"] = json!(base_size);
@@ -500,6 +522,18 @@ impl Request {
                 v
             }
             Self::Nar { id, path } => json!({"op": "nar", "id": id, "path": path.to_string()}),
+            Self::Signature {
+                id,
+                base,
+                base_hash,
+                base_size,
+            } => json!({
+                "op": "signature",
+                "id": id,
+                "base": base.to_string(),
+                "baseHash": base_hash.to_string(),
+                "baseSize": base_size,
+            }),
         }
     }
 
@@ -533,9 +567,14 @@ impl Request {
                 info: Box::new(f.info("info")?),
                 encoding: match f.str("encoding")? {
                     "zstd" => Encoding::Zstd,
-                    "delta-zstd" => {
+                    e @ ("delta-zstd" | "delta-block") => {
                         let hash = f.str("baseHash")?;
                         Encoding::Delta {
+                            kind: if e == "delta-block" {
+                                DeltaKind::Block
+                            } else {
+                                DeltaKind::ZstdRef
+                            },
                             base: f.path("base")?,
                             base_hash: hash
                                 .parse()
@@ -551,6 +590,17 @@ impl Request {
                 id: f.id()?,
                 path: f.path("path")?,
             },
+            "signature" => {
+                let hash = f.str("baseHash")?;
+                Self::Signature {
+                    id: f.id()?,
+                    base: f.path("base")?,
+                    base_hash: hash
+                        .parse()
+                        .map_err(|e| f.error(format!("bad baseHash '{hash}': {e}")))?,
+                    base_size: f.u64("baseSize")?,
+                }
+            }
             op => return Err(f.error(format!("unknown request '{op}'"))),
         })
     }
@@ -767,6 +817,7 @@ mod tests {
                 id: 3,
                 info: Box::new(info()),
                 encoding: Encoding::Delta {
+                    kind: DeltaKind::Block,
                     base: info().path,
                     base_hash: NixHash::sha256([1; 32]),
                     base_size: 9,
