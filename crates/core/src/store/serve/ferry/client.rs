@@ -646,7 +646,7 @@ impl Conn {
                     .explain(
                         url,
                         ServeError::Read {
-                            what: "the greeting",
+                            what: "the handshake",
                             source,
                         },
                     )
@@ -664,7 +664,15 @@ impl Conn {
             })
         };
         if magic != FERRY_MAGIC {
-            return Err(bad(format!("the remote greets with {magic:#x}")));
+            let e = ServeError::Protocol {
+                what: "the handshake",
+                reason: format!(
+                    "expected the magic number {SERVE_MAGIC_2:#x} (or nixferry's \
+                     {FERRY_MAGIC:#x}), got {magic:#x} (does the remote shell print \
+                     something when it starts?)"
+                ),
+            };
+            return Err(ConnectError::Store(e.into_store_error(url)));
         }
         let version = stdout.read_u64_le().await.map_err(|e| bad(e.to_string()))?;
         if version == 0 {
