@@ -28,14 +28,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
     /// major version is not 2; [`ServeError::Read`] or
     /// [`ServeError::Write`] when the connection fails.
     pub async fn handshake(reader: R, writer: W, store_dir: StoreDir) -> Result<Self, ServeError> {
-        let mut conn = Self {
-            reader: WireReader::new(reader, BUFFER),
-            writer: WireWriter::new(writer, BUFFER),
-            store_dir,
-            remote_version: 0,
-            pending: VecDeque::new(),
-            busy: true,
-        };
+        let mut conn = Self::greeting(reader, writer, store_dir);
         const WHAT: &str = "the handshake";
         conn.writer.u64(SERVE_MAGIC_1, WHAT).await?;
         conn.writer.u64(PROTOCOL_VERSION, WHAT).await?;
@@ -66,16 +59,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeConnection<R, W> {
         writer: W,
         store_dir: StoreDir,
     ) -> Result<Self, ServeError> {
-        let mut conn = Self {
+        let mut conn = Self::greeting(reader, writer, store_dir);
+        conn.read_version().await?;
+        Ok(conn)
+    }
+
+    /// A connection in the middle of its greeting: busy until the
+    /// server's version is read.
+    fn greeting(reader: R, writer: W, store_dir: StoreDir) -> Self {
+        Self {
             reader: WireReader::new(reader, BUFFER),
             writer: WireWriter::new(writer, BUFFER),
             store_dir,
             remote_version: 0,
             pending: VecDeque::new(),
             busy: true,
-        };
-        conn.read_version().await?;
-        Ok(conn)
+        }
     }
 
     async fn read_version(&mut self) -> Result<(), ServeError> {
